@@ -1,0 +1,269 @@
+"""Slow pure-Python rANS coders, written for clarity: the oracle that the C++ coder must match byte for byte.
+
+Both formats are specified in cpp_coder/STREAMS.md. Every decoding error raises ValueError.
+"""
+from __future__ import annotations
+
+import bisect
+
+import numpy as np
+
+from .tables import CodingTables
+
+RELEASE_FLAG = 0x01
+RELEASE_LOWER = 1 << 23
+RELEASE_MAX_CHUNKS = 16
+ODC_LOWER = 1 << 16
+ODC_MAX_TILES = 255
+ODC_INT32_MIN, ODC_INT32_MAX = -(1 << 31), (1 << 31) - 1
+
+
+def _flat(symbols, indexes) -> tuple[np.ndarray, np.ndarray]:
+    symbols, indexes = np.asarray(symbols).reshape(-1), np.asarray(indexes).reshape(-1)
+    if len(symbols) != len(indexes):
+        raise ValueError(f"{len(symbols)} symbols but {len(indexes)} indexes")
+    return symbols, indexes
+
+
+def _check_index(tables: CodingTables, k: int) -> None:
+    if not 0 <= k < len(tables.cdf_length):
+        raise ValueError(f"table index {k} out of range [0, {len(tables.cdf_length)})")
+
+
+# ---------------------------------------------------------------- release mode
+
+def release_encode(tables: CodingTables, symbols, indexes) -> bytes:
+    """The release's y stream: flag byte, 4 state bytes (little endian), renormalisation bytes."""
+    symbols, indexes = _flat(symbols, indexes)
+    items = []  # (start, freq) of a table bin, or (bits, None) of a 2-bit bypass chunk
+    for value, k in zip(map(int, symbols), map(int, indexes)):
+        if k == -1:
+            continue
+        _check_index(tables, k)
+        cdf = tables.cdf[k]
+        m = int(tables.cdf_length[k]) - 2
+        v = value - int(tables.offset[k])
+        if 0 <= v < m:
+            items.append((int(cdf[v]), int(cdf[v + 1] - cdf[v])))
+            continue
+        items.append((int(cdf[m]), int(cdf[m + 1] - cdf[m])))
+        raw = -2 * v - 1 if v < 0 else 2 * (v - m)
+        n = 0
+        while raw >> (2 * n):
+            n += 1
+        if n > RELEASE_MAX_CHUNKS:
+            raise ValueError(f"value {value} is too large for the release's escape code")
+        items.extend([(3, None)] * (n // 3) + [(n % 3, None)])
+        items.extend(((raw >> (2 * i)) & 3, None) for i in range(n))
+
+    x = RELEASE_LOWER
+    out = bytearray()
+    for start, freq in reversed(items):
+        if freq is None:
+            while x >= 1 << 29:
+                out.append(x & 0xFF)
+                x >>= 8
+            x = (x << 2) | start
+        else:
+            while x >= freq << 15:
+                out.append(x & 0xFF)
+                x >>= 8
+            x = ((x // freq) << 16) + (x % freq) + start
+    return bytes([RELEASE_FLAG]) + x.to_bytes(4, "little") + bytes(reversed(out))
+
+
+class _ByteReader:
+    def __init__(self, data: bytes, pos: int):
+        self.data, self.pos = data, pos
+
+    def next(self) -> int:
+        if self.pos >= len(self.data):
+            raise ValueError("corrupt y stream: it ends before the last symbol")
+        self.pos += 1
+        return self.data[self.pos - 1]
+
+
+def release_decode(tables: CodingTables, data: bytes, indexes) -> np.ndarray:
+    data = bytes(data)
+    indexes = np.asarray(indexes).reshape(-1)
+    out = np.zeros(len(indexes), dtype=np.int32)
+    if len(data) < 5:
+        raise ValueError(f"corrupt y stream: {len(data)} bytes, a stream has at least 5")
+    if data[0] != RELEASE_FLAG:
+        raise ValueError(f"unsupported y stream flag 0x{data[0]:02x} (only 0x01, one sub-stream, is known)")
+    x = int.from_bytes(data[1:5], "little")
+    reader = _ByteReader(data, 5)
+
+    def renormalise(x: int) -> int:
+        while x < RELEASE_LOWER:
+            x = (x << 8) | reader.next()
+        return x
+
+    def chunk() -> int:
+        nonlocal x
+        bits = x & 3
+        x = renormalise(x >> 2)
+        return bits
+
+    for i, k in enumerate(map(int, indexes)):
+        if k == -1:
+            continue
+        _check_index(tables, k)
+        length = int(tables.cdf_length[k])
+        cdf = tables.cdf[k][:length].tolist()
+        m = length - 2
+        cum = x & 0xFFFF
+        v = bisect.bisect_right(cdf, cum) - 1
+        x = renormalise((cdf[v + 1] - cdf[v]) * (x >> 16) + cum - cdf[v])
+        if v == m:
+            digit = chunk()
+            n = digit
+            while digit == 3:
+                digit = chunk()
+                n += digit
+                if n > RELEASE_MAX_CHUNKS:
+                    raise ValueError("corrupt y stream: escape value longer than 32 bits")
+            raw = 0
+            for j in range(n):
+                raw |= chunk() << (2 * j)
+            v = -(raw + 1) // 2 if raw & 1 else m + raw // 2
+        value = v + int(tables.offset[k])
+        if not ODC_INT32_MIN <= value <= ODC_INT32_MAX:
+            raise ValueError("corrupt y stream: decoded value outside int32")
+        out[i] = value
+    if x != RELEASE_LOWER or reader.pos != len(data):
+        raise ValueError("corrupt y stream: it does not end where the last symbol ends")
+    return out
+
+
+# ---------------------------------------------------------------- odc mode
+
+def _odc_items(tables: CodingTables, symbols, indexes) -> list[tuple[int, int]]:
+    """(start, freq) of every item of one tile: table bins, then raw fields after each escape."""
+    items = []
+
+    def raw(value: int, bits: int) -> None:
+        items.append((value << (16 - bits), 1 << (16 - bits)))
+
+    for value, k in zip(map(int, symbols), map(int, indexes)):
+        _check_index(tables, k)
+        cdf = tables.cdf[k]
+        m = int(tables.cdf_length[k]) - 2
+        v = value - int(tables.offset[k])
+        if 0 <= v < m:
+            items.append((int(cdf[v]), int(cdf[v + 1] - cdf[v])))
+            continue
+        items.append((int(cdf[m]), int(cdf[m + 1] - cdf[m])))
+        q = (2 * (v - m) if v >= m else -2 * v - 1) + 1
+        nb = q.bit_length()
+        raw(nb - 1, 6)
+        rest, left = q & ((1 << (nb - 1)) - 1), nb - 1
+        while left > 0:
+            bits = min(16, left)
+            raw(rest & ((1 << bits) - 1), bits)
+            rest, left = rest >> bits, left - bits
+    return items
+
+
+def _odc_encode_tile(items) -> bytes:
+    states = [ODC_LOWER, ODC_LOWER]
+    words = []
+    for j in range(len(items) - 1, -1, -1):
+        start, freq = items[j]
+        x = states[j & 1]
+        if x >= freq << 16:
+            words.append(x & 0xFFFF)
+            x >>= 16
+        states[j & 1] = ((x // freq) << 16) + (x % freq) + start
+    head = states[0].to_bytes(4, "little") + states[1].to_bytes(4, "little")
+    return head + b"".join(w.to_bytes(2, "little") for w in reversed(words))
+
+
+def _tile_bounds(n: int, tiles: int) -> list[tuple[int, int]]:
+    return [(t * n // tiles, (t + 1) * n // tiles) for t in range(tiles)]
+
+
+def odc_encode(tables: CodingTables, symbols, indexes, tiles: int = 1) -> bytes:
+    symbols, indexes = _flat(symbols, indexes)
+    if not 1 <= tiles <= ODC_MAX_TILES:
+        raise ValueError(f"tiles must be in [1, {ODC_MAX_TILES}], got {tiles}")
+    bodies = [
+        _odc_encode_tile(_odc_items(tables, symbols[a:b], indexes[a:b])) for a, b in _tile_bounds(len(symbols), tiles)
+    ]
+    lengths = b"".join(len(body).to_bytes(4, "little") for body in bodies[:-1])
+    return bytes([tiles]) + lengths + b"".join(bodies)
+
+
+def _odc_decode_tile(tables: CodingTables, data: bytes, indexes) -> np.ndarray:
+    if len(data) < 8 or len(data) % 2:
+        raise ValueError(f"corrupt y stream: a tile of {len(data)} bytes (8 or more, even)")
+    states = [int.from_bytes(data[0:4], "little"), int.from_bytes(data[4:8], "little")]
+    pos = 8
+    j = 0
+
+    def item(cdf) -> int:
+        """Decode one item whose bins are `cdf` (a list); returns the bin."""
+        nonlocal pos, j
+        x = states[j & 1]
+        cum = x & 0xFFFF
+        v = bisect.bisect_right(cdf, cum) - 1
+        x = (cdf[v + 1] - cdf[v]) * (x >> 16) + cum - cdf[v]
+        if x < ODC_LOWER:
+            if pos + 2 > len(data):
+                raise ValueError("corrupt y stream: it ends before the last symbol")
+            x = (x << 16) | int.from_bytes(data[pos : pos + 2], "little")
+            pos += 2
+        states[j & 1] = x
+        j += 1
+        return v
+
+    def raw(bits: int) -> int:
+        step = 1 << (16 - bits)
+        return item(list(range(0, (1 << 16) + 1, step)))
+
+    out = np.zeros(len(indexes), dtype=np.int32)
+    for i, k in enumerate(map(int, indexes)):
+        _check_index(tables, k)
+        length = int(tables.cdf_length[k])
+        m = length - 2
+        v = item(tables.cdf[k][:length].tolist())
+        if v == m:
+            nb = raw(6) + 1
+            if nb > 34:
+                raise ValueError("corrupt y stream: escape value longer than 33 bits")
+            q, got = 1 << (nb - 1), 0
+            while got < nb - 1:
+                bits = min(16, nb - 1 - got)
+                q |= raw(bits) << got
+                got += bits
+            r = q - 1
+            v = -(r + 1) // 2 if r & 1 else m + r // 2
+        value = v + int(tables.offset[k])
+        if not ODC_INT32_MIN <= value <= ODC_INT32_MAX:
+            raise ValueError("corrupt y stream: decoded value outside int32")
+        out[i] = value
+    if states != [ODC_LOWER, ODC_LOWER] or pos != len(data):
+        raise ValueError("corrupt y stream: it does not end where the last symbol ends")
+    return out
+
+
+def odc_decode(tables: CodingTables, data: bytes, indexes) -> np.ndarray:
+    data = bytes(data)
+    indexes = np.asarray(indexes).reshape(-1)
+    if not data:
+        raise ValueError("corrupt y stream: empty")
+    tiles = data[0]
+    if not 1 <= tiles <= ODC_MAX_TILES:
+        raise ValueError(f"corrupt y stream: {tiles} tiles")
+    head = 1 + 4 * (tiles - 1)
+    if len(data) < head:
+        raise ValueError("corrupt y stream: tile table truncated")
+    lengths = [int.from_bytes(data[1 + 4 * t : 5 + 4 * t], "little") for t in range(tiles - 1)]
+    if sum(lengths) > len(data) - head:
+        raise ValueError("corrupt y stream: tile lengths exceed the stream")
+    lengths.append(len(data) - head - sum(lengths))
+    out, pos = [], head
+    for (a, b), length in zip(_tile_bounds(len(indexes), tiles), lengths):
+        out.append(_odc_decode_tile(tables, data[pos : pos + length], indexes[a:b]))
+        pos += length
+    return np.concatenate(out) if out else np.zeros(0, dtype=np.int32)
