@@ -1,0 +1,21 @@
+# Two entry points (see README.md): `make demo` and `make test`. Both set up .venv first.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+COMPAT ?= ../shared/compat
+
+.PHONY: setup demo test bench figures
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml setup.py $(wildcard cpp_coder/*.cpp cpp_coder/*.h)
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q -e ".[test]"
+	touch $@
+
+demo: setup
+	$(VENV)/bin/onedc info $(COMPAT)/codec_small_e2e.bin
+
+test: setup
+	$(PY) -m pytest -q
+
+bench: setup
+	$(PY) benchmarks/entropy_coder.py --json results/bench_entropy_coder.json
