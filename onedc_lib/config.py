@@ -1,0 +1,170 @@
+"""Configuration: frozen dataclasses, YAML presets (onedc_lib/presets/*.yaml) and dotted overrides.
+
+A preset is a YAML file with the same nesting as `ModelConfig`; `base: other` inherits another preset first.
+Scale is configuration: the sd15 and nano models are the same classes with different numbers.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+PRESET_DIR = Path(__file__).parent / "presets"
+
+
+@dataclass(frozen=True)
+class CodecConfig:
+    """The learned codec (spec section 2): g_a, h_enc, FSQ, h_dec, four-step prior, h_sem, g_s."""
+
+    cond_ch: int = 4  # VAE latent channels fed to g_a
+    ctrl_ch: int = 320  # g_s output, input of the generator's new conv_in
+    internal_ch: int = 512  # width of g_a's tail and g_s's y branch
+    bottleneck_ch: int = 128  # y channels (4 groups for the four-step prior)
+    unet_ch: tuple[int, ...] = (512, 768, 768)  # g_a's UNet2DModel block_out_channels; the last is `sem` width
+    unet_layers_per_block: int = 2
+    unet_attention_head_dim: int = 8
+    unet_norm_num_groups: int = 32
+    semantic_ch: int = 768  # tokens of the generator's cross attention (h_sem output)
+    fsq_levels: tuple[int, ...] = (4, 4, 4, 4, 4, 4, 4)
+    z_only: bool = False  # no y is sent: every step's y_hat is the predicted mean
+
+
+@dataclass(frozen=True)
+class GeneratorConfig:
+    """The one-step generator: a UNet2DConditionModel with LoRA, a new conv_in and vae_reduction."""
+
+    unet: dict = field(default_factory=dict)  # UNet2DConditionModel kwargs; in_channels is replaced by ctrl_ch
+    lora_rank: int = 64
+    lora_alpha: float = 8.0
+    lora_targets: tuple[str, ...] = (
+        "to_q", "to_k", "to_v", "to_out.0", "proj_in", "proj_out", "ff.net.0.proj", "ff.net.2",
+        "conv1", "conv2", "conv_shortcut", "downsamplers.0.conv", "upsamplers.0.conv", "time_emb_proj",
+    )
+    timestep: int = 999
+    beta_start: float = 0.00085
+    beta_end: float = 0.012
+    num_train_timesteps: int = 1000
+
+
+@dataclass(frozen=True)
+class VAEConfig:
+    """AutoencoderKL kwargs (SD-2.1's VAE at sd15 scale) and how it is used."""
+
+    autoencoder: dict = field(default_factory=dict)
+    scaling_factor: float = 0.18215
+    attention_window: int = 16  # mid-block self-attention in windows of this many latent pixels
+    sample_posterior: bool = False  # the release samples; we default to the mean (deterministic encoding)
+
+
+@dataclass(frozen=True)
+class TokenizerConfig:
+    """The MaskGIT VQGAN tokenizer, teacher of the semantic distillation."""
+
+    hidden_ch: int = 128
+    channel_mult: tuple[int, ...] = (1, 1, 2, 2, 4)
+    num_res_blocks: int = 2
+    z_ch: int = 256
+    codebook_size: int = 1024
+
+
+@dataclass(frozen=True)
+class HeadConfig:
+    """The distillation head (training only): c -> logits over the tokenizer's codebook at 1/32."""
+
+    width: int = 768
+    num_blocks: int = 3
+    window: int = 16
+    num_heads: int = 12
+    mlp_ch: int = 3072
+
+
+@dataclass(frozen=True)
+class LossConfig:
+    lmbda: float = 4.6  # rate weight; released models span 0.6 ... 12.2
+    lmbda_warmup_steps: int = 4000
+    distill_weight: float = 0.001
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    name: str = "sd15"
+    codec: CodecConfig = field(default_factory=CodecConfig)
+    generator: GeneratorConfig = field(default_factory=GeneratorConfig)
+    vae: VAEConfig = field(default_factory=VAEConfig)
+    tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
+    head: HeadConfig = field(default_factory=HeadConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+
+
+def _build(cls, values: dict[str, Any]):
+    """Instantiate a (nested) dataclass from a dict, refusing unknown keys; lists become tuples."""
+    names = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = set(values) - set(names)
+    if unknown:
+        raise ValueError(f"unknown {cls.__name__} field(s): {', '.join(sorted(unknown))}")
+    kwargs = {}
+    for key, value in values.items():
+        default = getattr(cls(), key) if key in names else None
+        if dataclasses.is_dataclass(default):
+            kwargs[key] = _build(type(default), {**dataclasses.asdict(default), **value})
+        elif isinstance(value, list):
+            kwargs[key] = tuple(value)
+        else:
+            kwargs[key] = value
+    return cls(**kwargs)
+
+
+def _deep_merge(base: dict, update: dict) -> dict:
+    merged = dict(base)
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def _set_dotted(tree: dict, dotted: str, value: Any) -> None:
+    *path, last = dotted.split(".")
+    for key in path:
+        tree = tree.setdefault(key, {})
+    tree[last] = value
+
+
+def preset_names() -> list[str]:
+    return sorted(p.stem for p in PRESET_DIR.glob("*.yaml") if not p.stem.startswith("_"))
+
+
+def _load_yaml_tree(name_or_path: str, seen: tuple[str, ...] = ()) -> dict:
+    import yaml
+
+    path = Path(name_or_path)
+    if not path.suffix:
+        path = PRESET_DIR / f"{name_or_path}.yaml"
+    if not path.is_file():
+        raise ValueError(f"unknown preset {name_or_path!r}; available: {', '.join(preset_names())}")
+    if str(path) in seen:
+        raise ValueError(f"preset {path} inherits itself")
+    tree = yaml.safe_load(path.read_text()) or {}
+    base = tree.pop("base", None)
+    if base is not None:
+        tree = _deep_merge(_load_yaml_tree(base, seen + (str(path),)), tree)
+    return tree
+
+
+def load_config(preset: str, overrides: dict[str, Any] | None = None) -> ModelConfig:
+    """A preset name (or YAML path) plus dotted overrides such as {"loss.lmbda": 1.8}."""
+    tree = _load_yaml_tree(preset)
+    tree.setdefault("name", Path(preset).stem)
+    for dotted, value in (overrides or {}).items():
+        _set_dotted(tree, dotted, value)
+    return _build(ModelConfig, tree)
+
+
+def config_to_dict(config) -> dict:
+    return dataclasses.asdict(config)
+
+
+def config_from_dict(values: dict) -> ModelConfig:
+    return _build(ModelConfig, values)
