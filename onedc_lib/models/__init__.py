@@ -1,0 +1,1 @@
+"""Neural network modules of OneDC: building blocks, transforms, generator."""
