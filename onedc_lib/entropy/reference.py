@@ -179,91 +179,126 @@ def _odc_encode_tile(items) -> bytes:
     return head + b"".join(w.to_bytes(2, "little") for w in reversed(words))
 
 
-def _tile_bounds(n: int, tiles: int) -> list[tuple[int, int]]:
-    return [(t * n // tiles, (t + 1) * n // tiles) for t in range(tiles)]
+def _segment_bounds(segments, total: int) -> list[tuple[int, int]]:
+    segments = [total] if segments is None else [int(n) for n in segments]
+    if sum(segments) != total or min(segments, default=0) < 0:
+        raise ValueError(f"segments {segments} do not add up to {total} symbols")
+    ends = np.cumsum([0] + segments)
+    return list(zip(ends[:-1].tolist(), ends[1:].tolist()))
 
 
-def odc_encode(tables: CodingTables, symbols, indexes, tiles: int = 1) -> bytes:
+def _tile_part(a: int, b: int, t: int, tiles: int) -> tuple[int, int]:
+    """Symbols [a, b) of one segment that tile t codes."""
+    return a + t * (b - a) // tiles, a + (t + 1) * (b - a) // tiles
+
+
+def odc_encode(tables: CodingTables, symbols, indexes, tiles: int = 1, segments=None) -> bytes:
     symbols, indexes = _flat(symbols, indexes)
     if not 1 <= tiles <= ODC_MAX_TILES:
         raise ValueError(f"tiles must be in [1, {ODC_MAX_TILES}], got {tiles}")
-    bodies = [
-        _odc_encode_tile(_odc_items(tables, symbols[a:b], indexes[a:b])) for a, b in _tile_bounds(len(symbols), tiles)
-    ]
+    bounds = _segment_bounds(segments, len(symbols))
+    bodies = []
+    for t in range(tiles):
+        parts = [_tile_part(a, b, t, tiles) for a, b in bounds]
+        pick = np.concatenate([np.arange(a, b) for a, b in parts]) if parts else np.zeros(0, np.int64)
+        bodies.append(_odc_encode_tile(_odc_items(tables, symbols[pick], indexes[pick])))
     lengths = b"".join(len(body).to_bytes(4, "little") for body in bodies[:-1])
     return bytes([tiles]) + lengths + b"".join(bodies)
 
 
-def _odc_decode_tile(tables: CodingTables, data: bytes, indexes) -> np.ndarray:
-    if len(data) < 8 or len(data) % 2:
-        raise ValueError(f"corrupt y stream: a tile of {len(data)} bytes (8 or more, even)")
-    states = [int.from_bytes(data[0:4], "little"), int.from_bytes(data[4:8], "little")]
-    pos = 8
-    j = 0
+class _TileDecoder:
+    """Decoding state of one tile; items continue across segments."""
 
-    def item(cdf) -> int:
-        """Decode one item whose bins are `cdf` (a list); returns the bin."""
-        nonlocal pos, j
-        x = states[j & 1]
+    def __init__(self, data: bytes):
+        if len(data) < 8 or len(data) % 2:
+            raise ValueError(f"corrupt y stream: a tile of {len(data)} bytes (8 or more, even)")
+        self.data = data
+        self.states = [int.from_bytes(data[0:4], "little"), int.from_bytes(data[4:8], "little")]
+        self.pos = 8
+        self.j = 0
+
+    def item(self, cdf: list[int]) -> int:
+        """Decode one item whose bins are `cdf`; returns the bin."""
+        x = self.states[self.j & 1]
         cum = x & 0xFFFF
         v = bisect.bisect_right(cdf, cum) - 1
         x = (cdf[v + 1] - cdf[v]) * (x >> 16) + cum - cdf[v]
         if x < ODC_LOWER:
-            if pos + 2 > len(data):
+            if self.pos + 2 > len(self.data):
                 raise ValueError("corrupt y stream: it ends before the last symbol")
-            x = (x << 16) | int.from_bytes(data[pos : pos + 2], "little")
-            pos += 2
-        states[j & 1] = x
-        j += 1
+            x = (x << 16) | int.from_bytes(self.data[self.pos : self.pos + 2], "little")
+            self.pos += 2
+        self.states[self.j & 1] = x
+        self.j += 1
         return v
 
-    def raw(bits: int) -> int:
-        step = 1 << (16 - bits)
-        return item(list(range(0, (1 << 16) + 1, step)))
+    def raw(self, bits: int) -> int:
+        return self.item(list(range(0, (1 << 16) + 1, 1 << (16 - bits))))
 
-    out = np.zeros(len(indexes), dtype=np.int32)
-    for i, k in enumerate(map(int, indexes)):
-        _check_index(tables, k)
-        length = int(tables.cdf_length[k])
-        m = length - 2
-        v = item(tables.cdf[k][:length].tolist())
-        if v == m:
-            nb = raw(6) + 1
-            if nb > 34:
-                raise ValueError("corrupt y stream: escape value longer than 33 bits")
-            q, got = 1 << (nb - 1), 0
-            while got < nb - 1:
-                bits = min(16, nb - 1 - got)
-                q |= raw(bits) << got
-                got += bits
-            r = q - 1
-            v = -(r + 1) // 2 if r & 1 else m + r // 2
-        value = v + int(tables.offset[k])
-        if not ODC_INT32_MIN <= value <= ODC_INT32_MAX:
-            raise ValueError("corrupt y stream: decoded value outside int32")
-        out[i] = value
-    if states != [ODC_LOWER, ODC_LOWER] or pos != len(data):
-        raise ValueError("corrupt y stream: it does not end where the last symbol ends")
-    return out
+    def symbols(self, tables: CodingTables, indexes) -> np.ndarray:
+        out = np.zeros(len(indexes), dtype=np.int32)
+        for i, k in enumerate(map(int, indexes)):
+            _check_index(tables, k)
+            length = int(tables.cdf_length[k])
+            m = length - 2
+            v = self.item(tables.cdf[k][:length].tolist())
+            if v == m:
+                nb = self.raw(6) + 1
+                if nb > 34:
+                    raise ValueError("corrupt y stream: escape value longer than 33 bits")
+                q, got = 1 << (nb - 1), 0
+                while got < nb - 1:
+                    bits = min(16, nb - 1 - got)
+                    q |= self.raw(bits) << got
+                    got += bits
+                r = q - 1
+                v = -(r + 1) // 2 if r & 1 else m + r // 2
+            value = v + int(tables.offset[k])
+            if not ODC_INT32_MIN <= value <= ODC_INT32_MAX:
+                raise ValueError("corrupt y stream: decoded value outside int32")
+            out[i] = value
+        return out
+
+    def finish(self) -> None:
+        if self.states != [ODC_LOWER, ODC_LOWER] or self.pos != len(self.data):
+            raise ValueError("corrupt y stream: it does not end where the last symbol ends")
 
 
-def odc_decode(tables: CodingTables, data: bytes, indexes) -> np.ndarray:
-    data = bytes(data)
+class OdcDecoder:
+    """Decodes an odc stream segment by segment: the indexes of a segment may depend on earlier symbols."""
+
+    def __init__(self, tables: CodingTables, data: bytes):
+        data = bytes(data)
+        if not data:
+            raise ValueError("corrupt y stream: empty")
+        tiles = data[0]
+        if not 1 <= tiles <= ODC_MAX_TILES:
+            raise ValueError(f"corrupt y stream: {tiles} tiles")
+        head = 1 + 4 * (tiles - 1)
+        if len(data) < head:
+            raise ValueError("corrupt y stream: tile table truncated")
+        lengths = [int.from_bytes(data[1 + 4 * t : 5 + 4 * t], "little") for t in range(tiles - 1)]
+        if sum(lengths) > len(data) - head:
+            raise ValueError("corrupt y stream: tile lengths exceed the stream")
+        lengths.append(len(data) - head - sum(lengths))
+        ends = np.cumsum([head] + lengths).tolist()
+        self.tables = tables
+        self.tiles = [_TileDecoder(data[a:b]) for a, b in zip(ends[:-1], ends[1:])]
+
+    def decode(self, indexes) -> np.ndarray:
+        indexes = np.asarray(indexes).reshape(-1)
+        n = len(indexes)
+        parts = [_tile_part(0, n, t, len(self.tiles)) for t in range(len(self.tiles))]
+        return np.concatenate([tile.symbols(self.tables, indexes[a:b]) for tile, (a, b) in zip(self.tiles, parts)])
+
+    def finish(self) -> None:
+        for tile in self.tiles:
+            tile.finish()
+
+
+def odc_decode(tables: CodingTables, data: bytes, indexes, segments=None) -> np.ndarray:
     indexes = np.asarray(indexes).reshape(-1)
-    if not data:
-        raise ValueError("corrupt y stream: empty")
-    tiles = data[0]
-    if not 1 <= tiles <= ODC_MAX_TILES:
-        raise ValueError(f"corrupt y stream: {tiles} tiles")
-    head = 1 + 4 * (tiles - 1)
-    if len(data) < head:
-        raise ValueError("corrupt y stream: tile table truncated")
-    lengths = [int.from_bytes(data[1 + 4 * t : 5 + 4 * t], "little") for t in range(tiles - 1)]
-    if sum(lengths) > len(data) - head:
-        raise ValueError("corrupt y stream: tile lengths exceed the stream")
-    lengths.append(len(data) - head - sum(lengths))
-    out, pos = [], head
-    for (a, b), length in zip(_tile_bounds(len(indexes), tiles), lengths):
-        out.append(_odc_decode_tile(tables, data[pos : pos + length], indexes[a:b]))
-        pos += length
+    decoder = OdcDecoder(tables, data)
+    out = [decoder.decode(indexes[a:b]) for a, b in _segment_bounds(segments, len(indexes))]
+    decoder.finish()
     return np.concatenate(out) if out else np.zeros(0, dtype=np.int32)

@@ -57,3 +57,23 @@ def test_corruption_is_a_value_error(mode):
         except ValueError:
             continue
         assert out.shape == symbols.shape
+
+
+@pytest.mark.parametrize("tiles", [1, 3])
+def test_odc_segments_decode_one_at_a_time(tiles):
+    """The four-step prior needs segment k decoded before the indexes of segment k+1 exist."""
+    rng = np.random.default_rng(5)
+    tables = odc_tables()
+    segments = [40, 0, 17, 40]
+    indexes = rng.integers(0, 256, sum(segments)).astype(np.int32)
+    symbols = np.rint(rng.normal(size=len(indexes)) * tables.scale_table[indexes]).astype(np.int32)
+    stream = reference.odc_encode(tables, symbols, indexes, tiles, segments=segments)
+    decoder = reference.OdcDecoder(tables, stream)
+    start = 0
+    for n in segments:
+        assert np.array_equal(decoder.decode(indexes[start : start + n]), symbols[start : start + n])
+        start += n
+    decoder.finish()
+    assert np.array_equal(reference.odc_decode(tables, stream, indexes, segments=segments), symbols)
+    if tiles == 1:  # with one tile, segments do not change the bytes
+        assert stream == reference.odc_encode(tables, symbols, indexes, 1)
