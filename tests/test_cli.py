@@ -1,0 +1,125 @@
+"""The `onedc` command line: help, info on valid and invalid files, exit codes, argument checks of the stubs."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import onedc_lib
+from onedc_lib import bitstream
+from onedc_lib.cli import main
+
+REPO = Path(__file__).resolve().parents[1]
+MODEL_ID = bytes.fromhex("00112233445566778899aabbccddeeff")
+
+
+@pytest.fixture
+def odc_file(tmp_path) -> Path:
+    path = tmp_path / "image.odc"
+    bitstream.write_file(path, bitstream.Container(MODEL_ID, bytes(range(8)), 120, 180, (
+        bitstream.Section("z", bytes(11)), bitstream.Section("y", b"\x01abc", symbols_crc=0x1234))))
+    return path
+
+
+def run(capsys, *argv) -> tuple[int, str, str]:
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@pytest.mark.parametrize("argv", [[], ["info"], ["compress"], ["decompress"]])
+def test_help(capsys, argv):
+    code, out, _ = run(capsys, *argv, "--help")
+    assert code == 0 and out.startswith("usage: onedc")
+    for word in {(): ["info", "compress", "decompress"], ("info",): ["FILE", "--json"],
+                 ("compress",): ["IN", "-o OUT", "--model PRESET_OR_PATH"],
+                 ("decompress",): ["IN", "-o OUT", "--model PRESET_OR_PATH"]}[tuple(argv)]:
+        assert word in out
+
+
+def test_usage_errors(capsys):
+    assert run(capsys)[0] == 2
+    assert run(capsys, "frobnicate")[0] == 2
+    code, _, err = run(capsys, "compress", "in.png")
+    assert code == 2 and "-o/--output" in err
+    assert run(capsys, "--version")[1] == f"onedc {onedc_lib.__version__}\n"
+
+
+def test_info_on_our_container(capsys, odc_file):
+    code, out, err = run(capsys, "info", str(odc_file))
+    assert code == 0 and err == ""
+    assert "OneDC container, version 1" in out
+    assert MODEL_ID.hex() in out and "0001020304050607" in out
+    assert "120 x 180 (H x W), padded to 128 x 192" in out
+    assert "symbols crc32 00001234" in out
+    assert f"total       {odc_file.stat().st_size} bytes" in out
+
+    code, out, _ = run(capsys, "info", "--json", str(odc_file))
+    facts = json.loads(out)
+    assert code == 0 and facts["format"] == "onedc" and facts["model_id"] == MODEL_ID.hex()
+    assert [s["name"] for s in facts["sections"]] == ["z", "y"]
+    assert facts["total_bytes"] == odc_file.stat().st_size == 47 + 13 + 17 + 11 + 4
+    assert facts["bpp"] == 8 * facts["total_bytes"] / (120 * 180)
+
+
+@pytest.mark.parametrize("name, h, w, y_len", [("codec_small_e2e.bin", 120, 180, 2004),
+                                               ("assembled_512x512.bin", 512, 512, 59195)])
+def test_info_on_release_files(capsys, compat_dir, name, h, w, y_len):
+    code, out, _ = run(capsys, "info", "--json", str(compat_dir / name))
+    facts = json.loads(out)
+    assert code == 0 and facts["format"] == "release"
+    assert (facts["height"], facts["width"], facts["sections"][0]["bytes"]) == (h, w, y_len)
+    assert facts["total_bytes"] == (compat_dir / name).stat().st_size
+    code, out, _ = run(capsys, "info", str(compat_dir / name))
+    assert code == 0 and out.startswith(f"file        {compat_dir / name}\nformat      release")
+
+
+def test_info_on_invalid_files(capsys, tmp_path, odc_file):
+    data = odc_file.read_bytes()
+    cases = {"empty": (b"", 1, "empty file"), "garbage": (b"\x00garbage" * 10, 1, "nor a release-format file"),
+             "truncated.odc": (data[:-3], 1, "file truncated: expected 3 more bytes"),
+             "corrupt.odc": (data[:-1] + b"\xff", 1, "CRC mismatch in section y")}
+    for name, (content, expected, message) in cases.items():
+        (tmp_path / name).write_bytes(content)
+        code, out, err = run(capsys, "info", str(tmp_path / name))
+        assert (code, out) == (expected, "") and message in err
+        assert err.count("\n") == 1 and err.startswith("onedc: ")
+    for path, message in ((tmp_path / "missing.odc", "No such file or directory"), (tmp_path, "Is a directory")):
+        code, _, err = run(capsys, "info", str(path))
+        assert code == 2 and message in err and err.count("\n") == 1
+
+
+def test_info_refuses_huge_files_without_reading_them(capsys, tmp_path):
+    path = tmp_path / "huge.odc"
+    with open(path, "wb") as f:
+        f.truncate(bitstream.MAX_FILE_BYTES + 1)  # sparse: no disk used
+    code, _, err = run(capsys, "info", str(path))
+    assert code == 1 and "exceeds the limit of 1073741824 bytes" in err
+
+
+def test_stubs_check_arguments_then_say_no_model(capsys, tmp_path, odc_file):
+    code, _, err = run(capsys, "compress", str(tmp_path / "nope.png"), "-o", "x.odc")
+    assert code == 2 and "No such file or directory" in err
+    (tmp_path / "file").write_bytes(b"")
+    code, _, err = run(capsys, "compress", str(tmp_path), "-o", str(tmp_path / "file"))
+    assert code == 2 and "must be a folder" in err
+    code, _, err = run(capsys, "decompress", str(odc_file), "-o", "out.png", "--model", "nano_q1")
+    assert code == 2 and err == "onedc: decompress: no model available yet\n"
+
+
+def test_subprocess_exit_codes_and_no_torch(tmp_path, odc_file):
+    """The real process: exit status, one-line errors, and a start-up that does not import torch."""
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    garbage = tmp_path / "garbage"
+    garbage.write_bytes(os.urandom(100))
+    result = subprocess.run([sys.executable, "-m", "onedc_lib.cli", "info", str(garbage)], cwd=REPO, env=env,
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 1 and result.stdout == ""
+    assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
+    check = ("import sys; from onedc_lib.cli import main; code = main(['info', sys.argv[1]]); "
+             "sys.exit(code if 'torch' not in sys.modules else 99)")
+    result = subprocess.run([sys.executable, "-c", check, str(odc_file)], cwd=REPO, env=env, capture_output=True,
+                            text=True, timeout=60)
+    assert result.returncode == 0 and "OneDC container" in result.stdout
