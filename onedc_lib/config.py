@@ -75,8 +75,10 @@ class HeadConfig:
     width: int = 768
     num_blocks: int = 3
     window: int = 16
-    num_heads: int = 12
-    mlp_ch: int = 3072
+    num_heads: int = 12  # head width = width / num_heads (64)
+    mlp_ch: int = 3072  # the transformer MLP's hidden width
+    logit_hidden_ch: int = 3072  # first 1x1 of the MLP head that maps features to codebook logits
+    logit_norm_groups: int = 16  # GroupNorm groups inside that MLP head
 
 
 @dataclass(frozen=True)
