@@ -34,7 +34,8 @@ class CodecConfig:
 class GeneratorConfig:
     """The one-step generator: a UNet2DConditionModel with LoRA, a new conv_in and vae_reduction."""
 
-    unet: dict = field(default_factory=dict)  # UNet2DConditionModel kwargs; in_channels is replaced by ctrl_ch
+    # UNet2DConditionModel kwargs of the base UNet (before surgery): SD-1.5 = diffusers defaults plus these.
+    unet: dict = field(default_factory=lambda: dict(sample_size=64, cross_attention_dim=768, attention_head_dim=8))
     lora_rank: int = 64
     lora_alpha: float = 8.0
     lora_targets: tuple[str, ...] = (
@@ -51,7 +52,10 @@ class GeneratorConfig:
 class VAEConfig:
     """AutoencoderKL kwargs (SD-2.1's VAE at sd15 scale) and how it is used."""
 
-    autoencoder: dict = field(default_factory=dict)
+    # AutoencoderKL kwargs: SD-2.1's VAE (diffusers defaults plus these).
+    autoencoder: dict = field(default_factory=lambda: dict(
+        block_out_channels=(128, 256, 512, 512), down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4, layers_per_block=2, latent_channels=4, sample_size=768))
     scaling_factor: float = 0.18215
     attention_window: int = 16  # mid-block self-attention in windows of this many latent pixels
     sample_posterior: bool = False  # the release samples; we default to the mean (deterministic encoding)

@@ -1,0 +1,157 @@
+"""The VAE wrapper on a tiny AutoencoderKL (CPU, seconds): scaling, posterior, windowed attention, loading."""
+import copy
+import re
+
+import pytest
+import torch
+from diffusers.models.attention_processor import AttnProcessor2_0
+from safetensors.torch import save_file
+
+from onedc_lib.config import VAEConfig
+from onedc_lib.models import vae as vae_module
+from onedc_lib.models.vae import VAE, WindowedAttnProcessor
+
+TINY = dict(block_out_channels=(8, 16), down_block_types=("DownEncoderBlock2D",) * 2,
+            up_block_types=("UpDecoderBlock2D",) * 2, layers_per_block=1, latent_channels=4,
+            norm_num_groups=4, sample_size=32)
+
+
+def tiny_vae(window: int = 16) -> VAE:
+    torch.manual_seed(0)
+    return VAE(VAEConfig(autoencoder=TINY, attention_window=window))
+
+
+def image(h: int = 32, w: int = 32) -> torch.Tensor:
+    return torch.rand(1, 3, h, w, generator=torch.Generator().manual_seed(1)) * 2 - 1
+
+
+def test_encode_is_scaled_posterior_mean():
+    vae = tiny_vae()
+    x = image()
+    mean = vae.autoencoder.encode(x).latent_dist.mean
+    torch.testing.assert_close(vae.encode(x), mean * 0.18215, atol=0, rtol=0)
+
+
+def test_encode_sample_posterior_is_reproducible_with_a_generator():
+    vae = tiny_vae()
+    x = image()
+    a = vae.encode(x, sample_posterior=True, generator=torch.Generator().manual_seed(3))
+    b = vae.encode(x, sample_posterior=True, generator=torch.Generator().manual_seed(3))
+    assert torch.equal(a, b)
+    assert not torch.allclose(a, vae.encode(x))
+
+
+def full_attention_copy(vae: VAE) -> VAE:
+    ref = copy.deepcopy(vae)
+    ref.autoencoder.decoder.mid_block.attentions[0].set_processor(AttnProcessor2_0())
+    return ref
+
+
+def test_decode_within_one_window_equals_full_attention():
+    vae = tiny_vae(window=16)
+    latent = torch.randn(1, 4, 16, 12)
+    expected = full_attention_copy(vae).autoencoder.decode(latent / 0.18215).sample.clamp(-1, 1)
+    assert torch.equal(vae.decode(latent), expected)
+
+
+def test_windowed_attention_equals_block_masked_full_attention():
+    """Several windows, edge windows partial (6x10 map, window 4): full attention masked to each tile."""
+    attn = tiny_vae().autoencoder.decoder.mid_block.attentions[0]
+    x = torch.randn(2, 16, 6, 10)
+    rows, cols = torch.meshgrid(torch.arange(6), torch.arange(10), indexing="ij")
+    tile = (rows // 4 * 100 + cols // 4).flatten()
+    mask = torch.zeros(60, 60).masked_fill(tile[:, None] != tile[None, :], float("-inf")).expand(2, 60, 60)
+    with torch.no_grad():
+        expected = AttnProcessor2_0()(attn, x, attention_mask=mask)
+        windowed = WindowedAttnProcessor(4)(attn, x)
+        full = AttnProcessor2_0()(attn, x)
+    torch.testing.assert_close(windowed, expected, atol=1e-6, rtol=1e-6)
+    assert not torch.allclose(windowed, full, atol=1e-3)
+
+
+def test_decoder_attention_never_exceeds_one_window(monkeypatch):
+    """Bounded memory: no attention call sees more than window^2 positions, however large the latent."""
+    lengths = []
+    sdpa = torch.nn.functional.scaled_dot_product_attention
+
+    def recording_sdpa(q, k, v, *args, **kwargs):
+        lengths.append(k.shape[-2])
+        return sdpa(q, k, v, *args, **kwargs)
+
+    vae = tiny_vae(window=4)
+    monkeypatch.setattr(vae_module.F, "scaled_dot_product_attention", recording_sdpa)
+    with torch.no_grad():
+        assert vae.decode(torch.randn(1, 4, 16, 20)).shape == (1, 3, 32, 40)
+    assert len(lengths) == 4 * 5 and max(lengths) == 16
+
+
+def test_frozen_but_differentiable_in_the_latent():
+    vae = tiny_vae()
+    latent = torch.randn(1, 4, 8, 8, requires_grad=True)
+    vae.decode(latent, clamp=False).square().mean().backward()
+    assert latent.grad is not None and latent.grad.abs().sum() > 0
+    assert all(p.grad is None and not p.requires_grad for p in vae.parameters())
+
+
+def assert_same_weights(a: VAE, b: VAE):
+    sa, sb = a.autoencoder.state_dict(), b.autoencoder.state_dict()
+    assert list(sa) == list(sb)
+    assert all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+def test_from_pretrained_local_diffusers_folder(tmp_path):
+    vae = tiny_vae()
+    vae.autoencoder.save_pretrained(tmp_path / "pipeline" / "vae")
+    for path in (tmp_path / "pipeline" / "vae", tmp_path / "pipeline"):
+        loaded = VAE.from_pretrained_local(path, VAEConfig(autoencoder=TINY))
+        assert_same_weights(loaded, vae)
+        assert isinstance(loaded.autoencoder.decoder.mid_block.attentions[0].processor, WindowedAttnProcessor)
+
+
+def to_ldm(state_dict: dict, num_blocks: int) -> dict:
+    """diffusers AutoencoderKL keys -> original SD (LDM) keys, as in a whole SD checkpoint."""
+    rules = [
+        (r"encoder\.down_blocks\.(\d+)\.resnets\.", r"encoder.down.\1.block."),
+        (r"encoder\.down_blocks\.(\d+)\.downsamplers\.0\.", r"encoder.down.\1.downsample."),
+        (r"decoder\.up_blocks\.(\d+)\.resnets\.", lambda m: f"decoder.up.{num_blocks - 1 - int(m[1])}.block."),
+        (r"decoder\.up_blocks\.(\d+)\.upsamplers\.0\.",
+         lambda m: f"decoder.up.{num_blocks - 1 - int(m[1])}.upsample."),
+        (r"mid_block\.resnets\.(\d+)\.", lambda m: f"mid.block_{int(m[1]) + 1}."),
+        (r"mid_block\.attentions\.0\.group_norm\.", "mid.attn_1.norm."),
+        (r"mid_block\.attentions\.0\.to_(q|k|v)\.", r"mid.attn_1.\1."),
+        (r"mid_block\.attentions\.0\.to_out\.0\.", "mid.attn_1.proj_out."),
+        (r"conv_shortcut", "nin_shortcut"), (r"conv_norm_out", "norm_out"),
+    ]
+    ldm = {}
+    for key, value in state_dict.items():
+        for pattern, replacement in rules:
+            key = re.sub(pattern, replacement, key)
+        if ".attn_1." in key and key.endswith("weight") and value.ndim == 2:
+            value = value[:, :, None, None]  # LDM's attention uses 1x1 convs
+        ldm[f"first_stage_model.{key}"] = value
+    return ldm
+
+
+@pytest.mark.parametrize("layout", ["diffusers", "ldm"])
+def test_from_pretrained_local_single_file(tmp_path, layout):
+    vae = tiny_vae()
+    state_dict = vae.autoencoder.state_dict()
+    if layout == "ldm":
+        state_dict = to_ldm(state_dict, len(TINY["block_out_channels"]))
+    save_file({k: v.contiguous() for k, v in state_dict.items()}, tmp_path / "vae.safetensors")
+    assert_same_weights(VAE.from_pretrained_local(tmp_path / "vae.safetensors", VAEConfig(autoencoder=TINY)), vae)
+
+
+def test_from_pretrained_local_refuses_missing_path(tmp_path):
+    with pytest.raises(FileNotFoundError):
+        VAE.from_pretrained_local(tmp_path / "stabilityai" / "sd-vae")
+
+
+def test_sd_vae_sizes_on_meta():
+    """The default config is SD-2.1's VAE: encoder 34.2 M and decoder 49.5 M parameters (spec section 2)."""
+    with torch.device("meta"):
+        vae = VAE(VAEConfig())
+    ae = vae.autoencoder
+    count = lambda *modules: sum(p.numel() for m in modules for p in m.parameters())  # noqa: E731
+    assert round(count(ae.encoder, ae.quant_conv) / 1e6, 1) == 34.2
+    assert round(count(ae.decoder, ae.post_quant_conv) / 1e6, 1) == 49.5
