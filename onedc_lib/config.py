@@ -19,9 +19,12 @@ class CodecConfig:
 
     cond_ch: int = 4  # VAE latent channels fed to g_a
     ctrl_ch: int = 320  # g_s output, input of the generator's new conv_in
-    internal_ch: int = 512  # width of g_a's tail and g_s's y branch
+    internal_ch: int = 512  # width of g_s's y branch and of h_enc's last blocks
     bottleneck_ch: int = 128  # y channels (4 groups for the four-step prior)
-    unet_ch: tuple[int, ...] = (512, 768, 768)  # g_a's UNet2DModel block_out_channels; the last is `sem` width
+    patch_ch: int = 192  # g_a's 8x8 patch embedding of the image (192 also in the release's reduced codecs)
+    unet_in_ch: int = 320  # g_a's fused 1/8 feature, input of the UNet stem (320 at every width in the release)
+    # g_a's UNet2DModel block_out_channels: the first is the width of g_a's tail, the last the `sem` width
+    unet_ch: tuple[int, ...] = (512, 768, 768)
     unet_layers_per_block: int = 2
     unet_attention_head_dim: int = 8
     unet_norm_num_groups: int = 32
