@@ -1,0 +1,674 @@
+// odc mode (STREAMS.md "odc mode"): tiles of two interleaved 32-bit rANS states with 16-bit words.
+//
+// stream = u8 T | u32 LE length of tiles 0..T-2 | tile 0 | ... ; tile = x0 (u32 LE) | x1 (u32 LE) | words (u16 LE)
+// Item j of a tile (escape bins and raw fields included) uses state j & 1. Lower bound L = 2^16.
+//
+// Output bound (encoder): every item emits at most one word. Before an item the state is in [L, 2^32); if
+// x >= freq << 16 one word goes out and x >> 16 < 2^16 <= freq << 16, so a second word is never needed.
+// A normal symbol is one item; an escape of an int32 symbol is at most 5 items (bin, 6-bit field, and at most
+// three 16-bit fields for the at most 33 low bits of q = r + 1 < 2^34). The encoder keeps the invariant
+// "free words >= symbols still to encode" and, before an escape, grows its buffer (moving the words already
+// written) when fewer than `symbols still to encode + 8` words are free. So it never writes out of bounds.
+//
+// Decoder: all reads are bounds-checked. The fast loops run while enough words are left for the symbols they
+// decode (a normal item reads at most one word); escapes and the last few symbols use checked reads. Nothing
+// it allocates depends on the stream's content.
+//
+// The hot loops are written for instruction count: the machine is throughput-bound (about 5 instructions per
+// cycle), not latency-bound, so they avoid swaps (2x unrolled, the two states alternate by position), branches
+// on renormalisation (cmov / adc), and reloads through pointers that may alias the output.
+#include <algorithm>
+#include <atomic>
+#include <climits>
+#include <cstring>
+#include <exception>
+#include <thread>
+
+#include "rans.h"
+
+namespace onedc {
+
+namespace {
+
+constexpr uint32_t kL = 1u << 16;
+constexpr int kMaxTiles = 255;
+constexpr size_t kEscapeSlack = 8;  // words kept free before an escape (it needs at most 5)
+
+inline uint32_t load_u32le(const uint8_t* p) {
+    return uint32_t(p[0]) | uint32_t(p[1]) << 8 | uint32_t(p[2]) << 16 | uint32_t(p[3]) << 24;
+}
+
+inline void store_u32le(uint8_t* p, uint32_t x) {
+    p[0] = uint8_t(x);
+    p[1] = uint8_t(x >> 8);
+    p[2] = uint8_t(x >> 16);
+    p[3] = uint8_t(x >> 24);
+}
+
+inline uint32_t load_u16le(const uint8_t* p) {
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+    uint16_t w;
+    std::memcpy(&w, p, 2);
+    return w;
+#else
+    return uint32_t(p[0]) | uint32_t(p[1]) << 8;
+#endif
+}
+
+inline void store_u16le(uint8_t* p, uint32_t x) {
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+    const uint16_t w = static_cast<uint16_t>(x);
+    std::memcpy(p, &w, 2);
+#else
+    p[0] = uint8_t(x);
+    p[1] = uint8_t(x >> 8);
+#endif
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Encoder
+
+// Encodes one item (start, freq, rcp = ceil(2^48 / freq)) on state x in [L, 2^32). Words go to base[2 w - 2],
+// w (a word index) moving down; the caller guarantees w >= 1 (at least one free word) before every item.
+//
+// Division by the reciprocal: after renormalisation x < freq << 16 with freq < 2^16, so
+// x * rcp <= (freq 2^16 - 1)(2^48 / freq + 1) < 2^64 fits in 64 bits, and x * rcp / 2^48 = x / freq + err with
+// 0 <= err < x / 2^48 < 2^-16 < 1 / freq, which cannot carry past the next integer: q = floor(x / freq).
+// Then (q << 16) + (x mod freq) + start = x + start + q (2^16 - freq) < 2^32.
+inline void put(uint32_t& x, uint8_t* base, size_t& w, uint32_t start, uint32_t freq, uint64_t rcp) {
+    const uint32_t lim = freq << 16;
+    store_u16le(base + 2 * w - 2, x);  // speculative: kept only if w moves down
+#if defined(__GNUC__) && defined(__x86_64__)
+    // emit = x >= lim: x = x >> 16 and w -= 1 (adc adds -1 + CF, CF = x < lim).
+    const uint32_t high = x >> 16;
+    __asm__("cmpl %[lim], %[x]\n\tcmovael %[high], %[x]\n\tadcq $-1, %[w]"
+            : [x] "+r"(x), [w] "+r"(w)
+            : [lim] "r"(lim), [high] "r"(high)
+            : "cc");
+#else
+    const uint32_t emit = x >= lim;
+    w -= emit;
+    x = emit ? x >> 16 : x;
+#endif
+    const uint32_t q = static_cast<uint32_t>((uint64_t(x) * rcp) >> 48);
+    x = (x + start) + q * (65536u - freq);
+}
+
+struct Item {
+    uint32_t start, freq;
+    uint64_t rcp;
+};
+
+inline Item raw_item(uint32_t bits, uint32_t value) {  // 1 <= bits <= 16, value < 2^bits
+    const uint32_t shift = 16 - bits;
+    return Item{value << shift, 1u << shift, uint64_t(1) << (32 + bits)};
+}
+
+inline int bit_length(uint64_t q) {
+    int n = 0;
+    while (q) {
+        ++n;
+        q >>= 1;
+    }
+    return n;
+}
+
+// Items of an escaped bin v (v < 0 or v >= m), in decoding order; returns the count (at most 5).
+int escape_items(const EncView& ev, int64_t v, Item* items) {
+    const int64_t m = ev.esc;
+    const uint64_t r = v < 0 ? static_cast<uint64_t>(-2 * v - 1) : static_cast<uint64_t>(2 * (v - m));
+    const uint64_t q = r + 1;  // r < 2^34 for int32 symbols and int32 offsets
+    const int e = bit_length(q) - 1;
+    const EncBin& eb = ev.bins[m];
+    int cnt = 0;
+    items[cnt++] = Item{eb.start, eb.freq, eb.rcp};
+    items[cnt++] = raw_item(6, static_cast<uint32_t>(e));
+    for (int pos = 0; pos < e; pos += 16) {
+        const int b = std::min(16, e - pos);
+        items[cnt++] = raw_item(static_cast<uint32_t>(b), static_cast<uint32_t>(q >> pos) & ((1u << b) - 1));
+    }
+    return cnt;
+}
+
+// One tile's buffer: [pre bytes][8 bytes for the states][cap words, written downwards from the end].
+struct TileBuf {
+    std::unique_ptr<uint8_t[]> mem;
+    size_t pre = 0, cap = 0;
+    uint8_t* begin = nullptr;  // after encoding: x0 | x1 | words
+    size_t size = 0;
+    Status status;
+    uint8_t* words() const { return mem.get() + pre + 8; }
+};
+
+// Escaped bin v of symbol i (i symbols are still to encode after it). Grows the buffer first when fewer than
+// i + kEscapeSlack words are free (w counts the free words), moving the words written so far.
+// st[0]: state of the next item to encode, st[1] the other; on return st[0] is again the next one.
+__attribute__((noinline)) void encode_escape(const EncView& ev, int64_t v, size_t i, TileBuf& o, size_t& w,
+                                             uint32_t* st) {
+    if (w < i + kEscapeSlack) {
+        const size_t used = o.cap - w;
+        const size_t cap = std::max(2 * o.cap, used + i + 4 * kEscapeSlack);
+        std::unique_ptr<uint8_t[]> mem(new uint8_t[o.pre + 8 + 2 * cap]);
+        std::memcpy(mem.get() + o.pre + 8 + 2 * (cap - used), o.words() + 2 * w, 2 * used);
+        o.mem = std::move(mem);
+        o.cap = cap;
+        w = cap - used;
+    }
+    Item items[8];
+    const int cnt = escape_items(ev, v, items);
+    uint32_t a = st[0], b = st[1];
+    uint8_t* const base = o.words();
+    for (int j = cnt - 1; j >= 0; --j) {
+        put(a, base, w, items[j].start, items[j].freq, items[j].rcp);
+        std::swap(a, b);
+    }
+    st[0] = a;
+    st[1] = b;
+}
+
+// Symbols of one tile: its part of each segment, in order.
+struct Range {
+    const int32_t* sym;
+    const int32_t* idx;
+    size_t n;
+};
+
+// Encodes the ranges (in order) into one tile, leaving o.pre free bytes in front of it. Items run in reverse;
+// `a` always holds the state of the next item to encode at a symbol boundary, and the loop is unrolled by two
+// symbols so that the roles of a and b swap by position instead of by moves (an escape hands the states back
+// in the same roles).
+Status encode_tile(const Tables& t, const std::vector<Range>& ranges, TileBuf& o) {
+    const EncView* const enc = t.enc();
+    const uint32_t T = static_cast<uint32_t>(t.size());
+    size_t total = 0;
+    for (const Range& r : ranges) total += r.n;
+    o.cap = total + total / 64 + 64;
+    o.mem.reset(new uint8_t[o.pre + 8 + 2 * o.cap]);
+    uint8_t* base = o.words();
+    size_t w = o.cap;         // free words; the words written are [w, cap)
+    uint32_t a = kL, b = kL;
+    size_t before = total;    // symbols in the ranges before the current one
+    for (size_t ri = ranges.size(); ri-- > 0;) {
+        const int32_t* const sym = ranges[ri].sym;
+        const int32_t* const idx = ranges[ri].idx;
+        size_t i = ranges[ri].n;
+        before -= i;
+        auto bad_index = [&](size_t at) {
+            return Status::error("index " + std::to_string(idx[at]) + " outside [0, " + std::to_string(T) + ")");
+        };
+        if (i & 1) {
+            --i;
+            const uint32_t k = static_cast<uint32_t>(idx[i]);
+            if (k >= T) return bad_index(i);
+            const EncView& ev = enc[k];
+            const int64_t v = int64_t(sym[i]) - ev.offset;
+            if (static_cast<uint64_t>(v) < ev.esc) {
+                const EncBin& eb = ev.bins[v];
+                put(a, base, w, eb.start, eb.freq, eb.rcp);
+                std::swap(a, b);
+            } else {
+                uint32_t st[2] = {a, b};
+                encode_escape(ev, v, before + i, o, w, st);
+                base = o.words();
+                a = st[0];
+                b = st[1];
+            }
+        }
+        while (i >= 2) {
+            i -= 2;
+            // symbol i + 1 on a, then symbol i on b
+            uint32_t k = static_cast<uint32_t>(idx[i + 1]);
+            if (k >= T) return bad_index(i + 1);
+            const EncView* ev = &enc[k];
+            int64_t v = int64_t(sym[i + 1]) - ev->offset;
+            if (__builtin_expect(static_cast<uint64_t>(v) < ev->esc, 1)) {
+                const EncBin& eb = ev->bins[v];
+                put(a, base, w, eb.start, eb.freq, eb.rcp);
+            } else {
+                uint32_t st[2] = {a, b};
+                encode_escape(*ev, v, before + i + 1, o, w, st);
+                base = o.words();
+                a = st[1];  // st[0] is the next state, which the code below calls b
+                b = st[0];
+            }
+            k = static_cast<uint32_t>(idx[i]);
+            if (k >= T) return bad_index(i);
+            ev = &enc[k];
+            v = int64_t(sym[i]) - ev->offset;
+            if (__builtin_expect(static_cast<uint64_t>(v) < ev->esc, 1)) {
+                const EncBin& eb = ev->bins[v];
+                put(b, base, w, eb.start, eb.freq, eb.rcp);
+            } else {
+                uint32_t st[2] = {b, a};
+                encode_escape(*ev, v, before + i, o, w, st);
+                base = o.words();
+                a = st[0];
+                b = st[1];
+            }
+        }
+    }
+    // After the last (reverse) item the next state is in a, so item 0 used b: x0 = b, x1 = a.
+    uint8_t* const begin = base + 2 * w - 8;
+    store_u32le(begin, b);
+    store_u32le(begin + 4, a);
+    o.begin = begin;
+    o.size = 8 + 2 * (o.cap - w);
+    return Status{};
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Decoder
+
+// Words of a tile: base[2 q], q < nw.
+struct Words {
+    const uint8_t* base;
+    size_t q, nw;
+    // Checked renormalisation: x < L takes the next word; false when there is none.
+    bool renorm(uint32_t& x) {
+        if (x < kL) {
+            if (q >= nw) return false;
+            x = (x << 16) | load_u16le(base + 2 * q);
+            ++q;
+        }
+        return true;
+    }
+    // A raw field of `bits` bits (1..16) on state x.
+    bool raw(uint32_t& x, uint32_t bits, uint32_t& value) {
+        const uint32_t shift = 16u - bits;
+        const uint32_t cum = x & 0xFFFFu;
+        value = cum >> shift;
+        x = ((x >> 16) << shift) + (cum & ((1u << shift) - 1));
+        return renorm(x);
+    }
+};
+
+const char* const kTruncated = "odc stream: truncated tile (reads past its end)";
+
+// After an escape bin decoded on st[0] (st[1] the other state): the Exp-Golomb code of r, each field on the
+// next state. On success st[0] is the state of the last item decoded and st[1] the next one.
+__attribute__((noinline)) Status decode_escape(const DecView& dv, uint32_t* st, Words& in, int32_t& out) {
+    uint32_t a = st[0], b = st[1];
+    uint32_t e, w;
+    std::swap(a, b);
+    if (!in.raw(a, 6, e)) return Status::error(kTruncated);
+    uint64_t q = 0;
+    for (uint32_t pos = 0; pos < e; pos += 16) {
+        const uint32_t bits = std::min<uint32_t>(16, e - pos);
+        std::swap(a, b);
+        if (!in.raw(a, bits, w)) return Status::error(kTruncated);
+        q |= uint64_t(w) << pos;
+    }
+    st[0] = a;
+    st[1] = b;
+    q |= uint64_t(1) << e;
+    const uint64_t r = q - 1;
+    // |value - offset| <= h; anything above 2^33 is outside int32 whatever the offset.
+    const bool negative = r & 1;
+    const uint64_t h = negative ? (r >> 1) + 1 : (r >> 1);
+    if (h > (uint64_t(1) << 33)) return Status::error("odc stream: escaped value outside int32");
+    const int64_t value = (negative ? -static_cast<int64_t>(h) : static_cast<int64_t>(h) + dv.esc) + dv.offset;
+    if (value < INT32_MIN || value > INT32_MAX) return Status::error("odc stream: escaped value outside int32");
+    out = static_cast<int32_t>(value);
+    return Status{};
+}
+
+enum class Step { kOk, kEscaped, kStop, kError };
+
+// One symbol on state x (y: the other state) in the fast mode: the caller guarantees q < nw, so the (at
+// most one) word of a normal item is there. On kOk/kEscaped the next item's state is in y. kEscaped: words
+// were consumed by an escape, re-check the bounds. kStop: index out of range, nothing consumed. kError:
+// corrupt escape, `status` set.
+inline Step fast_symbol(const Tables& t, uint32_t T, uint32_t& x, uint32_t& y, Words& in, int32_t index,
+                        int32_t& out, Status& status) {
+    const uint32_t k = static_cast<uint32_t>(index);
+    if (__builtin_expect(k >= T, 0)) return Step::kStop;
+    const DecView& dv = t.dec()[k];
+    uint32_t v;
+    const uint32_t e = lookup(t, dv, x, v);
+    // x' = f + d with f = freq (x >> 16), d = cum - start; if x' < L: x' = x' << 16 | word and q += 1.
+    // x' << 16 is computed as (f << 16) + (d << 16), which starts as soon as the product is there; the empty
+    // asm keeps the compiler from re-associating f + d into (f + cum) - start (one more step on the chain).
+    const uint32_t f = (e & 0xFFFFu) * (x >> 16);
+    uint32_t d = (x & 0xFFFFu) - (e >> 16);
+    __asm__("" : "+r"(d));
+    const uint32_t next = f + d;
+    const uint32_t shifted = (f << 16) + ((d << 16) | load_u16le(in.base + 2 * in.q));
+#if defined(__GNUC__) && defined(__x86_64__)
+    x = next;
+    __asm__("cmpl %[L], %[x]\n\tcmovbl %[s], %[x]\n\tadcq $0, %[q]"
+            : [x] "+r"(x), [q] "+r"(in.q)
+            : [s] "r"(shifted), [L] "i"(kL)
+            : "cc");
+#else
+    in.q += next < kL;
+    x = next < kL ? shifted : next;
+#endif
+    if (__builtin_expect(v == dv.esc, 0)) {  // copies, so that x, y and in can stay in registers
+        uint32_t st[2] = {x, y};
+        Words w = in;
+        status = decode_escape(dv, st, w, out);
+        if (!status.ok()) return Step::kError;
+        x = st[0];
+        y = st[1];
+        in = w;
+        return Step::kEscaped;
+    }
+    out = static_cast<int32_t>(v) + dv.offset;  // in int32 (Tables::build checks offset + esc - 1)
+    return Step::kOk;
+}
+
+// A tile being decoded: its states and read position. Resumable: segments are decoded one call at a time,
+// and two tiles can be decoded interleaved on one thread.
+struct Lane {
+    uint32_t a, b;  // a: state of the next item, b: the other one
+    Words in;
+};
+
+Lane make_lane(const uint8_t* data, const uint8_t* end) {
+    return Lane{load_u32le(data), load_u32le(data + 4), Words{data + 8, 0, static_cast<size_t>(end - data - 8) / 2}};
+}
+
+// Decodes symbols [i, n) of a lane's part of a segment.
+Status decode_lane(const Tables& t, Lane& L, const int32_t* idx, int32_t* out, size_t i, size_t n) {
+    const uint32_t T = static_cast<uint32_t>(t.size());
+    uint32_t a = L.a, b = L.b;
+    Words in = L.in;
+    Status status;
+    while (i < n) {
+        // Fast loop, two symbols per round: symbol i on a, symbol i + 1 on b (then a is the next state again).
+        while (i + 2 <= n && in.q + 2 <= in.nw) {
+            Step r = fast_symbol(t, T, a, b, in, idx[i], out[i], status);
+            if (r == Step::kError) return status;
+            if (r == Step::kStop) break;
+            ++i;
+            if (r == Step::kEscaped) {
+                std::swap(a, b);
+                continue;
+            }
+            r = fast_symbol(t, T, b, a, in, idx[i], out[i], status);
+            if (r == Step::kError) return status;
+            if (r == Step::kStop) {
+                std::swap(a, b);
+                break;
+            }
+            ++i;
+        }
+        if (i == n) break;
+        // Checked step for one symbol (near the end of the tile, or a bad index).
+        const uint32_t k = static_cast<uint32_t>(idx[i]);
+        if (k >= T)
+            return Status::error("table index " + std::to_string(idx[i]) + " out of range [0, " +
+                                 std::to_string(T) + ")");
+        const DecView& dv = t.dec()[k];
+        uint32_t v;
+        a = advance(a, lookup(t, dv, a, v));
+        if (!in.renorm(a)) return Status::error(kTruncated);
+        if (v == dv.esc) {
+            uint32_t st[2] = {a, b};
+            Words w = in;
+            status = decode_escape(dv, st, w, out[i]);
+            if (!status.ok()) return status;
+            a = st[0];
+            b = st[1];
+            in = w;
+        } else {
+            out[i] = static_cast<int32_t>(v) + dv.offset;
+        }
+        std::swap(a, b);
+        ++i;
+    }
+    L.a = a, L.b = b, L.in = in;
+    return Status{};
+}
+
+Status check_end(const Lane& L) {
+    if (L.a != kL || L.b != kL) return Status::error("odc stream: corrupt tile (final states are not 2^16)");
+    if (L.in.q != L.in.nw)
+        return Status::error("odc stream: " + std::to_string(2 * (L.in.nw - L.in.q)) +
+                             " unread bytes at the end of a tile");
+    return Status{};
+}
+
+// Two lanes' parts of a segment (n0 and n1 symbols) interleaved symbol by symbol while both are in the fast
+// mode (four independent chains instead of two), then each finished on its own.
+Status decode_pair(const Tables& t, Lane& L0, const int32_t* idx0, int32_t* out0, size_t n0, Lane& L1,
+                   const int32_t* idx1, int32_t* out1, size_t n1) {
+    const uint32_t T = static_cast<uint32_t>(t.size());
+    uint32_t a0 = L0.a, b0 = L0.b, a1 = L1.a, b1 = L1.b;
+    Words in0 = L0.in, in1 = L1.in;
+    size_t i0 = 0, i1 = 0;
+    const size_t m = std::min(n0, n1);
+    Status status0, status1;
+    Step r1 = Step::kOk;
+    while (i0 < m && in0.q < in0.nw && in1.q < in1.nw) {
+        const Step r0 = fast_symbol(t, T, a0, b0, in0, idx0[i0], out0[i0], status0);
+        if (r0 == Step::kError) return status0;
+        if (r0 == Step::kStop) break;
+        std::swap(a0, b0);
+        ++i0;
+        r1 = fast_symbol(t, T, a1, b1, in1, idx1[i1], out1[i1], status1);
+        if (r1 == Step::kError || r1 == Step::kStop) break;
+        std::swap(a1, b1);
+        ++i1;
+    }
+    L0.a = a0, L0.b = b0, L0.in = in0;
+    L1.a = a1, L1.b = b1, L1.in = in1;
+    Status s = decode_lane(t, L0, idx0, out0, i0, n0);
+    if (!s.ok()) return s;
+    if (r1 == Step::kError) return status1;  // lane 1 stopped mid-symbol: do not resume it
+    return decode_lane(t, L1, idx1, out1, i1, n1);
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Tiles and threads
+
+// Runs f(0 .. count-1) on up to `threads` threads (the caller's included). f must not throw.
+template <class F>
+void parallel_for(size_t count, int threads, F&& f) {
+    const size_t workers = std::min<size_t>(count, static_cast<size_t>(std::max(threads, 1)));
+    if (workers <= 1) {
+        for (size_t i = 0; i < count; ++i) f(i);
+        return;
+    }
+    std::atomic<size_t> next{0};
+    auto work = [&] {
+        for (size_t i; (i = next.fetch_add(1, std::memory_order_relaxed)) < count;) f(i);
+    };
+    std::vector<std::thread> pool;
+    pool.reserve(workers - 1);
+    for (size_t w = 1; w < workers; ++w) {
+        try {
+            pool.emplace_back(work);
+        } catch (...) {  // could not start a thread: the others (and this one) do the work
+            break;
+        }
+    }
+    work();
+    for (auto& th : pool) th.join();
+}
+
+constexpr size_t kMaxSymbols = size_t(1) << 48;
+
+// Segment lengths (none: one segment of n); they must be >= 0 and add up to n.
+Status check_segments(const int64_t* segments, size_t count, size_t n, std::vector<size_t>& out) {
+    out.clear();
+    if (!segments) {
+        out.push_back(n);
+        return Status{};
+    }
+    size_t sum = 0;
+    for (size_t i = 0; i < count; ++i) {
+        if (segments[i] < 0 || static_cast<uint64_t>(segments[i]) > kMaxSymbols)
+            return Status::error("segment lengths must be >= 0, got " + std::to_string(segments[i]));
+        out.push_back(static_cast<size_t>(segments[i]));
+        sum += static_cast<size_t>(segments[i]);
+    }
+    if (sum != n)
+        return Status::error("segments add up to " + std::to_string(sum) + " symbols, not " + std::to_string(n));
+    return Status{};
+}
+
+// First symbol of tile k of T: k * n // T (n <= 2^48 and k <= 255, so the product fits in 64 bits).
+inline size_t tile_begin(size_t n, size_t tiles, size_t k) {
+    return static_cast<size_t>(static_cast<uint64_t>(k) * n / tiles);
+}
+
+}  // namespace
+
+Status odc_encode(const Tables& t, const int32_t* symbols, const int32_t* indexes, size_t n,
+                  const int64_t* segments, size_t num_segments, int tiles, int threads, OutBuf& out) {
+    if (tiles < 1 || tiles > kMaxTiles)
+        return Status::error("tiles must be in [1, 255], got " + std::to_string(tiles));
+    if (n > kMaxSymbols) return Status::error("odc encode: too many symbols");
+    std::vector<size_t> seg;
+    Status s = check_segments(segments, num_segments, n, seg);
+    if (!s.ok()) return s;
+    const size_t T = static_cast<size_t>(tiles);
+    auto ranges = [&](size_t k) {
+        std::vector<Range> r;
+        size_t a = 0;
+        for (size_t len : seg) {
+            const size_t lo = a + tile_begin(len, T, k), hi = a + tile_begin(len, T, k + 1);
+            r.push_back(Range{symbols + lo, indexes + lo, hi - lo});
+            a += len;
+        }
+        return r;
+    };
+    if (T == 1) {  // the tile is written in place, with one byte in front of it for the header
+        TileBuf tb;
+        tb.pre = 1;
+        s = encode_tile(t, ranges(0), tb);
+        if (!s.ok()) return s;
+        tb.begin[-1] = 1;
+        out.begin = tb.begin - 1;
+        out.size = tb.size + 1;
+        out.mem = std::move(tb.mem);
+        return Status{};
+    }
+    std::vector<TileBuf> bufs(T);
+    parallel_for(T, threads, [&](size_t k) {
+        try {
+            bufs[k].status = encode_tile(t, ranges(k), bufs[k]);
+        } catch (const std::exception& ex) {
+            bufs[k].status = Status::error(std::string("odc encode: ") + ex.what());
+        }
+    });
+    size_t total = 1 + 4 * (T - 1);
+    for (size_t k = 0; k < T; ++k) {
+        if (!bufs[k].status.ok()) return bufs[k].status;
+        if (k + 1 < T && bufs[k].size > 0xFFFFFFFFu)
+            return Status::error("odc encode: a tile exceeds 4 GiB; use more tiles");
+        total += bufs[k].size;
+    }
+    out.mem.reset(new uint8_t[total]);
+    uint8_t* w = out.mem.get();
+    *w++ = static_cast<uint8_t>(T);
+    for (size_t k = 0; k + 1 < T; ++k, w += 4) store_u32le(w, static_cast<uint32_t>(bufs[k].size));
+    for (size_t k = 0; k < T; ++k) {
+        std::memcpy(w, bufs[k].begin, bufs[k].size);
+        w += bufs[k].size;
+        bufs[k].mem.reset();
+    }
+    out.begin = out.mem.get();
+    out.size = total;
+    return Status{};
+}
+
+struct OdcDecoder::Impl {
+    std::vector<uint8_t> data;
+    std::vector<Lane> lanes;
+};
+
+OdcDecoder::OdcDecoder() : impl_(new Impl) {}
+OdcDecoder::~OdcDecoder() = default;
+
+Status OdcDecoder::open(std::shared_ptr<const Tables> tables, const uint8_t* data, size_t size, int threads) {
+    tables_ = std::move(tables);
+    threads_ = std::max(threads, 1);
+    failed_ = true;
+    if (size == 0) return Status::error("odc stream: empty");
+    const size_t T = data[0];
+    if (T == 0) return Status::error("odc stream: tile count 0");
+    const size_t header = 1 + 4 * (T - 1);
+    if (size < header) return Status::error("odc stream: truncated tile table");
+    impl_->data.assign(data, data + size);
+    const uint8_t* const d = impl_->data.data();
+    impl_->lanes.clear();
+    size_t pos = header;
+    for (size_t k = 0; k < T; ++k) {
+        const size_t len = k + 1 < T ? load_u32le(d + 1 + 4 * k) : size - pos;
+        if (len > size - pos)
+            return Status::error("odc stream: tile " + std::to_string(k) + " extends past the end");
+        if (len < 8 || (len - 8) % 2 != 0)
+            return Status::error("odc stream: tile " + std::to_string(k) + " has invalid length " +
+                                 std::to_string(len));
+        impl_->lanes.push_back(make_lane(d + pos, d + pos + len));
+        pos += len;
+    }
+    failed_ = false;
+    return Status{};
+}
+
+int OdcDecoder::tiles() const { return static_cast<int>(impl_->lanes.size()); }
+
+Status OdcDecoder::decode(const int32_t* indexes, size_t n, int32_t* out) {
+    if (failed_) return Status::error("odc decoder: the stream is corrupt or the decoder failed before");
+    if (n > kMaxSymbols) return Status::error("odc decode: too many symbols");
+    failed_ = true;  // until this segment is through
+    std::vector<Lane>& lanes = impl_->lanes;
+    const size_t T = lanes.size();
+    // Work units: pairs of tiles (decoded interleaved) unless that would leave threads idle.
+    const size_t per_unit = T >= 2 * static_cast<size_t>(threads_) ? 2 : 1;
+    const size_t units = (T + per_unit - 1) / per_unit;
+    std::vector<Status> status(units);
+    const Tables& t = *tables_;
+    parallel_for(units, threads_, [&](size_t u) {
+        try {
+            const size_t k = u * per_unit;
+            const size_t lo0 = tile_begin(n, T, k), hi0 = tile_begin(n, T, k + 1);
+            if (per_unit == 2 && k + 1 < T) {
+                const size_t hi1 = tile_begin(n, T, k + 2);
+                status[u] = decode_pair(t, lanes[k], indexes + lo0, out + lo0, hi0 - lo0, lanes[k + 1],
+                                        indexes + hi0, out + hi0, hi1 - hi0);
+            } else {
+                status[u] = decode_lane(t, lanes[k], indexes + lo0, out + lo0, 0, hi0 - lo0);
+            }
+        } catch (const std::exception& ex) {
+            status[u] = Status::error(std::string("odc decode: ") + ex.what());
+        }
+    });
+    for (const Status& st : status)
+        if (!st.ok()) return st;
+    failed_ = false;
+    return Status{};
+}
+
+Status OdcDecoder::finish() {
+    if (failed_) return Status::error("odc decoder: the stream is corrupt or the decoder failed before");
+    failed_ = true;
+    for (const Lane& L : impl_->lanes) {
+        Status s = check_end(L);
+        if (!s.ok()) return s;
+    }
+    return Status{};
+}
+
+Status odc_decode(const Tables& t, const uint8_t* data, size_t size, const int32_t* indexes, size_t n,
+                  const int64_t* segments, size_t num_segments, int threads, int32_t* out) {
+    std::vector<size_t> seg;
+    Status s = check_segments(segments, num_segments, n, seg);
+    if (!s.ok()) return s;
+    OdcDecoder dec;
+    // The one-shot decoder borrows the caller's table set for the duration of the call.
+    s = dec.open(std::shared_ptr<const Tables>(&t, [](const Tables*) {}), data, size, threads);
+    size_t a = 0;
+    for (size_t len : seg) {
+        if (!s.ok()) return s;
+        s = dec.decode(indexes + a, len, out + a);
+        a += len;
+    }
+    if (!s.ok()) return s;
+    return dec.finish();
+}
+
+}  // namespace onedc

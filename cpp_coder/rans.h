@@ -1,0 +1,186 @@
+// rANS coders of onedc: the release y-stream format and our "odc" format (see STREAMS.md).
+//
+// Everything here is plain C++17 without Python: the bindings (bindings.cpp) convert arrays and release the
+// GIL around these calls. Errors are reported through `Status` (never exceptions across threads); a failing
+// call never writes outside its buffers and never reads outside its inputs.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+namespace onedc {
+
+// An owned output buffer; the stream is [begin, begin + size) inside mem.
+struct OutBuf {
+    std::unique_ptr<uint8_t[]> mem;
+    const uint8_t* begin = nullptr;
+    size_t size = 0;
+};
+
+// An error message, empty when fine. Only built on the error path.
+struct Status {
+    std::string message;
+    bool ok() const { return message.empty(); }
+    static Status error(std::string m) { return Status{std::move(m)}; }
+};
+
+// Encoder data of one bin: start, freq and the reciprocal rcp = ceil(2^48 / freq) (see `put` in odc.cpp).
+struct EncBin {
+    uint64_t rcp;
+    uint32_t start;
+    uint32_t freq;
+};
+
+// Per-table encoder view.
+struct EncView {
+    const EncBin* bins;  // per bin, the escape bin included
+    uint32_t esc;        // escape bin m = cdf_length - 2 (bins 0 .. m-1 code values offset .. offset + m - 1)
+    int32_t offset;
+};
+
+// Per-table decoder view (32 bytes).
+//
+// Lookup: the 16-bit cum range is cut into 2^bits buckets, bucket j = cum >> shift. first[j] is the bin that
+// contains the bucket's first cum, and bucket[j] a 64-bit entry of two packed bins p(v) = start(v) << 16 | freq(v):
+//   low half:  p(first)
+//   high half: p(first + 1)                   if at most one bin boundary lies inside the bucket,
+//              start(first + 1) << 16 (freq 0) if two or more do,
+//              0xFFFF << 16 (freq 0)           if first is the last bin.
+// So sel = (cum >= start of the high half) and e = sel ? high : low give the bin first + sel, except when e has
+// freq 0: then (two or more boundaries, or cum = 65535 in the last bin) a short forward search over sf from
+// `first` finds it. Decoding therefore never scans a row linearly; Tables::build sizes each table's buckets so
+// that the fallback has probability <= 2% under the table's own distribution.
+struct DecView {
+    const uint64_t* bucket;
+    const uint16_t* first;  // bins <= 65536, so a bin index fits 16 bits
+    uint32_t shift;
+    uint32_t esc;
+    int32_t offset;  // bin + offset is an int32 for every in-range bin (checked by Tables::build)
+    uint32_t table;  // this table's number (for the fallback's sf lookup)
+};
+
+// A validated table set with its decoding lookup (bucket index) and encoding data, built once.
+// Everything lives in one arena, the decoder's hot data first.
+class Tables {
+public:
+    Tables() = default;
+    Tables(const Tables&) = delete;
+    Tables& operator=(const Tables&) = delete;
+    ~Tables();
+
+    // cdf is row-major [T, L]. Returns an error (and leaves the object unusable) on an invalid table set.
+    Status build(const int32_t* cdf, int64_t num_tables, int64_t row_width, const int32_t* cdf_length,
+                 const int32_t* offset);
+
+    int64_t size() const { return num_tables_; }
+    const DecView* dec() const { return dec_; }
+    const EncView* enc() const { return enc_; }
+    const uint32_t* sf(uint32_t table) const { return sf_ + sf_pos_[table]; }  // start | freq << 16 per bin
+    int64_t max_length() const { return max_length_; }
+    size_t memory_bytes() const { return arena_size_; }
+
+private:
+    void* arena_ = nullptr;
+    size_t arena_size_ = 0;
+    int64_t num_tables_ = 0;
+    DecView* dec_ = nullptr;
+    EncView* enc_ = nullptr;
+    uint64_t* bucket_ = nullptr;
+    uint16_t* first_ = nullptr;
+    uint32_t* sf_ = nullptr;
+    size_t* sf_pos_ = nullptr;
+    EncBin* bins_ = nullptr;
+    int64_t max_length_ = 0;
+};
+
+// x < bound ? alt : x without a branch: renormalisation decisions are unpredictable by nature, and GCC turns
+// the plain ternary into a jump.
+inline uint32_t select_below(uint32_t x, uint32_t bound, uint32_t alt) {
+#if defined(__GNUC__) && defined(__x86_64__)
+    __asm__("cmpl %2, %0\n\tcmovbl %1, %0" : "+r"(x) : "r"(alt), "r"(bound) : "cc");
+    return x;
+#else
+    const uint32_t mask = 0u - static_cast<uint32_t>(x < bound);
+    return (alt & mask) | (x & ~mask);
+#endif
+}
+
+// x >= bound ? alt : x without a branch.
+inline uint32_t select_at_least(uint32_t x, uint32_t bound, uint32_t alt) {
+#if defined(__GNUC__) && defined(__x86_64__)
+    __asm__("cmpl %2, %0\n\tcmovael %1, %0" : "+r"(x) : "r"(alt), "r"(bound) : "cc");
+    return x;
+#else
+    const uint32_t mask = 0u - static_cast<uint32_t>(x >= bound);
+    return (alt & mask) | (x & ~mask);
+#endif
+}
+
+// The fallback of `lookup`: bin of cum by a forward search from the bucket's first bin.
+inline uint32_t lookup_search(const Tables& t, const DecView& dv, uint32_t j, uint32_t cum, uint32_t& v) {
+    const uint32_t* sf = t.sf(dv.table);
+    v = dv.first[j];
+    uint32_t f = sf[v];
+    while (cum - (f & 0xFFFFu) >= (f >> 16)) f = sf[++v];
+    return (f << 16) | (f >> 16);
+}
+
+// The bin v of cum = x mod 2^16; returns its start << 16 | freq.
+inline uint32_t lookup(const Tables& t, const DecView& dv, uint32_t x, uint32_t& v) {
+    const uint32_t cum = x & 0xFFFFu;
+    const uint32_t j = cum >> dv.shift;
+    const uint64_t entry = dv.bucket[j];
+    // key >= entry  <=>  cum >= start of the high half (its bits 48..63); key is ready before the load.
+    const uint64_t key = (uint64_t(x) << 48) | 0xFFFFFFFFFFFFull;
+    const uint32_t sel = key >= entry;
+    const uint32_t e = sel ? static_cast<uint32_t>(entry >> 32) : static_cast<uint32_t>(entry);
+    if (__builtin_expect((e & 0xFFFFu) == 0, 0)) return lookup_search(t, dv, j, cum, v);
+    v = dv.first[j] + sel;
+    return e;
+}
+
+// One decoding step without renormalisation: x = freq (x >> 16) + cum - start.
+inline uint32_t advance(uint32_t x, uint32_t e) {
+    return (e & 0xFFFFu) * (x >> 16) + ((x & 0xFFFFu) - (e >> 16));
+}
+
+// Release mode: flag byte 0x01 + one byte-wise rANS stream (compat README 2.2). Index -1 skips a symbol.
+Status release_encode(const Tables& t, const int32_t* symbols, const int32_t* indexes, size_t n, OutBuf& out);
+Status release_decode(const Tables& t, const uint8_t* data, size_t size, const int32_t* indexes, size_t n,
+                      int32_t* out);
+
+// odc mode: tile header + per tile two interleaved 32-bit states with 16-bit words. threads >= 1.
+// segments: optional lengths (>= 0, adding up to n) of the segments; tile t codes its part
+// [t*n_k//T, (t+1)*n_k//T) of every segment k, in order (STREAMS.md). nullptr: one segment.
+Status odc_encode(const Tables& t, const int32_t* symbols, const int32_t* indexes, size_t n,
+                  const int64_t* segments, size_t num_segments, int tiles, int threads, OutBuf& out);
+Status odc_decode(const Tables& t, const uint8_t* data, size_t size, const int32_t* indexes, size_t n,
+                  const int64_t* segments, size_t num_segments, int threads, int32_t* out);
+
+// Incremental odc decoder: one decode() per segment (the indexes of a segment may depend on the symbols of
+// the previous ones), then finish(), which checks that every tile ended exactly. After any error it stays
+// failed. Not thread-safe (the bindings serialise calls).
+class OdcDecoder {
+public:
+    OdcDecoder();
+    ~OdcDecoder();
+    OdcDecoder(const OdcDecoder&) = delete;
+    OdcDecoder& operator=(const OdcDecoder&) = delete;
+
+    Status open(std::shared_ptr<const Tables> tables, const uint8_t* data, size_t size, int threads);  // copies
+    Status decode(const int32_t* indexes, size_t n, int32_t* out);
+    Status finish();
+    int tiles() const;
+
+private:
+    struct Impl;
+    std::unique_ptr<Impl> impl_;
+    std::shared_ptr<const Tables> tables_;
+    int threads_ = 1;
+    bool failed_ = true;
+};
+
+}  // namespace onedc

@@ -1,0 +1,130 @@
+// Validation of a table set and the lookup structures both coders share.
+#include <algorithm>
+#include <climits>
+#include <cstdlib>
+#include <new>
+
+#include "rans.h"
+
+namespace onedc {
+
+namespace {
+
+constexpr uint32_t kTotal = 1u << 16;
+constexpr int kMaxBucketBits = 12;      // at most 4096 buckets (40 KiB) per table
+constexpr double kMaxSlowMass = 0.02;  // target: probability of the fallback search (cum uniform)
+
+// Probability mass (cum uniform over [0, 2^16), which it is under the table's own distribution) of the
+// decoder's fallback: cum in a bucket with two or more bin boundaries, at or past the first of them.
+double slow_mass(const int32_t* row, int64_t bins, int bits) {
+    const int shift = 16 - bits;
+    int64_t v = 0, mass = 0;
+    for (int64_t j = 0; j < (int64_t(1) << bits); ++j) {
+        const int64_t lo = j << shift, end = (j + 1) << shift;
+        while (row[v + 1] <= lo) ++v;
+        if (v + 2 <= bins && row[v + 2] < end) mass += end - row[v + 1];
+    }
+    return static_cast<double>(mass) / kTotal;
+}
+
+}  // namespace
+
+Status Tables::build(const int32_t* cdf, int64_t num_tables, int64_t row_width, const int32_t* cdf_length,
+                     const int32_t* offset) {
+    if (num_tables < 1 || num_tables > UINT32_MAX) return Status::error("tables: need between 1 and 2^32 - 1 tables");
+    if (row_width < 3) return Status::error("tables: cdf rows must have at least 3 entries");
+
+    // Pass 1: validate, and size the storage.
+    size_t total_bins = 0, total_buckets = 0;
+    std::vector<int> bucket_bits(static_cast<size_t>(num_tables));
+    for (int64_t k = 0; k < num_tables; ++k) {
+        const int32_t* row = cdf + k * row_width;
+        const int64_t len = cdf_length[k];
+        const std::string where = "tables: row " + std::to_string(k) + ": ";
+        if (len < 3 || len > row_width)
+            return Status::error(where + "cdf_length " + std::to_string(len) + " outside [3, " +
+                                 std::to_string(row_width) + "]");
+        if (row[0] != 0) return Status::error(where + "cdf must start at 0");
+        if (row[len - 1] != static_cast<int32_t>(kTotal)) return Status::error(where + "cdf must end at 65536");
+        for (int64_t i = 0; i + 1 < len; ++i)
+            if (row[i + 1] <= row[i])
+                return Status::error(where + "cdf must be strictly increasing (bin " + std::to_string(i) +
+                                     " has frequency " + std::to_string(int64_t(row[i + 1]) - row[i]) + ")");
+        if (static_cast<int64_t>(offset[k]) + (len - 3) > INT32_MAX)
+            return Status::error(where + "offset + cdf_length - 3 exceeds int32");
+        const int64_t bins = len - 1;  // including the escape bin
+        int bits = 1;
+        while (bits < kMaxBucketBits && slow_mass(row, bins, bits) > kMaxSlowMass) ++bits;
+        bucket_bits[k] = bits;
+        total_bins += static_cast<size_t>(bins);
+        total_buckets += size_t(1) << bits;
+        max_length_ = std::max(max_length_, len);
+    }
+
+    // Pass 2: one arena for everything, hot decoder data first.
+    const size_t T = static_cast<size_t>(num_tables);
+    size_t size = 0;
+    auto reserve = [&size](size_t bytes) {
+        const size_t at = size;
+        size += (bytes + 63) & ~size_t(63);
+        return at;
+    };
+    const size_t at_dec = reserve(T * sizeof(DecView));
+    const size_t at_bucket = reserve(total_buckets * sizeof(uint64_t));
+    const size_t at_first = reserve(total_buckets * sizeof(uint16_t));
+    const size_t at_enc = reserve(T * sizeof(EncView));
+    const size_t at_bins = reserve(total_bins * sizeof(EncBin));
+    const size_t at_sf = reserve(total_bins * sizeof(uint32_t));
+    const size_t at_sf_pos = reserve(T * sizeof(size_t));
+    void* p = nullptr;
+    if (posix_memalign(&p, 64, std::max<size_t>(size, 64)) != 0) throw std::bad_alloc();
+    arena_ = p;
+    arena_size_ = size;
+    char* const base = static_cast<char*>(arena_);
+    dec_ = reinterpret_cast<DecView*>(base + at_dec);
+    bucket_ = reinterpret_cast<uint64_t*>(base + at_bucket);
+    first_ = reinterpret_cast<uint16_t*>(base + at_first);
+    enc_ = reinterpret_cast<EncView*>(base + at_enc);
+    bins_ = reinterpret_cast<EncBin*>(base + at_bins);
+    sf_ = reinterpret_cast<uint32_t*>(base + at_sf);
+    sf_pos_ = reinterpret_cast<size_t*>(base + at_sf_pos);
+    num_tables_ = num_tables;
+    size_t bin_pos = 0, bucket_pos = 0;
+    for (size_t k = 0; k < T; ++k) {
+        const int32_t* row = cdf + k * row_width;
+        const int64_t bins = cdf_length[k] - 1;
+        for (int64_t v = 0; v < bins; ++v) {
+            const uint32_t start = static_cast<uint32_t>(row[v]);
+            const uint32_t freq = static_cast<uint32_t>(row[v + 1] - row[v]);
+            sf_[bin_pos + v] = start | (freq << 16);
+            bins_[bin_pos + v] = EncBin{((uint64_t(1) << 48) + freq - 1) / freq, start, freq};
+        }
+        const int bits = bucket_bits[k];
+        const uint32_t shift = static_cast<uint32_t>(16 - bits);
+        auto packed = [&](int64_t b) -> uint64_t {  // start << 16 | freq
+            return uint64_t(uint32_t(row[b]) << 16 | uint32_t(row[b + 1] - row[b]));
+        };
+        int64_t v = 0;
+        for (int64_t j = 0; j < (int64_t(1) << bits); ++j) {
+            const int64_t lo = j << shift, last = ((j + 1) << shift) - 1;
+            while (row[v + 1] <= lo) ++v;
+            uint64_t hi;
+            if (v + 1 == bins) hi = uint64_t(0xFFFFu) << 16;                              // last bin
+            else if (v + 2 <= bins && row[v + 2] <= last) hi = uint64_t(uint32_t(row[v + 1]) << 16);  // >= 2
+            else hi = packed(v + 1);                                                       // 0 or 1
+            bucket_[bucket_pos + j] = packed(v) | hi << 32;
+            first_[bucket_pos + j] = static_cast<uint16_t>(v);  // v < bins <= 65536
+        }
+        dec_[k] = DecView{bucket_ + bucket_pos, first_ + bucket_pos, shift,
+                          static_cast<uint32_t>(bins - 1), offset[k], static_cast<uint32_t>(k)};
+        enc_[k] = EncView{bins_ + bin_pos, static_cast<uint32_t>(bins - 1), offset[k]};
+        sf_pos_[k] = bin_pos;
+        bin_pos += static_cast<size_t>(bins);
+        bucket_pos += size_t(1) << bits;
+    }
+    return Status{};
+}
+
+Tables::~Tables() { std::free(arena_); }
+
+}  // namespace onedc
