@@ -27,11 +27,13 @@ def cpp_tables(tables: CodingTables) -> _coder.Tables:
 def as_int32(values, name: str) -> np.ndarray:
     """Flat contiguous int32 copy or view of an integer array; ValueError if a value does not fit."""
     a = np.asarray(values)
+    if a.size == 0:
+        return np.zeros(0, dtype=np.int32)
     if a.dtype.kind not in "biu":
         raise TypeError(f"{name} must be integers, got dtype {a.dtype}")
     a = a.reshape(-1)
     if a.dtype != np.int32:
-        if a.size and (a.min() < _INT32.min or a.max() > _INT32.max):
+        if a.min() < _INT32.min or a.max() > _INT32.max:
             raise ValueError(f"{name} must fit in int32")
         a = a.astype(np.int32)
     return np.ascontiguousarray(a)
