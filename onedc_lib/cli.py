@@ -74,13 +74,72 @@ def _info(args: argparse.Namespace) -> int:
     return 0
 
 
-def _no_model(args: argparse.Namespace) -> int:
-    """compress / decompress: the arguments are checked for real; the model arrives with the model issue."""
-    if not os.path.exists(args.input):
-        return _fail(EXIT_USAGE, f"cannot read {args.input}: No such file or directory")
-    if os.path.isdir(args.input) and os.path.exists(args.output) and not os.path.isdir(args.output):
-        return _fail(EXIT_USAGE, f"{args.input} is a folder, so OUT must be a folder, but {args.output} is a file")
-    return _fail(EXIT_USAGE, f"{args.command}: no model available yet")
+def _jobs(args: argparse.Namespace, suffixes: set[str], out_suffix: str) -> list[tuple[str, str]]:
+    """(input, output) pairs: one file, or every matching file of a folder (recursively) into a folder."""
+    from pathlib import Path
+
+    source, target = Path(args.input), Path(args.output)
+    if not source.exists():
+        raise FileNotFoundError(f"cannot read {source}: No such file or directory")
+    if not source.is_dir():
+        return [(str(source), str(target))]
+    if target.exists() and not target.is_dir():
+        raise FileNotFoundError(f"{source} is a folder, so OUT must be a folder, but {target} is a file")
+    files = sorted(p for p in source.rglob("*") if p.is_file() and p.suffix.lower() in suffixes)
+    return [(str(p), str((target / p.relative_to(source)).with_suffix(out_suffix))) for p in files]
+
+
+def _run_jobs(args: argparse.Namespace, suffixes: set[str], out_suffix: str, work) -> int:
+    """Runs work(model, src, dst) -> one line per job, with a progress bar for folders; bad files are reported
+    and skipped (exit code 1 at the end), the others still done."""
+    import warnings
+    from pathlib import Path
+
+    from tqdm import tqdm
+
+    from onedc_lib.bitstream import BitstreamError
+    from onedc_lib.image_io import ImageError
+    from onedc_lib.weights import WeightsError, load_model
+
+    try:
+        jobs = _jobs(args, suffixes, out_suffix)
+    except FileNotFoundError as e:
+        return _fail(EXIT_USAGE, str(e))
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            model = load_model(args.model)
+        for w in caught:
+            print(f"onedc: warning: {w.message}", file=sys.stderr)
+    except WeightsError as e:
+        return _fail(EXIT_USAGE, str(e))
+    failures = 0
+    for src, dst in tqdm(jobs, disable=len(jobs) < 2, unit="file", desc=args.command):
+        try:
+            Path(dst).parent.mkdir(parents=True, exist_ok=True)
+            tqdm.write(work(model, src, dst))
+        except (ImageError, BitstreamError) as e:
+            failures += 1
+            _fail(EXIT_BAD_FILE, str(e) if src in str(e) else f"{src}: {e}")
+    return EXIT_BAD_FILE if failures else 0
+
+
+def _compress(args: argparse.Namespace) -> int:
+    from onedc_lib.image_io import IMAGE_SUFFIXES
+
+    def work(model, src, dst):
+        c = model.compress_file(src, dst)
+        return f"{src} -> {dst}: {c.container.height}x{c.container.width}, {c.num_bytes} bytes, {c.bpp:.4f} bpp"
+
+    return _run_jobs(args, IMAGE_SUFFIXES, ".odc", work)
+
+
+def _decompress(args: argparse.Namespace) -> int:
+    def work(model, src, dst):
+        image = model.decompress_file(src, dst)
+        return f"{src} -> {dst}: {image.shape[-2]}x{image.shape[-1]}"
+
+    return _run_jobs(args, {".odc"}, ".png", work)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -96,17 +155,17 @@ def _parser() -> argparse.ArgumentParser:
     info.add_argument("--json", action="store_true", help="print one JSON object instead of text")
     info.set_defaults(run=_info)
 
-    for name, what, inputs, outputs in (
-            ("compress", "compress images to .odc files", "an image or a folder of images",
+    for name, run, what, inputs, outputs in (
+            ("compress", _compress, "compress images to .odc files", "an image or a folder of images",
              "the .odc file, or a folder when IN is a folder"),
-            ("decompress", "decompress .odc or release-format files to PNG images", "a file or a folder of files",
+            ("decompress", _decompress, "decompress .odc or release-format files to PNG images", "a file or a folder of files",
              "the image file, or a folder when IN is a folder")):
         command = commands.add_parser(name, help=what, description=what[0].upper() + what[1:] + ".")
         command.add_argument("input", metavar="IN", help=inputs)
         command.add_argument("-o", "--output", metavar="OUT", required=True, help=outputs)
         command.add_argument("--model", metavar="PRESET_OR_PATH",
                              help="a preset name or a model folder (default: the model shipped with onedc)")
-        command.set_defaults(run=_no_model)
+        command.set_defaults(run=run)
     return parser
 
 

@@ -1,0 +1,240 @@
+"""OneDC: VAE encoder -> learned codec -> one-step generator -> VAE decoder, with real bitstreams.
+
+The entropy-parameter path (h_dec, the four-step prior, scale -> table index) runs in float64 without autocast on
+whatever device, so that a file encoded on one machine decodes bit-exactly on another; the symbols CRC in the
+container turns any residual mismatch into an error instead of a wrong image.
+"""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .. import bitstream
+from ..config import ModelConfig, config_to_dict
+from ..entropy import release_format
+from ..entropy.coder import GaussianCoder
+from ..entropy.context import NUM_STEPS
+from ..entropy.tables import odc_tables
+from .codec import Codec
+from .generator import OneStepGenerator
+from .vae import VAE
+
+PAD = 64  # the codec works on multiples of 64 (z is at 1/64)
+TILE_SYMBOLS = 1 << 18  # odc tiles above this many y symbols, so large images code on several threads
+
+
+@dataclass(frozen=True)
+class CompressedImage:
+    """A compressed image: the container plus what it costs. bpp always comes from the serialised bytes."""
+
+    container: bitstream.Container
+
+    @property
+    def num_bytes(self) -> int:
+        return self.container.num_bytes
+
+    @property
+    def bpp(self) -> float:
+        return self.container.bpp
+
+    def to_bytes(self) -> bytes:
+        return bitstream.write_container(self.container)
+
+
+class OneDCOutput(NamedTuple):
+    """Training/evaluation forward: reconstruction in [0, 1] and the codec's own output (rate, aux terms)."""
+
+    x_hat: torch.Tensor
+    codec: NamedTuple
+    bpp_y: torch.Tensor
+
+
+def pad_to_multiple(x: torch.Tensor, multiple: int = PAD) -> torch.Tensor:
+    """Replicate-pad right and bottom, as the release does."""
+    h, w = x.shape[-2:]
+    return F.pad(x, (0, -w % multiple, 0, -h % multiple), mode="replicate")
+
+
+class OneDC(nn.Module):
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.config = config
+        self.codec = Codec(config.codec)
+        self.generator = OneStepGenerator(config.generator, config.codec.ctrl_ch)
+        self.vae = VAE(config.vae)
+        self.tables = odc_tables()
+        self.untrained_parts: tuple[str, ...] = ("codec", "generator", "vae")  # cleared by the weight loaders
+        self._model_id: bytes | None = None
+
+    # ------------------------------------------------------------------ identity
+    @property
+    def model_id(self) -> bytes:
+        """16 bytes of SHA-256 over the config and every tensor: a file names the exact model that wrote it."""
+        if self._model_id is None:
+            h = hashlib.sha256(json.dumps(config_to_dict(self.config), sort_keys=True).encode())
+            for name, tensor in sorted(self.state_dict().items()):
+                h.update(name.encode())
+                h.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+            self._model_id = h.digest()[:16]
+        return self._model_id
+
+    def weights_changed(self) -> None:
+        """Call after changing weights in place (training, loading) so that the model id is recomputed."""
+        self._model_id = None
+
+    def load_state_dict(self, *args, **kwargs):
+        self.weights_changed()
+        return super().load_state_dict(*args, **kwargs)
+
+    # ------------------------------------------------------------------ the two halves
+    def encode_latents(self, x: torch.Tensor) -> torch.Tensor:
+        """x in [0, 1], padded -> the VAE latent (x scaling factor)."""
+        return self.vae.encode(x * 2 - 1)
+
+    def reconstruct(self, y_hat: torch.Tensor, z_semantic: torch.Tensor, height: int, width: int) -> torch.Tensor:
+        """y_hat and z_semantic -> image in [0, 1] cropped to height x width."""
+        c_map, tokens = self.codec.semantic(z_semantic)
+        ctrl = self.codec.synthesis(y_hat, c_map)
+        x0 = self.generator(ctrl, tokens).x0
+        image = self.vae.decode(x0)
+        return ((image[..., :height, :width] + 1) / 2).clamp(0, 1)
+
+    def forward(self, x: torch.Tensor) -> OneDCOutput:
+        h, w = x.shape[-2:]
+        xp = pad_to_multiple(x)
+        cond = self.encode_latents(xp)
+        out = self.codec(xp * 2 - 1, cond)
+        c_map, tokens = out.c_map, out.tokens
+        x0 = self.generator(out.ctrl, tokens).x0
+        image = self.vae.decode(x0)
+        x_hat = ((image[..., :h, :w] + 1) / 2).clamp(0, 1)
+        return OneDCOutput(x_hat, out, out.bits_y.sum() / (xp.shape[-2] * xp.shape[-1] * xp.shape[0]))
+
+    # ------------------------------------------------------------------ entropy path
+    @contextlib.contextmanager
+    def _float64_entropy_path(self):
+        """Run h_dec and the prior in float64 (lossless round trip back to the modules' dtype afterwards)."""
+        modules = self.codec.entropy_modules()
+        dtypes = [next(m.parameters()).dtype for m in modules]
+        try:
+            for m in modules:
+                m.to(torch.float64)
+            with torch.autocast(self._device.type, enabled=False):
+                yield
+        finally:
+            for m, dtype in zip(modules, dtypes):
+                m.to(dtype)
+
+    @property
+    def _device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    def _tiles(self, n: int) -> int:
+        return max(1, min(64, n // TILE_SYMBOLS))
+
+    # ------------------------------------------------------------------ files
+    @torch.no_grad()
+    def compress(self, x: torch.Tensor) -> CompressedImage:
+        """x: float tensor [1, 3, H, W] in [0, 1] -> CompressedImage (our container)."""
+        check_image_tensor(x)
+        h, w = x.shape[-2:]
+        bitstream.check_image_size(h, w)
+        xp = pad_to_multiple(x.to(self._device, torch.float32))
+        cond = self.encode_latents(xp)
+        y, sem = self.codec.analysis(xp * 2 - 1, cond)
+        z = self.codec.hyper_analysis(y, sem)
+        _, z_indices = self.codec.quantize_z(z)
+        sections = [bitstream.Section("z", release_format.pack_z(z_indices.cpu().numpy()))]
+        if not self.config.codec.z_only:
+            with self._float64_entropy_path():
+                z_hat = self.codec.z_from_indices(z_indices).to(torch.float64)
+                params, _ = self.codec.hyper_synthesis(z_hat)
+                enc = self.codec.encode_steps(y.to(torch.float64), params)
+            symbols = np.concatenate([s.cpu().numpy().astype(np.int32).reshape(-1) for s in enc.symbols])
+            indexes = np.concatenate([self.tables.scale_to_index(s.cpu()).numpy().reshape(-1) for s in enc.scales])
+            segments = [s.numel() for s in enc.symbols]
+            stream = GaussianCoder(self.tables).encode(
+                symbols, indexes, tiles=self._tiles(len(symbols)), threads=0, segments=segments
+            )
+            sections.append(bitstream.Section("y", stream, bitstream.symbols_crc(symbols)))
+        container = bitstream.Container(self.model_id, self.tables.table_hash, h, w, tuple(sections))
+        return CompressedImage(container)
+
+    @torch.no_grad()
+    def decompress(self, compressed: CompressedImage | bitstream.Container | bytes) -> torch.Tensor:
+        """-> float tensor [1, 3, H, W] in [0, 1]."""
+        container = compressed.container if isinstance(compressed, CompressedImage) else compressed
+        if isinstance(container, (bytes, bytearray)):
+            container = bitstream.read_container(container)
+        self.check_container(container)
+        hp, wp = container.padded_height, container.padded_width
+        z_indices = release_format.unpack_z(container.section("z").payload, (hp // PAD) * (wp // PAD))
+        z_indices = torch.from_numpy(z_indices).view(1, hp // PAD, wp // PAD).to(self._device)
+        with self._float64_entropy_path():
+            z_hat = self.codec.z_from_indices(z_indices).to(torch.float64)
+            params, z_semantic = self.codec.hyper_synthesis(z_hat)
+            y_hat = self.codec.decode_steps(params, self._symbol_source(container))
+        z_semantic = z_semantic.to(torch.float32)
+        return self.reconstruct(y_hat.to(torch.float32), z_semantic, container.height, container.width)
+
+    def _symbol_source(self, container: bitstream.Container):
+        """decode_fn for the prior: zeros for the z-only model, else the y stream one step at a time."""
+        if self.config.codec.z_only:
+            return lambda step, scales: torch.zeros_like(scales)
+        section = container.section("y")
+        decoder = GaussianCoder(self.tables).stream_decoder(section.payload, threads=0)
+        decoded = []
+
+        def decode_fn(step: int, scales: torch.Tensor) -> torch.Tensor:
+            indexes = self.tables.scale_to_index(scales.cpu()).numpy().reshape(-1)
+            symbols = decoder.decode(indexes)
+            decoded.append(symbols)
+            if step == NUM_STEPS - 1:
+                decoder.finish()
+                bitstream.check_symbols(section, np.concatenate(decoded))
+            return torch.from_numpy(symbols.astype(np.float64)).view_as(scales).to(scales.device)
+
+        return decode_fn
+
+    def check_container(self, container: bitstream.Container) -> None:
+        if container.model_id != self.model_id:
+            raise bitstream.BitstreamError(
+                f"this file was written by model {container.model_id.hex()} but you are decoding with model "
+                f"{self.model_id.hex()} ({self.config.name}); pass the model that wrote it"
+            )
+        if container.table_hash != self.tables.table_hash:
+            raise bitstream.BitstreamError(
+                f"this file uses coding tables {container.table_hash.hex()}, this onedc has "
+                f"{self.tables.table_hash.hex()}"
+            )
+
+    def compress_file(self, image_path, out_path) -> CompressedImage:
+        from ..image_io import load_image
+
+        compressed = self.compress(load_image(image_path).unsqueeze(0))
+        bitstream.write_file(out_path, compressed.container)
+        return compressed
+
+    def decompress_file(self, in_path, out_path) -> torch.Tensor:
+        from ..image_io import save_image
+
+        container = bitstream.read_file(in_path)
+        image = self.decompress(container)
+        save_image(image[0], out_path)
+        return image
+
+
+def check_image_tensor(x: torch.Tensor) -> None:
+    if not isinstance(x, torch.Tensor) or x.dim() != 4 or x.shape[0] != 1 or x.shape[1] != 3:
+        shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
+        raise ValueError(f"expected a float tensor [1, 3, H, W] in [0, 1], got {shape}")
+    if not torch.is_floating_point(x):
+        raise ValueError(f"expected a float tensor in [0, 1], got {x.dtype}")

@@ -1,0 +1,154 @@
+"""Resolving and loading weights from local files only: our model folders, the released OneDC checkpoint folder,
+and the separately distributed parts (SD-2.1 VAE). Safetensors or weights_only torch loads, never the hub.
+
+A model folder of ours holds `config.json` (the ModelConfig) and `model.safetensors` (the whole OneDC state_dict).
+"""
+from __future__ import annotations
+
+import io
+import json
+import os
+import warnings
+from pathlib import Path
+
+import torch
+
+from .bitstream import atomic_write
+from .config import config_from_dict, config_to_dict, load_config
+
+BUNDLED_DIR = Path(__file__).parent / "weights"
+DEFAULT_MODEL = "nano_q3"
+
+
+class WeightsError(ValueError):
+    """Missing, unreadable or mismatched weights, with what to do about it."""
+
+
+def build_model(preset: str, seed: int | None = 0, **overrides):
+    """A model built from a preset with seeded random weights (marked untrained); overrides are dotted keys."""
+    from .models.onedc import OneDC
+
+    if seed is not None:
+        torch.manual_seed(seed)
+    return OneDC(load_config(preset, overrides)).eval()
+
+
+def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    if not path.is_file():
+        raise WeightsError(f"missing weights file {path}")
+    try:
+        return load_file(str(path))
+    except Exception as error:  # safetensors raises several types for corrupt files
+        raise WeightsError(f"{path} is not a readable safetensors file ({error})") from None
+
+
+def _load_strict(module: torch.nn.Module, state_dict: dict, what: str) -> None:
+    try:
+        module.load_state_dict(state_dict, strict=True)
+    except RuntimeError as error:
+        first = str(error).splitlines()[:4]
+        raise WeightsError(f"{what} does not fit this model: " + " ".join(first)) from None
+
+
+def save_model(model, folder: str | os.PathLike, provenance: dict | None = None) -> Path:
+    """Writes config.json and model.safetensors atomically (each file replaced whole, never half written)."""
+    from safetensors.torch import save
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    atomic_write(folder / "model.safetensors", save(tensors, metadata={"format": "pt"}))
+    meta = {"config": config_to_dict(model.config), "model_id": model.model_id.hex(), "provenance": provenance or {}}
+    atomic_write(folder / "config.json", json.dumps(meta, indent=1).encode())
+    return folder
+
+
+def load_model_folder(folder: str | os.PathLike):
+    """A folder written by save_model."""
+    from .models.onedc import OneDC
+
+    folder = Path(folder)
+    config_path = folder / "config.json"
+    if not config_path.is_file():
+        raise WeightsError(f"{folder} is not a model folder: config.json is missing")
+    try:
+        meta = json.loads(config_path.read_text())
+        config = config_from_dict(meta["config"])
+    except (ValueError, KeyError, TypeError) as error:
+        raise WeightsError(f"{config_path} is not a valid model config ({error})") from None
+    model = OneDC(config)
+    _load_strict(model, _read_safetensors(folder / "model.safetensors"), f"{folder}/model.safetensors")
+    model.untrained_parts = ()
+    return model.eval()
+
+
+def bundled_models() -> list[str]:
+    return sorted(p.name for p in BUNDLED_DIR.glob("*") if (p / "config.json").is_file())
+
+
+def load_model(name_or_path: str | None = None):
+    """None: the default bundled model. Else a bundled model name, a model folder, or a preset name (random)."""
+    name = name_or_path or DEFAULT_MODEL
+    if (BUNDLED_DIR / name / "config.json").is_file():
+        return load_model_folder(BUNDLED_DIR / name)
+    if Path(name).is_dir():
+        return load_model_folder(name)
+    from .config import preset_names
+
+    if name in preset_names():
+        warnings.warn(
+            f"no trained weights for {name!r}: using seeded random weights (UNTRAINED; reconstructions are "
+            "meaningless, bitstreams are real)", stacklevel=2,
+        )
+        return build_model(name)
+    raise WeightsError(
+        f"unknown model {name!r}: not a bundled model ({', '.join(bundled_models()) or 'none'}), "
+        f"not a model folder, not a preset ({', '.join(preset_names())})"
+    )
+
+
+def load_release_checkpoint(folder: str | os.PathLike, vae: str | os.PathLike | None = None,
+                            preset: str = "sd15"):
+    """The released OneDC folder: model.safetensors (generator with LoRA) and model_1.safetensors (codec), strict.
+
+    The SD-2.1 VAE is not in that folder: pass its local diffusers folder or file as `vae`; without it an
+    untrained VAE is built from config and a warning says so.
+    """
+    from .models.vae import VAE
+
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise WeightsError(f"release checkpoint folder {folder} does not exist")
+    model = build_model(preset, seed=None)
+    _load_strict(model.generator.unet, _read_safetensors(folder / "model.safetensors"), "model.safetensors")
+    _load_strict(model.codec, _read_safetensors(folder / "model_1.safetensors"), "model_1.safetensors")
+    untrained = ["vae"]
+    if vae is not None:
+        model.vae = VAE.from_pretrained_local(vae, model.config.vae)
+        untrained = []
+    else:
+        warnings.warn(
+            "no SD-2.1 VAE given (vae=PATH): the VAE is UNTRAINED, built from config; decoded images will be "
+            "meaningless", stacklevel=2,
+        )
+    model.untrained_parts = tuple(untrained)
+    model.weights_changed()
+    return model.eval()
+
+
+def load_dmd2_unet_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """The DMD2 one-step SD-1.5 UNet (`.bin`, torch pickle) loaded with weights_only, or a safetensors file."""
+    path = Path(path)
+    if path.suffix == ".safetensors":
+        return _read_safetensors(path)
+    if not path.is_file():
+        raise WeightsError(f"missing weights file {path}")
+    try:
+        state = torch.load(io.BytesIO(path.read_bytes()), map_location="cpu", weights_only=True)
+    except Exception as error:
+        raise WeightsError(f"{path} is not a loadable weights file ({error})") from None
+    if not isinstance(state, dict):
+        raise WeightsError(f"{path} holds a {type(state).__name__}, not a state_dict")
+    return state
