@@ -52,7 +52,7 @@ struct EncView {
 // So sel = (cum >= start of the high half) and e = sel ? high : low give the bin first + sel, except when e has
 // freq 0: then (two or more boundaries, or cum = 65535 in the last bin) a short forward search over sf from
 // `first` finds it. Decoding therefore never scans a row linearly; Tables::build sizes each table's buckets so
-// that the fallback has probability <= 2% under the table's own distribution.
+// that the fallback has probability <= 4% under the table's own distribution.
 struct DecView {
     const uint64_t* bucket;
     const uint16_t* first;  // bins <= 65536, so a bin index fits 16 bits

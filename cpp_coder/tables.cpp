@@ -12,7 +12,7 @@ namespace {
 
 constexpr uint32_t kTotal = 1u << 16;
 constexpr int kMaxBucketBits = 12;      // at most 4096 buckets (40 KiB) per table
-constexpr double kMaxSlowMass = 0.02;  // target: probability of the fallback search (cum uniform)
+constexpr double kMaxSlowMass = 0.04;  // target: probability of the fallback search (cum uniform)
 
 // Probability mass (cum uniform over [0, 2^16), which it is under the table's own distribution) of the
 // decoder's fallback: cum in a bucket with two or more bin boundaries, at or past the first of them.

@@ -43,3 +43,31 @@ def manifest(compat_dir):
         return [(key[len(prefix):], shape) for key, shape, _ in data["keys_in_state_dict_order"]
                 if key.startswith(prefix)]
     return entries
+
+
+@pytest.fixture
+def run_fuzz_harness(tmp_path):
+    """run_fuzz_harness(name, seconds) -> number of inputs executed by benchmarks/<name>.py (asserts exit 0).
+
+    atheris.Fuzz() exits its process, hence the subprocess, run in tmp_path so that crash artifacts never land in
+    the checkout. A forked child inherits the peak RSS of this (torch-loaded) pytest process, which libFuzzer's
+    default 2 GB limit would count as its own, so the limit is raised above that baseline.
+    """
+    import os
+    import re
+    import subprocess
+    import sys
+
+    repo = Path(__file__).resolve().parents[1]
+
+    def run(name: str, seconds: int = 4) -> int:
+        result = subprocess.run(
+            [sys.executable, str(repo / "benchmarks" / f"{name}.py"), f"-max_total_time={seconds}",
+             "-rss_limit_mb=8192"],
+            cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(repo)}, capture_output=True, text=True,
+            timeout=60 + 10 * seconds,
+        )
+        assert result.returncode == 0, result.stderr[-3000:]
+        return int(re.search(r"stat::number_of_executed_units: (\d+)", result.stderr).group(1))
+
+    return run

@@ -112,8 +112,7 @@ class OneDC(nn.Module):
         xp = pad_to_multiple(x)
         cond = self.encode_latents(xp)
         out = self.codec(xp * 2 - 1, cond)
-        c_map, tokens = out.c_map, out.tokens
-        x0 = self.generator(out.ctrl, tokens).x0
+        x0 = self.generator(out.ctrl, out.tokens).x0
         image = self.vae.decode(x0)
         x_hat = ((image[..., :h, :w] + 1) / 2).clamp(0, 1)
         return OneDCOutput(x_hat, out, out.bits_y.sum() / (xp.shape[-2] * xp.shape[-1] * xp.shape[0]))
