@@ -312,24 +312,53 @@ __attribute__((noinline)) Status decode_escape(const DecView& dv, uint32_t* st, 
     return Status{};
 }
 
-enum class Step { kOk, kEscaped, kStop, kError };
+// The rare path of a symbol (st[0]: its state, st[1]: the other): the bucket's fallback search, the escape bin
+// and its Exp-Golomb code, all with checked reads. On success st[0] is the state of the symbol's last item and
+// st[1] the next one.
+__attribute__((noinline)) Status slow_symbol(const Tables& t, const DecView& dv, uint32_t* st, Words& in,
+                                             int32_t& out) {
+    const uint32_t cum = st[0] & 0xFFFFu;
+    uint32_t v;
+    st[0] = advance(st[0], lookup_search(t, dv, cum >> dv.shift, cum, v));
+    if (!in.renorm(st[0])) return Status::error(kTruncated);
+    if (v == dv.esc) return decode_escape(dv, st, in, out);
+    out = static_cast<int32_t>(v) + dv.offset;
+    return Status{};
+}
 
-// One symbol on state x (y: the other state) in the fast mode: the caller guarantees q < nw, so the (at
-// most one) word of a normal item is there. On kOk/kEscaped the next item's state is in y. kEscaped: words
-// were consumed by an escape, re-check the bounds. kStop: index out of range, nothing consumed. kError:
-// corrupt escape, `status` set.
+enum class Step { kOk, kSlow, kStop, kError };
+
+// One symbol on state x (y: the other state). The caller guarantees q < nw, so the (at most one) word of a
+// fast symbol is there. kOk: the next item's state is y. kSlow: decoded by slow_symbol, which may have read
+// more words (re-check the bounds); the next state is y too. kStop: index out of range, nothing consumed.
+// kError: corrupt stream, `status` set.
 inline Step fast_symbol(const Tables& t, uint32_t T, uint32_t& x, uint32_t& y, Words& in, int32_t index,
                         int32_t& out, Status& status) {
     const uint32_t k = static_cast<uint32_t>(index);
     if (__builtin_expect(k >= T, 0)) return Step::kStop;
     const DecView& dv = t.dec()[k];
-    uint32_t v;
-    const uint32_t e = lookup(t, dv, x, v);
+    const uint32_t cum = x & 0xFFFFu;
+    const uint32_t j = cum >> dv.shift;
+    const uint64_t entry = dv.bucket[j];
+    // key >= entry  <=>  cum >= start of the high half (its bits 48..63); key is ready before the load.
+    const uint64_t key = (uint64_t(x) << 48) | 0xFFFFFFFFFFFFull;
+    const uint32_t sel = key >= entry;
+    const uint32_t e = sel ? static_cast<uint32_t>(entry >> 32) : static_cast<uint32_t>(entry);
+    if (__builtin_expect((e & 0xFFFFu) == 0, 0)) {  // copies, so that x, y and in can stay in registers
+        uint32_t st[2] = {x, y};
+        Words w = in;
+        status = slow_symbol(t, dv, st, w, out);
+        if (!status.ok()) return Step::kError;
+        x = st[0];
+        y = st[1];
+        in = w;
+        return Step::kSlow;
+    }
     // x' = f + d with f = freq (x >> 16), d = cum - start; if x' < L: x' = x' << 16 | word and q += 1.
     // x' << 16 is computed as (f << 16) + (d << 16), which starts as soon as the product is there; the empty
     // asm keeps the compiler from re-associating f + d into (f + cum) - start (one more step on the chain).
     const uint32_t f = (e & 0xFFFFu) * (x >> 16);
-    uint32_t d = (x & 0xFFFFu) - (e >> 16);
+    uint32_t d = cum - (e >> 16);
     __asm__("" : "+r"(d));
     const uint32_t next = f + d;
     const uint32_t shifted = (f << 16) + ((d << 16) | load_u16le(in.base + 2 * in.q));
@@ -343,17 +372,7 @@ inline Step fast_symbol(const Tables& t, uint32_t T, uint32_t& x, uint32_t& y, W
     in.q += next < kL;
     x = next < kL ? shifted : next;
 #endif
-    if (__builtin_expect(v == dv.esc, 0)) {  // copies, so that x, y and in can stay in registers
-        uint32_t st[2] = {x, y};
-        Words w = in;
-        status = decode_escape(dv, st, w, out);
-        if (!status.ok()) return Step::kError;
-        x = st[0];
-        y = st[1];
-        in = w;
-        return Step::kEscaped;
-    }
-    out = static_cast<int32_t>(v) + dv.offset;  // in int32 (Tables::build checks offset + esc - 1)
+    out = static_cast<int32_t>(dv.first[j] + sel) + dv.offset;  // in int32 (Tables::build checks the offset)
     return Step::kOk;
 }
 
@@ -375,23 +394,30 @@ Status decode_lane(const Tables& t, Lane& L, const int32_t* idx, int32_t* out, s
     Words in = L.in;
     Status status;
     while (i < n) {
-        // Fast loop, two symbols per round: symbol i on a, symbol i + 1 on b (then a is the next state again).
-        while (i + 2 <= n && in.q + 2 <= in.nw) {
-            Step r = fast_symbol(t, T, a, b, in, idx[i], out[i], status);
+        // Fast loop, two symbols per round (symbol i on a, symbol i + 1 on b, then a is the next state again),
+        // in blocks that need no bounds check: a fast symbol reads at most one word. A slow symbol (which may
+        // read more) or a bad index ends the block.
+        for (;;) {
+            const size_t end = i + (std::min(n - i, in.nw - in.q) & ~size_t(1));
+            if (end == i) break;
+            Step r = Step::kOk;
+            while (i < end) {
+                r = fast_symbol(t, T, a, b, in, idx[i], out[i], status);
+                if (r != Step::kOk) break;
+                r = fast_symbol(t, T, b, a, in, idx[i + 1], out[i + 1], status);
+                if (r != Step::kOk) {
+                    std::swap(a, b);  // so that a holds the state of symbol i + 1
+                    ++i;
+                    break;
+                }
+                i += 2;
+            }
             if (r == Step::kError) return status;
             if (r == Step::kStop) break;
-            ++i;
-            if (r == Step::kEscaped) {
-                std::swap(a, b);
-                continue;
+            if (r == Step::kSlow) {
+                std::swap(a, b);  // the next state is in b
+                ++i;
             }
-            r = fast_symbol(t, T, b, a, in, idx[i], out[i], status);
-            if (r == Step::kError) return status;
-            if (r == Step::kStop) {
-                std::swap(a, b);
-                break;
-            }
-            ++i;
         }
         if (i == n) break;
         // Checked step for one symbol (near the end of the tile, or a bad index).
@@ -399,22 +425,13 @@ Status decode_lane(const Tables& t, Lane& L, const int32_t* idx, int32_t* out, s
         if (k >= T)
             return Status::error("table index " + std::to_string(idx[i]) + " out of range [0, " +
                                  std::to_string(T) + ")");
-        const DecView& dv = t.dec()[k];
-        uint32_t v;
-        a = advance(a, lookup(t, dv, a, v));
-        if (!in.renorm(a)) return Status::error(kTruncated);
-        if (v == dv.esc) {
-            uint32_t st[2] = {a, b};
-            Words w = in;
-            status = decode_escape(dv, st, w, out[i]);
-            if (!status.ok()) return status;
-            a = st[0];
-            b = st[1];
-            in = w;
-        } else {
-            out[i] = static_cast<int32_t>(v) + dv.offset;
-        }
-        std::swap(a, b);
+        uint32_t st[2] = {a, b};
+        Words w = in;
+        status = slow_symbol(t, t.dec()[k], st, w, out[i]);  // checked reads, any bin
+        if (!status.ok()) return status;
+        a = st[1];
+        b = st[0];
+        in = w;
         ++i;
     }
     L.a = a, L.b = b, L.in = in;

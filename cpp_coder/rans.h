@@ -44,15 +44,17 @@ struct EncView {
 // Per-table decoder view (32 bytes).
 //
 // Lookup: the 16-bit cum range is cut into 2^bits buckets, bucket j = cum >> shift. first[j] is the bin that
-// contains the bucket's first cum, and bucket[j] a 64-bit entry of two packed bins p(v) = start(v) << 16 | freq(v):
+// contains the bucket's first cum, and bucket[j] a 64-bit entry of two packed bins p(v) = start(v) << 16 | freq(v)
+// (with freq 0 for the escape bin, the last one):
 //   low half:  p(first)
 //   high half: p(first + 1)                   if at most one bin boundary lies inside the bucket,
 //              start(first + 1) << 16 (freq 0) if two or more do,
 //              0xFFFF << 16 (freq 0)           if first is the last bin.
 // So sel = (cum >= start of the high half) and e = sel ? high : low give the bin first + sel, except when e has
-// freq 0: then (two or more boundaries, or cum = 65535 in the last bin) a short forward search over sf from
-// `first` finds it. Decoding therefore never scans a row linearly; Tables::build sizes each table's buckets so
-// that the fallback has probability <= 4% under the table's own distribution.
+// freq 0: then (the escape bin, two or more boundaries, or cum = 65535 in the last bin) a short forward search
+// over sf from `first` finds it. Decoding therefore never scans a row linearly, and the fast path has a single
+// rare branch. Tables::build sizes each table's buckets so that the fallback has probability <= 4% under the
+// table's own distribution (plus the escape bin's own probability).
 struct DecView {
     const uint64_t* bucket;
     const uint16_t* first;  // bins <= 65536, so a bin index fits 16 bits

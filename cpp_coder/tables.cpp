@@ -101,8 +101,9 @@ Status Tables::build(const int32_t* cdf, int64_t num_tables, int64_t row_width, 
         }
         const int bits = bucket_bits[k];
         const uint32_t shift = static_cast<uint32_t>(16 - bits);
-        auto packed = [&](int64_t b) -> uint64_t {  // start << 16 | freq
-            return uint64_t(uint32_t(row[b]) << 16 | uint32_t(row[b + 1] - row[b]));
+        auto packed = [&](int64_t b) -> uint64_t {  // start << 16 | freq; freq 0 for the escape bin
+            const uint32_t freq = b + 1 == bins ? 0u : uint32_t(row[b + 1] - row[b]);
+            return uint64_t(uint32_t(row[b]) << 16 | freq);
         };
         int64_t v = 0;
         for (int64_t j = 0; j < (int64_t(1) << bits); ++j) {

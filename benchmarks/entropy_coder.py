@@ -1,0 +1,230 @@
+"""Speed and size of our rANS coder against compressai's and constriction's, on the same symbols and scales.
+
+    python benchmarks/entropy_coder.py [--json results/entropy_coder.json] [--repeats 5] [--quick]
+
+Cases (symbols are integers drawn with a per-symbol scale s):
+  gaussian_2p20    2^20 symbols, s log-uniform on [0.11, 64], symbols rint(N(0, s))
+  laplace_2p20     the same scales, Laplace residuals with the same std (heavier tails than the model)
+  onedc_768x768_y  128 x 48 x 48 symbols in channel-major order, scales like a real latent: per channel a
+                   log-uniform centre, a channel-specific log-spread and a smooth spatial field; a third of
+                   the channels nearly dead (s ~ 0.11-0.3)
+
+Coders, all single-threaded, each timed on a full encode and a full decode call (inputs prepared outside the
+timer), median of --repeats:
+  onedc         GaussianCoder (odc mode, our tables odc_tables(), 1 tile, 1 thread); indexes from
+                odc_tables().scale_to_index(s) (nearest of the 256 table scales in log space)
+  compressai    compressai.ans.RansEncoder.encode_with_indexes / RansDecoder.decode_with_indexes, given OUR odc
+                tables (cdf, cdf_length, offset as lists) and the same indexes: the same model, so the comparison
+                is of coders (its API takes Python lists; their conversion happens inside its calls)
+  constriction  constriction.stream.stack.AnsCoder with QuantizedGaussian(-R, R) and the exact per-symbol
+                scales (mean 0), R = max |symbol| of the case: an exact continuous model, no tables
+
+ideal_bits is the exact cross-entropy -sum log2 P(symbol | N(0, s)) with P the N(0, s) mass of
+[symbol - 1/2, symbol + 1/2] at the symbol's own scale (float64, log-space tails). Size overhead is
+bytes / (ideal_bits / 8) - 1. Fixed costs: the bytes of a 0-symbol stream and of a 1-symbol stream (symbol 0 at
+s = 1). Also reported for ours (under "onedc"."extra"): 4 tiles on one thread (interleaved decoding) and on
+all cores.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+from scipy.special import log_ndtr
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from onedc_lib.entropy.coder import GaussianCoder  # noqa: E402
+from onedc_lib.entropy.tables import odc_tables  # noqa: E402
+
+SCALE_MIN, SCALE_MAX = 0.11, 64.0
+
+
+# ---------------------------------------------------------------------------------------------------------- data
+
+def _log_uniform(rng, n):
+    return np.exp(rng.uniform(math.log(SCALE_MIN), math.log(SCALE_MAX), n))
+
+
+def case_gaussian(rng, n=1 << 20):
+    scales = _log_uniform(rng, n)
+    return np.rint(rng.normal(size=n) * scales).astype(np.int32), scales
+
+
+def case_laplace(rng, n=1 << 20):
+    scales = _log_uniform(rng, n)
+    return np.rint(rng.laplace(size=n) * scales / math.sqrt(2.0)).astype(np.int32), scales
+
+
+def case_onedc(rng, channels=128, height=48, width=48):
+    """A real latent's scales: per-channel level and spread, smooth in space, a third of the channels dead."""
+    lo, hi = math.log(SCALE_MIN), math.log(SCALE_MAX)
+    centre = rng.uniform(lo, math.log(24.0), channels)
+    dead = rng.random(channels) < 1 / 3
+    centre[dead] = rng.uniform(lo, math.log(0.3), dead.sum())
+    spread = np.where(dead, 0.15, rng.uniform(0.3, 1.2, channels))
+    field = rng.normal(size=(channels, height + 4, width + 4))
+    kernel = np.ones(5) / 5.0  # separable box blur: a smooth spatial pattern per channel
+    field = np.apply_along_axis(np.convolve, 2, field, kernel, "valid")
+    field = np.apply_along_axis(np.convolve, 1, field, kernel, "valid")
+    field /= field.std(axis=(1, 2), keepdims=True)
+    log_scale = centre[:, None, None] + spread[:, None, None] * field
+    scales = np.exp(np.clip(log_scale, lo, hi)).reshape(-1)
+    return np.rint(rng.normal(size=scales.size) * scales).astype(np.int32), scales
+
+
+CASES = {"gaussian_2p20": case_gaussian, "laplace_2p20": case_laplace, "onedc_768x768_y": case_onedc}
+
+
+def ideal_bits(symbols: np.ndarray, scales: np.ndarray) -> float:
+    """-sum log2 P(x) with P(x) = P(|x| - 1/2 < |X| < |x| + 1/2), X ~ N(0, s), by symmetry; stable far out."""
+    a = (np.abs(symbols.astype(np.float64)) - 0.5) / scales
+    b = (np.abs(symbols.astype(np.float64)) + 0.5) / scales
+    log_upper_a, log_upper_b = log_ndtr(-a), log_ndtr(-b)  # log P(X/s > a), log P(X/s > b)
+    log_p = log_upper_a + np.log1p(-np.exp(log_upper_b - log_upper_a))
+    return float(-log_p.sum() / math.log(2.0))
+
+
+# -------------------------------------------------------------------------------------------------------- coders
+
+def _median_time(fn, repeats):
+    """Median wall time of `repeats` calls after one warm-up call (page faults, caches)."""
+    result = fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        result = fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times), result
+
+
+def bench_onedc(symbols, scales, repeats, tiles=1, threads=1):
+    tables = odc_tables()
+    coder = GaussianCoder(tables)
+    indexes = tables.scale_to_index(scales)
+    t_enc, data = _median_time(lambda: coder.encode(symbols, indexes, tiles=tiles, threads=threads), repeats)
+    t_dec, out = _median_time(lambda: coder.decode(data, indexes, threads=threads), repeats)
+    assert np.array_equal(out, symbols), "onedc round trip failed"
+    return t_enc, t_dec, len(data)
+
+
+def _compressai_tables():
+    tables = odc_tables()
+    cdfs = [row[:length].tolist() for row, length in zip(tables.cdf, tables.cdf_length)]
+    return cdfs, tables.cdf_length.tolist(), tables.offset.tolist()
+
+
+def bench_compressai(symbols, scales, repeats):
+    from compressai.ans import RansDecoder, RansEncoder
+
+    cdfs, lengths, offsets = _compressai_tables()
+    sym_list, idx_list = symbols.tolist(), odc_tables().scale_to_index(scales).tolist()
+    encoder, decoder = RansEncoder(), RansDecoder()
+    t_enc, data = _median_time(lambda: encoder.encode_with_indexes(sym_list, idx_list, cdfs, lengths, offsets),
+                               repeats)
+    t_dec, out = _median_time(lambda: decoder.decode_with_indexes(data, idx_list, cdfs, lengths, offsets), repeats)
+    assert np.array_equal(np.asarray(out), symbols), "compressai round trip failed"
+    return t_enc, t_dec, len(data)
+
+
+def bench_constriction(symbols, scales, repeats):
+    import constriction
+
+    bound = int(max(1, np.abs(symbols).max(initial=0)))
+    family = constriction.stream.model.QuantizedGaussian(-bound, bound)
+    means, stds = np.zeros(len(symbols)), np.asarray(scales, dtype=np.float64)
+
+    def encode():
+        coder = constriction.stream.stack.AnsCoder()
+        coder.encode_reverse(symbols, family, means, stds)
+        return coder.get_compressed()
+
+    def decode(words):
+        return constriction.stream.stack.AnsCoder(words).decode(family, means, stds)
+
+    t_enc, words = _median_time(encode, repeats)
+    t_dec, out = _median_time(lambda: decode(words), repeats)
+    assert np.array_equal(out, symbols), "constriction round trip failed"
+    return t_enc, t_dec, 4 * len(words)
+
+
+CODERS = {"onedc": bench_onedc, "compressai": bench_compressai, "constriction": bench_constriction}
+
+
+def fixed_costs() -> dict:
+    """Bytes of a 0-symbol and a 1-symbol stream (symbol 0 at s = 1) for each coder."""
+    one_sym, one_scale = np.zeros(1, np.int32), np.ones(1)
+    out = {}
+    for name, fn in CODERS.items():
+        out[name] = {"0": fn(one_sym[:0], one_scale[:0], 1)[2], "1": fn(one_sym, one_scale, 1)[2]}
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------------- main
+
+def run(repeats: int, quick: bool) -> dict:
+    rng = np.random.default_rng(2024)
+    cases = {}
+    for case, make in CASES.items():
+        symbols, scales = make(rng) if not quick else make(rng, **({"n": 1 << 16} if "2p20" in case else
+                                                                    {"channels": 16}))
+        ideal = ideal_bits(symbols, scales)
+        results = {}
+        for name, fn in CODERS.items():
+            t_enc, t_dec, size = fn(symbols, scales, repeats)
+            results[name] = {"enc_msym_s": len(symbols) / t_enc / 1e6, "dec_msym_s": len(symbols) / t_dec / 1e6,
+                             "bytes": int(size), "ideal_bits": ideal, "n_symbols": int(len(symbols))}
+        extra = {}
+        for label, tiles, threads in (("tiles4_threads1", 4, 1), ("tiles4_all_cores", 4, 0)):
+            t_enc, t_dec, size = bench_onedc(symbols, scales, repeats, tiles, threads)
+            extra[label] = {"enc_msym_s": len(symbols) / t_enc / 1e6, "dec_msym_s": len(symbols) / t_dec / 1e6,
+                            "bytes": int(size)}
+        results["onedc"]["extra"] = extra
+        cases[case] = results
+        print_case(case, results)
+    costs = fixed_costs()
+    print("\nfixed cost (bytes of a 0-symbol / 1-symbol stream): " +
+          ", ".join(f"{name} {c['0']} / {c['1']}" for name, c in costs.items()))
+    return {"cases": cases, "fixed_cost_bytes": costs,
+            "machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
+                        "repeats": repeats}}
+
+
+def print_case(case: str, results: dict) -> None:
+    ours = results["onedc"]
+    print(f"\n{case}: {ours['n_symbols']} symbols, ideal {ours['ideal_bits'] / 8:.0f} bytes "
+          f"({ours['ideal_bits'] / ours['n_symbols']:.3f} bits/symbol)")
+    print(f"  {'coder':<13} {'enc Msym/s':>10} {'dec Msym/s':>10} {'bytes':>9} {'overhead':>9} "
+          f"{'ours/peer enc':>13} {'ours/peer dec':>13}")
+    for name, r in results.items():
+        overhead = r["bytes"] / (r["ideal_bits"] / 8) - 1
+        ratio_enc = ours["enc_msym_s"] / r["enc_msym_s"]
+        ratio_dec = ours["dec_msym_s"] / r["dec_msym_s"]
+        print(f"  {name:<13} {r['enc_msym_s']:>10.1f} {r['dec_msym_s']:>10.1f} {r['bytes']:>9} "
+              f"{100 * overhead:>8.3f}% {ratio_enc:>12.1f}x {ratio_dec:>12.1f}x")
+    for label, r in ours["extra"].items():
+        print(f"  onedc {label}: enc {r['enc_msym_s']:.1f}, dec {r['dec_msym_s']:.1f} Msym/s, {r['bytes']} bytes")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--json", type=Path, help="write the results here")
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--quick", action="store_true", help="small cases (a smoke test)")
+    args = parser.parse_args()
+    results = run(args.repeats, args.quick)
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(results, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
