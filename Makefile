@@ -1,7 +1,6 @@
 # Two entry points (see README.md): `make demo` and `make test`. Both set up .venv first.
 VENV ?= .venv
 PY := $(VENV)/bin/python
-COMPAT ?= ../shared/compat
 
 .PHONY: setup demo test bench figures
 setup: $(VENV)/.installed
@@ -12,7 +11,8 @@ $(VENV)/.installed: pyproject.toml setup.py $(wildcard cpp_coder/*.cpp cpp_coder
 	touch $@
 
 demo: setup
-	$(VENV)/bin/onedc info $(COMPAT)/codec_small_e2e.bin
+	$(VENV)/bin/onedc demo --out out/demo
+	$(VENV)/bin/onedc info out/demo/astronaut.odc
 
 test: setup
 	$(PY) -m pytest -q

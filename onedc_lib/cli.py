@@ -112,15 +112,17 @@ def _run_jobs(args: argparse.Namespace, suffixes: set[str], out_suffix: str, wor
             print(f"onedc: warning: {w.message}", file=sys.stderr)
     except WeightsError as e:
         return _fail(EXIT_USAGE, str(e))
-    failures = 0
+    code = 0
     for src, dst in tqdm(jobs, disable=len(jobs) < 2, unit="file", desc=args.command):
         try:
             Path(dst).parent.mkdir(parents=True, exist_ok=True)
             tqdm.write(work(model, src, dst))
         except (ImageError, BitstreamError) as e:
-            failures += 1
-            _fail(EXIT_BAD_FILE, str(e) if src in str(e) else f"{src}: {e}")
-    return EXIT_BAD_FILE if failures else 0
+            code = max(code, _fail(EXIT_BAD_FILE, str(e) if src in str(e) else f"{src}: {e}"))
+        except OSError as e:  # unreadable input, unwritable output: report it and go on with the other files
+            where = e.filename if e.filename is not None else src
+            code = max(code, _fail(EXIT_USAGE, f"{src} -> {dst}: cannot access {where}: {e.strerror or e}"))
+    return code
 
 
 def _compress(args: argparse.Namespace) -> int:
@@ -139,6 +141,29 @@ def _decompress(args: argparse.Namespace) -> int:
         return f"{src} -> {dst}: {image.shape[-2]}x{image.shape[-1]}"
 
     return _run_jobs(args, {".odc"}, ".png", work)
+
+
+def _demo(args: argparse.Namespace) -> int:
+    import warnings
+
+    from onedc_lib.demo import run_demo
+    from onedc_lib.weights import WeightsError, load_model
+
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            model = load_model(args.model)
+        for w in caught:
+            print(f"onedc: warning: {w.message}", file=sys.stderr)
+    except WeightsError as e:
+        return _fail(EXIT_USAGE, str(e))
+    rows = run_demo(model, args.out)
+    print(f"{'image':10} {'H x W':>10} {'bytes':>8} {'bpp':>8} {'PSNR':>7} {'enc s':>6} {'dec s':>6}")
+    for r in rows:
+        print(f"{r['name']:10} {r['height']:>4} x {r['width']:<4} {r['bytes']:>8} {r['bpp']:>8.4f} {r['psnr']:>7.2f} "
+              f"{r['enc_s']:>6.2f} {r['dec_s']:>6.2f}")
+    print(f"files, reconstructions and results.json in {args.out}")
+    return 0
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -165,6 +190,14 @@ def _parser() -> argparse.ArgumentParser:
         command.add_argument("--model", metavar="PRESET_OR_PATH",
                              help="a preset name or a model folder (default: the model shipped with onedc)")
         command.set_defaults(run=run)
+    demo = commands.add_parser("demo", help="compress and decompress the sample photographs",
+                               description="Compress and decompress the sample photographs (shipped with "
+                                           "scikit-image) with a model; write the .odc files, the reconstructions "
+                                           "and results.json (bpp from the files, PSNR, times).")
+    demo.add_argument("--model", metavar="PRESET_OR_PATH",
+                      help="a preset name or a model folder (default: the model shipped with onedc)")
+    demo.add_argument("--out", metavar="DIR", default="out/demo", help="output folder (default: out/demo)")
+    demo.set_defaults(run=_demo)
     return parser
 
 
