@@ -2,7 +2,7 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: setup demo test bench figures
+.PHONY: setup demo test bench
 setup: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml setup.py $(wildcard cpp_coder/*.cpp cpp_coder/*.h)

@@ -1,0 +1,36 @@
+import json
+
+import pytest
+
+from onedc_lib.data.samples import SAMPLES, sample_image
+from onedc_lib.demo import psnr, run_demo
+from onedc_lib.weights import build_model
+
+
+def test_samples_are_photographs_with_licences():
+    for name, licence in SAMPLES.items():
+        image = sample_image(name)
+        assert image.shape[0] == 3 and min(image.shape[1:]) >= 300
+        assert 0 <= image.min() and image.max() <= 1
+        assert "public domain" in licence or "CC0" in licence
+    with pytest.raises(ValueError, match="unknown sample"):
+        sample_image("nope")
+
+
+def test_demo_writes_files_reconstructions_and_results(tmp_path):
+    model = build_model("nano_q3")
+    rows = run_demo(model, tmp_path, names=("chelsea",))
+    assert {p.name for p in tmp_path.iterdir()} == {"chelsea.png", "chelsea.odc", "chelsea_decoded.png",
+                                                     "results.json"}
+    row = rows[0]
+    assert row["bytes"] == (tmp_path / "chelsea.odc").stat().st_size
+    assert row["bpp"] == pytest.approx(8 * row["bytes"] / (300 * 451))
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert results["model_id"] == model.model_id.hex() and results["images"] == rows
+    assert results["untrained_parts"] == ["codec", "generator", "vae"]
+
+
+def test_psnr_on_8_bit_values():
+    a = sample_image("chelsea")
+    assert psnr(a, a) == float("inf")
+    assert psnr(a, (a + 1 / 255).clamp(0, 1)) == pytest.approx(48.13, abs=0.2)
