@@ -21,9 +21,9 @@ timer), median of --repeats:
 
 ideal_bits is the exact cross-entropy -sum log2 P(symbol | N(0, s)) with P the N(0, s) mass of
 [symbol - 1/2, symbol + 1/2] at the symbol's own scale (float64, log-space tails). Size overhead is
-bytes / (ideal_bits / 8) - 1. Fixed costs: the bytes of a 0-symbol stream and of a 1-symbol stream (symbol 0 at
-s = 1). Also reported for ours (under "onedc"."extra"): 4 tiles on one thread (interleaved decoding) and on
-all cores.
+bytes / (ideal_bits / 8) - 1. Fixed costs: the bytes of 0-, 1- and 2-symbol streams (symbols 0 at s = 1), each
+coded in a subprocess because compressai's coder writes out of its buffer on tiny streams (here it crashed on 0
+and 1 symbols). Also reported for ours (under "onedc"."extra"): 4 tiles on one thread and on all cores.
 """
 from __future__ import annotations
 
@@ -159,13 +159,21 @@ def bench_constriction(symbols, scales, repeats):
 CODERS = {"onedc": bench_onedc, "compressai": bench_compressai, "constriction": bench_constriction}
 
 
+def _stream_bytes(name: str, n: int):
+    """Bytes of an n-symbol stream (symbols 0 at s = 1) from coder `name`, in a subprocess: compressai's coder
+    writes out of its buffer on tiny streams (it crashed on an empty one here). None if it crashed."""
+    import subprocess
+
+    code = ("import sys, numpy as np; sys.path.insert(0, sys.argv[1]); import entropy_coder as ec; "
+            "print(ec.CODERS[sys.argv[2]](np.zeros(int(sys.argv[3]), np.int32), np.ones(int(sys.argv[3])), 1)[2])")
+    result = subprocess.run([sys.executable, "-c", code, str(Path(__file__).parent), name, str(n)],
+                            capture_output=True, text=True)
+    return int(result.stdout.split()[-1]) if result.returncode == 0 else None
+
+
 def fixed_costs() -> dict:
-    """Bytes of a 0-symbol and a 1-symbol stream (symbol 0 at s = 1) for each coder."""
-    one_sym, one_scale = np.zeros(1, np.int32), np.ones(1)
-    out = {}
-    for name, fn in CODERS.items():
-        out[name] = {"0": fn(one_sym[:0], one_scale[:0], 1)[2], "1": fn(one_sym, one_scale, 1)[2]}
-    return out
+    """Bytes of 0-, 1- and 2-symbol streams (symbols 0 at s = 1) for each coder; None: the coder crashed."""
+    return {name: {str(n): _stream_bytes(name, n) for n in (0, 1, 2)} for name in CODERS}
 
 
 # ---------------------------------------------------------------------------------------------------------- main
@@ -191,8 +199,8 @@ def run(repeats: int, quick: bool) -> dict:
         cases[case] = results
         print_case(case, results)
     costs = fixed_costs()
-    print("\nfixed cost (bytes of a 0-symbol / 1-symbol stream): " +
-          ", ".join(f"{name} {c['0']} / {c['1']}" for name, c in costs.items()))
+    print("\nfixed cost (bytes of a 0- / 1- / 2-symbol stream; None: the coder crashed): " +
+          ", ".join(f"{name} {c['0']} / {c['1']} / {c['2']}" for name, c in costs.items()))
     return {"cases": cases, "fixed_cost_bytes": costs,
             "machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
                         "repeats": repeats}}

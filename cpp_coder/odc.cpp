@@ -339,11 +339,9 @@ inline Step fast_symbol(const Tables& t, uint32_t T, uint32_t& x, uint32_t& y, W
     const DecView& dv = t.dec()[k];
     const uint32_t cum = x & 0xFFFFu;
     const uint32_t j = cum >> dv.shift;
-    const uint64_t entry = dv.bucket[j];
-    // key >= entry  <=>  cum >= start of the high half (its bits 48..63); key is ready before the load.
-    const uint64_t key = (uint64_t(x) << 48) | 0xFFFFFFFFFFFFull;
-    const uint32_t sel = key >= entry;
-    const uint32_t e = sel ? static_cast<uint32_t>(entry >> 32) : static_cast<uint32_t>(entry);
+    const BucketEntry entry = dv.bucket[j];
+    const uint32_t sel = cum >= (entry.hi >> 16);
+    const uint32_t e = sel ? entry.hi : entry.lo;
     if (__builtin_expect((e & 0xFFFFu) == 0, 0)) {  // copies, so that x, y and in can stay in registers
         uint32_t st[2] = {x, y};
         Words w = in;
@@ -354,14 +352,13 @@ inline Step fast_symbol(const Tables& t, uint32_t T, uint32_t& x, uint32_t& y, W
         in = w;
         return Step::kSlow;
     }
-    // x' = f + d with f = freq (x >> 16), d = cum - start; if x' < L: x' = x' << 16 | word and q += 1.
-    // x' << 16 is computed as (f << 16) + (d << 16), which starts as soon as the product is there; the empty
-    // asm keeps the compiler from re-associating f + d into (f + cum) - start (one more step on the chain).
+    // x' = f + d with f = freq (x >> 16), d = cum - start; if x' < L: x' = x' << 16 | word and q += 1. The
+    // empty asm keeps the compiler from re-associating f + d into (f + cum) - start (one more step on the chain).
     const uint32_t f = (e & 0xFFFFu) * (x >> 16);
     uint32_t d = cum - (e >> 16);
     __asm__("" : "+r"(d));
     const uint32_t next = f + d;
-    const uint32_t shifted = (f << 16) + ((d << 16) | load_u16le(in.base + 2 * in.q));
+    const uint32_t shifted = (next << 16) | load_u16le(in.base + 2 * in.q);
 #if defined(__GNUC__) && defined(__x86_64__)
     x = next;
     __asm__("cmpl %[L], %[x]\n\tcmovbl %[s], %[x]\n\tadcq $0, %[q]"
@@ -372,12 +369,11 @@ inline Step fast_symbol(const Tables& t, uint32_t T, uint32_t& x, uint32_t& y, W
     in.q += next < kL;
     x = next < kL ? shifted : next;
 #endif
-    out = static_cast<int32_t>(dv.first[j] + sel) + dv.offset;  // in int32 (Tables::build checks the offset)
+    out = static_cast<int32_t>(dv.value[j] + sel);  // in int32 (Tables::build checks the offset)
     return Step::kOk;
 }
 
-// A tile being decoded: its states and read position. Resumable: segments are decoded one call at a time,
-// and two tiles can be decoded interleaved on one thread.
+// A tile being decoded: its states and read position. Resumable: segments are decoded one call at a time.
 struct Lane {
     uint32_t a, b;  // a: state of the next item, b: the other one
     Words in;
@@ -387,12 +383,13 @@ Lane make_lane(const uint8_t* data, const uint8_t* end) {
     return Lane{load_u32le(data), load_u32le(data + 4), Words{data + 8, 0, static_cast<size_t>(end - data - 8) / 2}};
 }
 
-// Decodes symbols [i, n) of a lane's part of a segment.
-Status decode_lane(const Tables& t, Lane& L, const int32_t* idx, int32_t* out, size_t i, size_t n) {
+// Decodes a lane's part of a segment: n symbols.
+Status decode_lane(const Tables& t, Lane& L, const int32_t* idx, int32_t* out, size_t n) {
     const uint32_t T = static_cast<uint32_t>(t.size());
     uint32_t a = L.a, b = L.b;
     Words in = L.in;
     Status status;
+    size_t i = 0;
     while (i < n) {
         // Fast loop, two symbols per round (symbol i on a, symbol i + 1 on b, then a is the next state again),
         // in blocks that need no bounds check: a fast symbol reads at most one word. A slow symbol (which may
@@ -444,36 +441,6 @@ Status check_end(const Lane& L) {
         return Status::error("odc stream: " + std::to_string(2 * (L.in.nw - L.in.q)) +
                              " unread bytes at the end of a tile");
     return Status{};
-}
-
-// Two lanes' parts of a segment (n0 and n1 symbols) interleaved symbol by symbol while both are in the fast
-// mode (four independent chains instead of two), then each finished on its own.
-Status decode_pair(const Tables& t, Lane& L0, const int32_t* idx0, int32_t* out0, size_t n0, Lane& L1,
-                   const int32_t* idx1, int32_t* out1, size_t n1) {
-    const uint32_t T = static_cast<uint32_t>(t.size());
-    uint32_t a0 = L0.a, b0 = L0.b, a1 = L1.a, b1 = L1.b;
-    Words in0 = L0.in, in1 = L1.in;
-    size_t i0 = 0, i1 = 0;
-    const size_t m = std::min(n0, n1);
-    Status status0, status1;
-    Step r1 = Step::kOk;
-    while (i0 < m && in0.q < in0.nw && in1.q < in1.nw) {
-        const Step r0 = fast_symbol(t, T, a0, b0, in0, idx0[i0], out0[i0], status0);
-        if (r0 == Step::kError) return status0;
-        if (r0 == Step::kStop) break;
-        std::swap(a0, b0);
-        ++i0;
-        r1 = fast_symbol(t, T, a1, b1, in1, idx1[i1], out1[i1], status1);
-        if (r1 == Step::kError || r1 == Step::kStop) break;
-        std::swap(a1, b1);
-        ++i1;
-    }
-    L0.a = a0, L0.b = b0, L0.in = in0;
-    L1.a = a1, L1.b = b1, L1.in = in1;
-    Status s = decode_lane(t, L0, idx0, out0, i0, n0);
-    if (!s.ok()) return s;
-    if (r1 == Step::kError) return status1;  // lane 1 stopped mid-symbol: do not resume it
-    return decode_lane(t, L1, idx1, out1, i1, n1);
 }
 
 // ---------------------------------------------------------------------------------------------------------
@@ -634,24 +601,14 @@ Status OdcDecoder::decode(const int32_t* indexes, size_t n, int32_t* out) {
     failed_ = true;  // until this segment is through
     std::vector<Lane>& lanes = impl_->lanes;
     const size_t T = lanes.size();
-    // Work units: pairs of tiles (decoded interleaved) unless that would leave threads idle.
-    const size_t per_unit = T >= 2 * static_cast<size_t>(threads_) ? 2 : 1;
-    const size_t units = (T + per_unit - 1) / per_unit;
-    std::vector<Status> status(units);
+    std::vector<Status> status(T);
     const Tables& t = *tables_;
-    parallel_for(units, threads_, [&](size_t u) {
+    parallel_for(T, threads_, [&](size_t k) {
         try {
-            const size_t k = u * per_unit;
-            const size_t lo0 = tile_begin(n, T, k), hi0 = tile_begin(n, T, k + 1);
-            if (per_unit == 2 && k + 1 < T) {
-                const size_t hi1 = tile_begin(n, T, k + 2);
-                status[u] = decode_pair(t, lanes[k], indexes + lo0, out + lo0, hi0 - lo0, lanes[k + 1],
-                                        indexes + hi0, out + hi0, hi1 - hi0);
-            } else {
-                status[u] = decode_lane(t, lanes[k], indexes + lo0, out + lo0, 0, hi0 - lo0);
-            }
+            const size_t lo = tile_begin(n, T, k), hi = tile_begin(n, T, k + 1);
+            status[k] = decode_lane(t, lanes[k], indexes + lo, out + lo, hi - lo);
         } catch (const std::exception& ex) {
-            status[u] = Status::error(std::string("odc decode: ") + ex.what());
+            status[k] = Status::error(std::string("odc decode: ") + ex.what());
         }
     });
     for (const Status& st : status)

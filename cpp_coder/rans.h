@@ -43,21 +43,25 @@ struct EncView {
 
 // Per-table decoder view (32 bytes).
 //
-// Lookup: the 16-bit cum range is cut into 2^bits buckets, bucket j = cum >> shift. first[j] is the bin that
-// contains the bucket's first cum, and bucket[j] a 64-bit entry of two packed bins p(v) = start(v) << 16 | freq(v)
-// (with freq 0 for the escape bin, the last one):
-//   low half:  p(first)
-//   high half: p(first + 1)                   if at most one bin boundary lies inside the bucket,
-//              start(first + 1) << 16 (freq 0) if two or more do,
-//              0xFFFF << 16 (freq 0)           if first is the last bin.
-// So sel = (cum >= start of the high half) and e = sel ? high : low give the bin first + sel, except when e has
+// Lookup: the 16-bit cum range is cut into 2^bits buckets, bucket j = cum >> shift. `first` is the bin that
+// contains the bucket's first cum (stored as first + offset, the value it decodes to), and bucket[j] two packed
+// bins p(v) = start(v) << 16 | freq(v) (with freq 0 for the escape bin, the last one):
+//   lo: p(first)
+//   hi: p(first + 1)                    if at most one bin boundary lies inside the bucket,
+//       start(first + 1) << 16 (freq 0) if two or more do,
+//       0xFFFF << 16 (freq 0)           if first is the last bin.
+// So sel = (cum >= start of hi) and e = sel ? hi : lo give the bin first + sel, except when e has
 // freq 0: then (the escape bin, two or more boundaries, or cum = 65535 in the last bin) a short forward search
 // over sf from `first` finds it. Decoding therefore never scans a row linearly, and the fast path has a single
 // rare branch. Tables::build sizes each table's buckets so that the fallback has probability <= 4% under the
 // table's own distribution (plus the escape bin's own probability).
+struct BucketEntry {
+    uint32_t lo, hi;  // packed bins, see above
+};
+
 struct DecView {
-    const uint64_t* bucket;
-    const uint16_t* first;  // bins <= 65536, so a bin index fits 16 bits
+    const BucketEntry* bucket;
+    const uint32_t* value;  // per bucket: first bin + offset (mod 2^32)
     uint32_t shift;
     uint32_t esc;
     int32_t offset;  // bin + offset is an int32 for every in-range bin (checked by Tables::build)
@@ -90,8 +94,8 @@ private:
     int64_t num_tables_ = 0;
     DecView* dec_ = nullptr;
     EncView* enc_ = nullptr;
-    uint64_t* bucket_ = nullptr;
-    uint16_t* first_ = nullptr;
+    BucketEntry* bucket_ = nullptr;
+    uint32_t* value_ = nullptr;
     uint32_t* sf_ = nullptr;
     size_t* sf_pos_ = nullptr;
     EncBin* bins_ = nullptr;
@@ -124,7 +128,7 @@ inline uint32_t select_at_least(uint32_t x, uint32_t bound, uint32_t alt) {
 // The fallback of `lookup`: bin of cum by a forward search from the bucket's first bin.
 inline uint32_t lookup_search(const Tables& t, const DecView& dv, uint32_t j, uint32_t cum, uint32_t& v) {
     const uint32_t* sf = t.sf(dv.table);
-    v = dv.first[j];
+    v = dv.value[j] - static_cast<uint32_t>(dv.offset);
     uint32_t f = sf[v];
     while (cum - (f & 0xFFFFu) >= (f >> 16)) f = sf[++v];
     return (f << 16) | (f >> 16);
@@ -134,13 +138,11 @@ inline uint32_t lookup_search(const Tables& t, const DecView& dv, uint32_t j, ui
 inline uint32_t lookup(const Tables& t, const DecView& dv, uint32_t x, uint32_t& v) {
     const uint32_t cum = x & 0xFFFFu;
     const uint32_t j = cum >> dv.shift;
-    const uint64_t entry = dv.bucket[j];
-    // key >= entry  <=>  cum >= start of the high half (its bits 48..63); key is ready before the load.
-    const uint64_t key = (uint64_t(x) << 48) | 0xFFFFFFFFFFFFull;
-    const uint32_t sel = key >= entry;
-    const uint32_t e = sel ? static_cast<uint32_t>(entry >> 32) : static_cast<uint32_t>(entry);
+    const BucketEntry entry = dv.bucket[j];
+    const uint32_t sel = cum >= (entry.hi >> 16);
+    const uint32_t e = sel ? entry.hi : entry.lo;
     if (__builtin_expect((e & 0xFFFFu) == 0, 0)) return lookup_search(t, dv, j, cum, v);
-    v = dv.first[j] + sel;
+    v = dv.value[j] - static_cast<uint32_t>(dv.offset) + sel;
     return e;
 }
 

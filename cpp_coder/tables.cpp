@@ -70,8 +70,8 @@ Status Tables::build(const int32_t* cdf, int64_t num_tables, int64_t row_width, 
         return at;
     };
     const size_t at_dec = reserve(T * sizeof(DecView));
-    const size_t at_bucket = reserve(total_buckets * sizeof(uint64_t));
-    const size_t at_first = reserve(total_buckets * sizeof(uint16_t));
+    const size_t at_bucket = reserve(total_buckets * sizeof(BucketEntry));
+    const size_t at_first = reserve(total_buckets * sizeof(uint32_t));
     const size_t at_enc = reserve(T * sizeof(EncView));
     const size_t at_bins = reserve(total_bins * sizeof(EncBin));
     const size_t at_sf = reserve(total_bins * sizeof(uint32_t));
@@ -82,8 +82,8 @@ Status Tables::build(const int32_t* cdf, int64_t num_tables, int64_t row_width, 
     arena_size_ = size;
     char* const base = static_cast<char*>(arena_);
     dec_ = reinterpret_cast<DecView*>(base + at_dec);
-    bucket_ = reinterpret_cast<uint64_t*>(base + at_bucket);
-    first_ = reinterpret_cast<uint16_t*>(base + at_first);
+    bucket_ = reinterpret_cast<BucketEntry*>(base + at_bucket);
+    value_ = reinterpret_cast<uint32_t*>(base + at_first);
     enc_ = reinterpret_cast<EncView*>(base + at_enc);
     bins_ = reinterpret_cast<EncBin*>(base + at_bins);
     sf_ = reinterpret_cast<uint32_t*>(base + at_sf);
@@ -101,22 +101,22 @@ Status Tables::build(const int32_t* cdf, int64_t num_tables, int64_t row_width, 
         }
         const int bits = bucket_bits[k];
         const uint32_t shift = static_cast<uint32_t>(16 - bits);
-        auto packed = [&](int64_t b) -> uint64_t {  // start << 16 | freq; freq 0 for the escape bin
+        auto packed = [&](int64_t b) -> uint32_t {  // start << 16 | freq; freq 0 for the escape bin
             const uint32_t freq = b + 1 == bins ? 0u : uint32_t(row[b + 1] - row[b]);
-            return uint64_t(uint32_t(row[b]) << 16 | freq);
+            return uint32_t(row[b]) << 16 | freq;
         };
         int64_t v = 0;
         for (int64_t j = 0; j < (int64_t(1) << bits); ++j) {
             const int64_t lo = j << shift, last = ((j + 1) << shift) - 1;
             while (row[v + 1] <= lo) ++v;
-            uint64_t hi;
-            if (v + 1 == bins) hi = uint64_t(0xFFFFu) << 16;                              // last bin
-            else if (v + 2 <= bins && row[v + 2] <= last) hi = uint64_t(uint32_t(row[v + 1]) << 16);  // >= 2
-            else hi = packed(v + 1);                                                       // 0 or 1
-            bucket_[bucket_pos + j] = packed(v) | hi << 32;
-            first_[bucket_pos + j] = static_cast<uint16_t>(v);  // v < bins <= 65536
+            uint32_t hi;
+            if (v + 1 == bins) hi = 0xFFFFu << 16;                                      // last bin
+            else if (v + 2 <= bins && row[v + 2] <= last) hi = uint32_t(row[v + 1]) << 16;  // two or more
+            else hi = packed(v + 1);                                                     // none or one
+            bucket_[bucket_pos + j] = BucketEntry{packed(v), hi};
+            value_[bucket_pos + j] = static_cast<uint32_t>(v) + static_cast<uint32_t>(offset[k]);
         }
-        dec_[k] = DecView{bucket_ + bucket_pos, first_ + bucket_pos, shift,
+        dec_[k] = DecView{bucket_ + bucket_pos, value_ + bucket_pos, shift,
                           static_cast<uint32_t>(bins - 1), offset[k], static_cast<uint32_t>(k)};
         enc_[k] = EncView{bins_ + bin_pos, static_cast<uint32_t>(bins - 1), offset[k]};
         sf_pos_[k] = bin_pos;

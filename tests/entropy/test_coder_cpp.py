@@ -116,8 +116,8 @@ def test_release_mode_takes_any_int32_symbol():
 @pytest.mark.parametrize("tiles", [1, 2, 5, 64])
 @pytest.mark.parametrize("threads", [1, 2, 0])
 def test_large_round_trip_threads_and_tiles(tiles, threads):
-    """Big enough for the fast loops, the two-tile interleaved decoder (tiles >= 2 threads) and buffer growth
-    under heavy escapes; the bytes never depend on the thread count."""
+    """Big enough for the fast loops' blocks and for buffer growth under heavy escapes; the bytes never depend
+    on the thread count."""
     tables = odc_tables()
     rng = np.random.default_rng(tiles)
     n = 40_000
