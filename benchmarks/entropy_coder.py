@@ -10,7 +10,7 @@ Cases (symbols are integers drawn with a per-symbol scale s):
                    the channels nearly dead (s ~ 0.11-0.3)
 
 Coders, all single-threaded, each timed on a full encode and a full decode call (inputs prepared outside the
-timer), median of --repeats:
+timer), median of --repeats, the coders interleaved within each repeat (the machine may be shared):
   onedc         GaussianCoder (odc mode, our tables odc_tables(), 1 tile, 1 thread); indexes from
                 odc_tables().scale_to_index(s) (nearest of the 256 table scales in log space)
   compressai    compressai.ans.RansEncoder.encode_with_indexes / RansDecoder.decode_with_indexes, given OUR odc
@@ -95,47 +95,29 @@ def ideal_bits(symbols: np.ndarray, scales: np.ndarray) -> float:
 
 # -------------------------------------------------------------------------------------------------------- coders
 
-def _median_time(fn, repeats):
-    """Median wall time of `repeats` calls after one warm-up call (page faults, caches)."""
-    result = fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        result = fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times), result
+# Each coder: setup(symbols, scales) -> (encode() -> data, decode(data) -> symbols, size(data) -> bytes).
 
-
-def bench_onedc(symbols, scales, repeats, tiles=1, threads=1):
+def onedc_setup(symbols, scales, tiles=1, threads=1):
     tables = odc_tables()
     coder = GaussianCoder(tables)
     indexes = tables.scale_to_index(scales)
-    t_enc, data = _median_time(lambda: coder.encode(symbols, indexes, tiles=tiles, threads=threads), repeats)
-    t_dec, out = _median_time(lambda: coder.decode(data, indexes, threads=threads), repeats)
-    assert np.array_equal(out, symbols), "onedc round trip failed"
-    return t_enc, t_dec, len(data)
+    return (lambda: coder.encode(symbols, indexes, tiles=tiles, threads=threads),
+            lambda data: coder.decode(data, indexes, threads=threads), len)
 
 
-def _compressai_tables():
-    tables = odc_tables()
-    cdfs = [row[:length].tolist() for row, length in zip(tables.cdf, tables.cdf_length)]
-    return cdfs, tables.cdf_length.tolist(), tables.offset.tolist()
-
-
-def bench_compressai(symbols, scales, repeats):
+def compressai_setup(symbols, scales):
     from compressai.ans import RansDecoder, RansEncoder
 
-    cdfs, lengths, offsets = _compressai_tables()
-    sym_list, idx_list = symbols.tolist(), odc_tables().scale_to_index(scales).tolist()
+    tables = odc_tables()
+    cdfs = [row[:length].tolist() for row, length in zip(tables.cdf, tables.cdf_length)]
+    lengths, offsets = tables.cdf_length.tolist(), tables.offset.tolist()
+    sym_list, idx_list = symbols.tolist(), tables.scale_to_index(scales).tolist()
     encoder, decoder = RansEncoder(), RansDecoder()
-    t_enc, data = _median_time(lambda: encoder.encode_with_indexes(sym_list, idx_list, cdfs, lengths, offsets),
-                               repeats)
-    t_dec, out = _median_time(lambda: decoder.decode_with_indexes(data, idx_list, cdfs, lengths, offsets), repeats)
-    assert np.array_equal(np.asarray(out), symbols), "compressai round trip failed"
-    return t_enc, t_dec, len(data)
+    return (lambda: encoder.encode_with_indexes(sym_list, idx_list, cdfs, lengths, offsets),
+            lambda data: decoder.decode_with_indexes(data, idx_list, cdfs, lengths, offsets), len)
 
 
-def bench_constriction(symbols, scales, repeats):
+def constriction_setup(symbols, scales):
     import constriction
 
     bound = int(max(1, np.abs(symbols).max(initial=0)))
@@ -147,16 +129,36 @@ def bench_constriction(symbols, scales, repeats):
         coder.encode_reverse(symbols, family, means, stds)
         return coder.get_compressed()
 
-    def decode(words):
-        return constriction.stream.stack.AnsCoder(words).decode(family, means, stds)
-
-    t_enc, words = _median_time(encode, repeats)
-    t_dec, out = _median_time(lambda: decode(words), repeats)
-    assert np.array_equal(out, symbols), "constriction round trip failed"
-    return t_enc, t_dec, 4 * len(words)
+    return encode, lambda words: constriction.stream.stack.AnsCoder(words).decode(family, means, stds), \
+        lambda words: 4 * len(words)
 
 
-CODERS = {"onedc": bench_onedc, "compressai": bench_compressai, "constriction": bench_constriction}
+CODERS = {"onedc": onedc_setup, "compressai": compressai_setup, "constriction": constriction_setup}
+
+
+def time_coders(setups: dict, symbols: np.ndarray, repeats: int) -> dict:
+    """Median encode and decode times of every coder, the coders interleaved in each repeat so that a change of
+    machine load hits them alike; one warm-up call each first (page faults, caches). -> {name: (enc, dec, bytes)}"""
+    data = {}
+    for name, (encode, decode, size) in setups.items():
+        data[name] = encode()
+        assert np.array_equal(np.asarray(decode(data[name])), symbols), f"{name} round trip failed"
+    times = {name: ([], []) for name in setups}
+    for _ in range(repeats):
+        for name, (encode, decode, _) in setups.items():
+            start = time.perf_counter()
+            encode()
+            middle = time.perf_counter()
+            decode(data[name])
+            times[name][0].append(middle - start)
+            times[name][1].append(time.perf_counter() - middle)
+    return {name: (statistics.median(times[name][0]), statistics.median(times[name][1]), setups[name][2](data[name]))
+            for name in setups}
+
+
+def stream_bytes(name: str, n: int) -> int:
+    encode, _, size = CODERS[name](np.zeros(n, np.int32), np.ones(n))
+    return size(encode())
 
 
 def _stream_bytes(name: str, n: int):
@@ -164,8 +166,8 @@ def _stream_bytes(name: str, n: int):
     writes out of its buffer on tiny streams (it crashed on an empty one here). None if it crashed."""
     import subprocess
 
-    code = ("import sys, numpy as np; sys.path.insert(0, sys.argv[1]); import entropy_coder as ec; "
-            "print(ec.CODERS[sys.argv[2]](np.zeros(int(sys.argv[3]), np.int32), np.ones(int(sys.argv[3])), 1)[2])")
+    code = ("import sys; sys.path.insert(0, sys.argv[1]); import entropy_coder as ec; "
+            "print(ec.stream_bytes(sys.argv[2], int(sys.argv[3])))")
     result = subprocess.run([sys.executable, "-c", code, str(Path(__file__).parent), name, str(n)],
                             capture_output=True, text=True)
     return int(result.stdout.split()[-1]) if result.returncode == 0 else None
@@ -185,16 +187,18 @@ def run(repeats: int, quick: bool) -> dict:
         symbols, scales = make(rng) if not quick else make(rng, **({"n": 1 << 16} if "2p20" in case else
                                                                     {"channels": 16}))
         ideal = ideal_bits(symbols, scales)
-        results = {}
-        for name, fn in CODERS.items():
-            t_enc, t_dec, size = fn(symbols, scales, repeats)
-            results[name] = {"enc_msym_s": len(symbols) / t_enc / 1e6, "dec_msym_s": len(symbols) / t_dec / 1e6,
-                             "bytes": int(size), "ideal_bits": ideal, "n_symbols": int(len(symbols))}
-        extra = {}
-        for label, tiles, threads in (("tiles4_threads1", 4, 1), ("tiles4_all_cores", 4, 0)):
-            t_enc, t_dec, size = bench_onedc(symbols, scales, repeats, tiles, threads)
-            extra[label] = {"enc_msym_s": len(symbols) / t_enc / 1e6, "dec_msym_s": len(symbols) / t_dec / 1e6,
-                            "bytes": int(size)}
+        setups = {name: setup(symbols, scales) for name, setup in CODERS.items()}
+        setups["onedc_tiles4_threads1"] = onedc_setup(symbols, scales, 4, 1)
+        setups["onedc_tiles4_all_cores"] = onedc_setup(symbols, scales, 4, 0)
+        timed = time_coders(setups, symbols, repeats)
+        results, extra = {}, {}
+        for name, (t_enc, t_dec, size) in timed.items():
+            entry = {"enc_msym_s": len(symbols) / t_enc / 1e6, "dec_msym_s": len(symbols) / t_dec / 1e6,
+                     "bytes": int(size)}
+            if name in CODERS:
+                results[name] = {**entry, "ideal_bits": ideal, "n_symbols": int(len(symbols))}
+            else:
+                extra[name[len("onedc_"):]] = entry
         results["onedc"]["extra"] = extra
         cases[case] = results
         print_case(case, results)
