@@ -80,6 +80,12 @@ def load_model_folder(folder: str | os.PathLike):
         raise WeightsError(f"{config_path} is not a valid model config ({error})") from None
     model = OneDC(config)
     _load_strict(model, _read_safetensors(folder / "model.safetensors"), f"{folder}/model.safetensors")
+    saved_id = meta.get("model_id")
+    if saved_id is not None and saved_id != model.model_id.hex():
+        raise WeightsError(
+            f"{folder}: model.safetensors and config.json do not belong together: config.json names model "
+            f"{saved_id}, they make model {model.model_id.hex()} (a file is corrupt or was replaced)"
+        )
     model.untrained_parts = ()
     return model.eval()
 
@@ -121,7 +127,10 @@ def load_release_checkpoint(folder: str | os.PathLike, vae: str | os.PathLike | 
     folder = Path(folder)
     if not folder.is_dir():
         raise WeightsError(f"release checkpoint folder {folder} does not exist")
-    model = build_model(preset, seed=None)
+    for name in ("model.safetensors", "model_1.safetensors"):  # before building a model of a billion parameters
+        if not (folder / name).is_file():
+            raise WeightsError(f"{folder} is not a release checkpoint folder: {name} is missing")
+    model = build_model(preset, seed=0)  # seeded: without a VAE, the untrained one (and the model id) repeat
     _load_strict(model.generator.unet, _read_safetensors(folder / "model.safetensors"), "model.safetensors")
     _load_strict(model.codec, _read_safetensors(folder / "model_1.safetensors"), "model_1.safetensors")
     untrained = ["vae"]

@@ -172,6 +172,11 @@ class OneDC(nn.Module):
         """-> float tensor [1, 3, H, W] in [0, 1]."""
         container = compressed.container if isinstance(compressed, CompressedImage) else compressed
         if isinstance(container, (bytes, bytearray)):
+            if bitstream.detect_format(container) == "release":
+                raise bitstream.BitstreamError(
+                    "a file of the released OneDC (release format, no model id): decompress reads OneDC "
+                    "containers only; `onedc info` describes the file"
+                )
             container = bitstream.read_container(container)
         self.check_container(container)
         hp, wp = container.padded_height, container.padded_width
@@ -189,15 +194,18 @@ class OneDC(nn.Module):
         if self.config.codec.z_only:
             return lambda step, scales: torch.zeros_like(scales)
         section = container.section("y")
-        decoder = GaussianCoder(self.tables).stream_decoder(section.payload, threads=0)
+        with _corrupt_stream_errors(section):
+            decoder = GaussianCoder(self.tables).stream_decoder(section.payload, threads=0)
         decoded = []
 
         def decode_fn(step: int, scales: torch.Tensor) -> torch.Tensor:
             indexes = self.tables.scale_to_index(scales.cpu()).numpy().reshape(-1)
-            symbols = decoder.decode(indexes)
-            decoded.append(symbols)
+            with _corrupt_stream_errors(section):
+                symbols = decoder.decode(indexes)
+                decoded.append(symbols)
+                if step == NUM_STEPS - 1:
+                    decoder.finish()
             if step == NUM_STEPS - 1:
-                decoder.finish()
                 bitstream.check_symbols(section, np.concatenate(decoded))
             return torch.from_numpy(symbols.astype(np.float64)).view_as(scales).to(scales.device)
 
@@ -225,10 +233,23 @@ class OneDC(nn.Module):
     def decompress_file(self, in_path, out_path) -> torch.Tensor:
         from ..image_io import save_image
 
-        container = bitstream.read_file(in_path)
-        image = self.decompress(container)
+        image = self.decompress(bitstream.read_bytes(in_path))
         save_image(image[0], out_path)
         return image
+
+
+@contextlib.contextmanager
+def _corrupt_stream_errors(section: bitstream.Section):
+    """The coder reports a stream it cannot decode as ValueError: re-raise it as the BitstreamError it is."""
+    try:
+        yield
+    except bitstream.BitstreamError:
+        raise
+    except ValueError as error:
+        raise bitstream.BitstreamError(
+            f"section {section.name} cannot be decoded ({error}): the file is corrupt, or this decoder does not "
+            "reproduce the encoder (different model, tables or platform)"
+        ) from None
 
 
 def check_image_tensor(x: torch.Tensor) -> None:
