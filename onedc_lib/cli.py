@@ -166,6 +166,51 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _bdrate(args: argparse.Namespace) -> int:
+    """BD-rate of B (test) relative to A (anchor): the number on stdout, what it is on stderr."""
+    import warnings
+
+    from onedc_lib.eval.bdrate import bd_metric, bd_rate, higher_is_better, load_curve
+
+    higher = higher_is_better(args.metric) if args.higher_is_better is None else args.higher_is_better
+    try:
+        a, b = load_curve(args.anchor), load_curve(args.test)
+        points = (*a.points(args.metric), *b.points(args.metric))
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            rate = bd_rate(*points, higher_is_better=higher, method=args.method, min_overlap=args.min_overlap)
+            try:
+                metric = bd_metric(*points, higher_is_better=higher, method=args.method, min_overlap=0.0)
+            except ValueError:
+                metric = None  # the rate ranges need not overlap where the metric ranges do
+    except (OSError, ValueError) as e:
+        return _fail(EXIT_USAGE, str(e))
+    for w in dict.fromkeys(str(w.message) for w in caught):
+        print(f"onedc: warning: {w}", file=sys.stderr)
+    if args.json:
+        print(json.dumps({"anchor": args.anchor, "test": args.test, "metric": args.metric, "method": args.method,
+                          "higher_is_better": higher, "bd_rate_percent": rate, "bd_metric": metric}))
+    else:
+        print(f"{rate:.4f}")
+        print(f"BD-rate of {b.name} ({args.test}) relative to {a.name} ({args.anchor}) on {args.metric} "
+              f"({'higher' if higher else 'lower'} is better, {args.method}): {rate:+.2f}% "
+              f"(negative: {b.name} needs fewer bits)", file=sys.stderr)
+    return 0
+
+
+def _plot(args: argparse.Namespace) -> int:
+    from onedc_lib.plotting import rd_curves, save_figure
+
+    metrics = [m for item in args.metrics for m in item.split(",") if m]
+    try:
+        fig = rd_curves(args.results, metrics=metrics, log_x=args.log_x)
+        save_figure(fig, args.output)
+    except (OSError, ValueError) as e:
+        return _fail(EXIT_USAGE, str(e))
+    print(f"wrote {args.output}")
+    return 0
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="onedc", description="OneDC: one-step diffusion image codec.")
     parser.add_argument("--version", action="version", version=f"onedc {__version__}")
@@ -198,6 +243,34 @@ def _parser() -> argparse.ArgumentParser:
                       help="a preset name or a model folder (default: the model shipped with onedc)")
     demo.add_argument("--out", metavar="DIR", default="out/demo", help="output folder (default: out/demo)")
     demo.set_defaults(run=_demo)
+    bdrate = commands.add_parser("bdrate", help="BD-rate of one results file relative to another",
+                                 description="Print the Bjontegaard delta rate of B relative to the anchor A in "
+                                             "percent (negative: B needs fewer bits for the same quality). A and B "
+                                             "are summary JSON files of `onedc eval` or CSV files with a bpp column "
+                                             "and a column named METRIC.")
+    bdrate.add_argument("anchor", metavar="A", help="results of the anchor codec")
+    bdrate.add_argument("test", metavar="B", help="results of the tested codec")
+    bdrate.add_argument("--metric", required=True, help="metric column, e.g. psnr, ms_ssim, lpips, dists, fid")
+    bdrate.add_argument("--method", choices=("pchip", "akima", "cubic"), default="pchip",
+                        help="interpolation: piecewise cubic Hermite (default), Akima, or 3rd-order polynomial")
+    direction = bdrate.add_mutually_exclusive_group()
+    direction.add_argument("--higher-is-better", dest="higher_is_better", action="store_true", default=None,
+                           help="the metric improves upwards (default: from the name; LPIPS, DISTS, FID, KID, "
+                                "MSE are lower-is-better)")
+    direction.add_argument("--lower-is-better", dest="higher_is_better", action="store_false")
+    bdrate.add_argument("--min-overlap", type=float, default=0.75, metavar="FRACTION",
+                        help="warn when the curves overlap on less than this part of their joint range")
+    bdrate.add_argument("--json", action="store_true", help="print one JSON object (with BD-metric too)")
+    bdrate.set_defaults(run=_bdrate)
+    plot = commands.add_parser("plot", help="plot RD curves from results files",
+                               description="Plot bpp against each metric, one line per results file "
+                                           "(summary JSON or CSV), one panel per metric.")
+    plot.add_argument("results", metavar="RESULTS", nargs="+", help="results files")
+    plot.add_argument("-o", "--output", metavar="FIG", required=True, help="figure file (.png, .pdf, .svg)")
+    plot.add_argument("--metrics", nargs="+", default=["psnr", "ms_ssim", "lpips", "dists"], metavar="METRIC",
+                      help="metrics to plot (default: psnr ms_ssim lpips dists)")
+    plot.add_argument("--log-x", action="store_true", help="logarithmic bpp axis")
+    plot.set_defaults(run=_plot)
     return parser
 
 

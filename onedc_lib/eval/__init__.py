@@ -1,0 +1,1 @@
+"""Evaluation: metrics, the runner, classical baselines, BD-rate."""
