@@ -3,6 +3,8 @@
 The z indices are written raw into the bitstream (14 bits each), so the bound, the rounding and the index
 order below are part of the file format and must not change.
 """
+import math
+
 import torch
 from torch import nn
 
@@ -25,7 +27,7 @@ class FSQ(nn.Module):
         self.register_buffer("levels", levels_t, persistent=False)
         self.register_buffer("basis", basis, persistent=False)
         self.eps = eps
-        self.codebook_size = int(levels_t.prod())
+        self.codebook_size = math.prod(levels)  # from the list: no .item(), so meta construction works
 
     def _channel_view(self, t: torch.Tensor) -> torch.Tensor:
         return t.view(1, -1, 1, 1)
