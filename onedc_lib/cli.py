@@ -211,6 +211,38 @@ def _plot(args: argparse.Namespace) -> int:
     return 0
 
 
+def _metrics(args: argparse.Namespace) -> int:
+    """psnr, ms_ssim, lpips, dists of one image pair (evaluation protocol: onedc_lib.eval.metrics)."""
+    import math
+
+    from onedc_lib.image_io import ImageError, load_image
+
+    try:
+        ref, dist = load_image(args.ref), load_image(args.dist)
+    except ImageError as e:
+        return _fail(EXIT_BAD_FILE, str(e))
+    if ref.shape != dist.shape:
+        return _fail(EXIT_USAGE, f"images differ in size: {args.ref} is {ref.shape[1]}x{ref.shape[2]}, "
+                                 f"{args.dist} is {dist.shape[1]}x{dist.shape[2]} (H x W)")
+    from onedc_lib.eval.metrics import ImageMetrics
+    from onedc_lib.eval.weights import MetricWeightsError
+
+    try:
+        values = ImageMetrics(device=args.device)(ref, dist)
+    except (MetricWeightsError, ValueError) as e:
+        return _fail(EXIT_USAGE, str(e))
+    if args.json:  # JSON has no infinity: PSNR of identical images is null, as is MS-SSIM of images below 161 px
+        clean = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in values.items()}
+        print(json.dumps({"ref": args.ref, "dist": args.dist, **clean}))
+        return 0
+    print(f"{'ref':9} {args.ref}\n{'dist':9} {args.dist}\n{'size':9} {values['height']} x {values['width']} (H x W)")
+    for name in ("psnr", "ms_ssim", "lpips", "dists"):
+        v = values[name]
+        shown = "n/a (smaller side below 161 px)" if v is None else f"{v:.4f} dB" if name == "psnr" else f"{v:.6f}"
+        print(f"{name:9} {shown}")
+    return 0
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="onedc", description="OneDC: one-step diffusion image codec.")
     parser.add_argument("--version", action="version", version=f"onedc {__version__}")
@@ -271,6 +303,16 @@ def _parser() -> argparse.ArgumentParser:
                       help="metrics to plot (default: psnr ms_ssim lpips dists)")
     plot.add_argument("--log-x", action="store_true", help="logarithmic bpp axis")
     plot.set_defaults(run=_plot)
+    metrics = commands.add_parser("metrics", help="PSNR, MS-SSIM, LPIPS and DISTS of an image pair",
+                                  description="Compare a distorted image with its reference: PSNR (8-bit), "
+                                              "MS-SSIM, LPIPS (AlexNet) and DISTS, with the evaluation protocol "
+                                              "of onedc_lib.eval.metrics. The LPIPS/DISTS backbones must be "
+                                              "provisioned first: python -m onedc_lib.eval.weights.")
+    metrics.add_argument("ref", metavar="REF", help="the reference (original) image")
+    metrics.add_argument("dist", metavar="DIST", help="the distorted (decoded) image, same size")
+    metrics.add_argument("--json", action="store_true", help="print one JSON object instead of text")
+    metrics.add_argument("--device", default="cpu", help="torch device for LPIPS and DISTS (default: cpu)")
+    metrics.set_defaults(run=_metrics)
     return parser
 
 
