@@ -90,9 +90,22 @@ class HeadConfig:
 
 @dataclass(frozen=True)
 class LossConfig:
+    """Loss weights of the two training stages (spec section 6); onedc_lib.losses applies them."""
+
+    # Stage I: L1 + lpips_weight * LPIPS + lambda * bpp_y + distill_weight * distillation
     lmbda: float = 4.6  # rate weight; released models span 0.6 ... 12.2
-    lmbda_warmup_steps: int = 4000
+    lmbda_warmup_steps: int = 4000  # lambda rises quadratically from lmbda_start to lmbda over these steps
+    lmbda_start: float = 1e-4
     distill_weight: float = 0.001
+    lpips_weight: float = 1.0  # LPIPS (VGG, average pooling) relative to L1, in both stages
+    # Stage II: dmd_weight * DMD + gan_weight * GAN + stage2_pixel_weight * (L1 + lpips_weight * LPIPS)
+    dmd_weight: float = 1.0
+    gan_weight: float = 1e-3
+    stage2_pixel_weight: float = 0.625
+    cfg_scale: float = 1.75  # classifier-free guidance of the real score (frozen teacher)
+    dmd_t_min: int = 20  # DMD timesteps drawn uniformly from [dmd_t_min, dmd_t_max] of 1000
+    dmd_t_max: int = 640
+    gan_critic_weight: float = 1e-2  # critic loss = fake-score eps MSE + gan_critic_weight * classifier loss
 
 
 @dataclass(frozen=True)
