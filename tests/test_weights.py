@@ -183,10 +183,15 @@ def test_release_checkpoint_layout_with_a_nano_model(model, tmp_path, image):
 
 def test_files_of_one_model_are_refused_by_another(model, saved, image):
     data = model.compress(image).to_bytes()
-    with pytest.warns(UserWarning):
-        other = load_model("nano_q2")
+    other = build_model("nano_q3", seed=1)
     with pytest.raises(BitstreamError, match=f"written by model {model.model_id.hex()}"):
         other.decompress(data)
+
+
+def test_model_id_ignores_settings_that_do_not_change_decoding():
+    """Same weights, other rate weight or training settings: the same decoder, so the same id."""
+    assert build_model("nano_q2").model_id == build_model("nano_q3").model_id
+    assert build_model("nano_q3", **{"codec.z_only": True}).model_id != build_model("nano_q3").model_id
 
 
 def test_dmd2_unet_state_dict(tmp_path):

@@ -77,9 +77,11 @@ class OneDC(nn.Module):
     # ------------------------------------------------------------------ identity
     @property
     def model_id(self) -> bytes:
-        """16 bytes of SHA-256 over the config and every tensor: a file names the exact model that wrote it."""
+        """16 bytes of SHA-256 over the decoding config and every tensor: a file names the exact model that wrote it."""
         if self._model_id is None:
-            h = hashlib.sha256(json.dumps(config_to_dict(self.config), sort_keys=True).encode())
+            # Only what decoding computes with: the loss, training and teacher settings do not change a file.
+            decoding = {k: config_to_dict(self.config)[k] for k in ("codec", "generator", "vae")}
+            h = hashlib.sha256(json.dumps(decoding, sort_keys=True).encode())
             for name, tensor in sorted(self.state_dict().items()):
                 h.update(name.encode())
                 h.update(tensor.detach().cpu().contiguous().numpy().tobytes())
