@@ -243,6 +243,12 @@ def _metrics(args: argparse.Namespace) -> int:
     return 0
 
 
+def _prepare(args: argparse.Namespace) -> int:
+    from onedc_lib.data.prepare import run_from_args
+
+    return run_from_args(args)
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="onedc", description="OneDC: one-step diffusion image codec.")
     parser.add_argument("--version", action="version", version=f"onedc {__version__}")
@@ -313,6 +319,15 @@ def _parser() -> argparse.ArgumentParser:
     metrics.add_argument("--json", action="store_true", help="print one JSON object instead of text")
     metrics.add_argument("--device", default="cpu", help="torch device for LPIPS and DISTS (default: cpu)")
     metrics.set_defaults(run=_metrics)
+    prepare = commands.add_parser("prepare", help="build the nano training set from offline photographs",
+                                  description="Build the nano training set: Debian's wallpaper photographs "
+                                              "(apt-get download, no install) and scikit-image's, as PNGs with a "
+                                              "manifest of sizes, sha256s, licences and a fixed train/val/test "
+                                              "split; checked against the committed nano_manifest.json.")
+    from onedc_lib.data.prepare import add_arguments as _prepare_arguments
+
+    _prepare_arguments(prepare)
+    prepare.set_defaults(run=_prepare)
     return parser
 
 
