@@ -566,7 +566,8 @@ struct OdcDecoder::Impl {
 OdcDecoder::OdcDecoder() : impl_(new Impl) {}
 OdcDecoder::~OdcDecoder() = default;
 
-Status OdcDecoder::open(std::shared_ptr<const Tables> tables, const uint8_t* data, size_t size, int threads) {
+Status OdcDecoder::open(std::shared_ptr<const Tables> tables, const uint8_t* data, size_t size, int threads,
+                        bool borrow) {
     tables_ = std::move(tables);
     threads_ = std::max(threads, 1);
     failed_ = true;
@@ -575,8 +576,11 @@ Status OdcDecoder::open(std::shared_ptr<const Tables> tables, const uint8_t* dat
     if (T == 0) return Status::error("odc stream: tile count 0");
     const size_t header = 1 + 4 * (T - 1);
     if (size < header) return Status::error("odc stream: truncated tile table");
-    impl_->data.assign(data, data + size);
-    const uint8_t* const d = impl_->data.data();
+    if (!borrow) {
+        impl_->data.assign(data, data + size);
+        data = impl_->data.data();
+    }
+    const uint8_t* const d = data;
     impl_->lanes.clear();
     size_t pos = header;
     for (size_t k = 0; k < T; ++k) {
@@ -633,8 +637,8 @@ Status odc_decode(const Tables& t, const uint8_t* data, size_t size, const int32
     Status s = check_segments(segments, num_segments, n, seg);
     if (!s.ok()) return s;
     OdcDecoder dec;
-    // The one-shot decoder borrows the caller's table set for the duration of the call.
-    s = dec.open(std::shared_ptr<const Tables>(&t, [](const Tables*) {}), data, size, threads);
+    // The one-shot decoder borrows the caller's table set and stream for the duration of the call.
+    s = dec.open(std::shared_ptr<const Tables>(&t, [](const Tables*) {}), data, size, threads, true);
     size_t a = 0;
     for (size_t len : seg) {
         if (!s.ok()) return s;

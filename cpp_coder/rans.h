@@ -174,7 +174,9 @@ public:
     OdcDecoder(const OdcDecoder&) = delete;
     OdcDecoder& operator=(const OdcDecoder&) = delete;
 
-    Status open(std::shared_ptr<const Tables> tables, const uint8_t* data, size_t size, int threads);  // copies
+    // Copies the stream unless `borrow`, in which case it must outlive the decoder.
+    Status open(std::shared_ptr<const Tables> tables, const uint8_t* data, size_t size, int threads,
+                bool borrow = false);
     Status decode(const int32_t* indexes, size_t n, int32_t* out);
     Status finish();
     int tiles() const;
