@@ -249,6 +249,75 @@ def _prepare(args: argparse.Namespace) -> int:
     return run_from_args(args)
 
 
+def _eval_command(args: argparse.Namespace, metrics: list[str], qualities: list[int] | None) -> str:
+    """The canonical command line of an `onedc eval` run, recorded in its summary."""
+    import shlex
+
+    parts = ["onedc", "eval", "--codec", args.codec, "--images", args.images, "--out", args.out,
+             "--metrics", *metrics]
+    if qualities is not None:
+        parts += ["--qualities", ",".join(map(str, qualities))]
+    if args.results:
+        parts += ["--results", args.results]
+    if args.no_fid:
+        parts.append("--no-fid")
+    elif args.fid_min_patches != 2:
+        parts += ["--fid-min-patches", str(args.fid_min_patches)]
+    if args.device != "cpu":
+        parts += ["--device", args.device]
+    if args.threads:
+        parts += ["--threads", str(args.threads)]
+    return shlex.join(parts)
+
+
+def _eval(args: argparse.Namespace) -> int:
+    """One codec (a OneDC model list or a baseline's sweep) over a folder of images: onedc_lib.eval.runner."""
+    metrics = [m for item in args.metrics for m in item.split(",") if m]
+    try:
+        qualities = ([int(q) for item in args.qualities for q in item.split(",") if q]
+                     if args.qualities else None)
+    except ValueError:
+        return _fail(EXIT_USAGE, f"--qualities takes integers, got {' '.join(args.qualities)}")
+    import math
+    import warnings
+
+    import torch
+
+    from onedc_lib.bitstream import BitstreamError
+    from onedc_lib.eval.runner import evaluate
+    from onedc_lib.image_io import ImageError
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            summary = evaluate(args.codec, args.images, args.out, metrics=metrics, fid=not args.no_fid,
+                               device=args.device, qualities=qualities, results_dir=args.results,
+                               resume=not args.no_resume, fid_min_patches=args.fid_min_patches,
+                               command=_eval_command(args, metrics, qualities))
+    except (ImageError, BitstreamError) as e:
+        return _fail(EXIT_BAD_FILE, str(e))
+    except (OSError, ValueError) as e:  # missing folders/weights, unknown codec or metric, bad qualities
+        return _fail(EXIT_USAGE, str(e))
+    finally:
+        for w in dict.fromkeys(str(w.message) for w in caught):
+            print(f"onedc: warning: {w}", file=sys.stderr)
+    shown = [*metrics, *([] if args.no_fid else ["fid"])]
+    print(f"{'rate':>10} {'bpp':>8} " + " ".join(f"{m:>9}" for m in shown) + f" {'enc s':>7} {'dec s':>7}")
+    for p in summary["points"]:
+        cells = []
+        for m in shown:
+            v = p.get(m)
+            cells.append(f"{'n/a':>9}" if v is None or not math.isfinite(v) else f"{v:>9.4f}")
+        print(f"{str(p['rate']):>10} {p['bpp']:>8.4f} " + " ".join(cells) + f" {p['enc_s']:>7.3f} {p['dec_s']:>7.3f}")
+    results = args.results or args.out
+    print(f"{summary['codec']}: {summary['images']['count']} images x {len(summary['points'])} rate points; "
+          f"{results}/{summary['csv']} and {results}/{summary['codec']}.json; files and reconstructions in "
+          f"{args.out}/{summary['codec']}/")
+    return 0
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="onedc", description="OneDC: one-step diffusion image codec.")
     parser.add_argument("--version", action="version", version=f"onedc {__version__}")
@@ -319,6 +388,31 @@ def _parser() -> argparse.ArgumentParser:
     metrics.add_argument("--json", action="store_true", help="print one JSON object instead of text")
     metrics.add_argument("--device", default="cpu", help="torch device for LPIPS and DISTS (default: cpu)")
     metrics.set_defaults(run=_metrics)
+    evaluation = commands.add_parser(
+        "eval", help="evaluate a codec on a folder of images",
+        description="Encode and decode every image of a folder with one codec: a OneDC model (onedc:<model>, "
+                    "several comma-separated for an RD curve; a bundled model, preset or model folder) or a "
+                    "baseline (jpeg, webp, avif, jxl, hevc: its whole quality sweep). Writes the bitstreams and "
+                    "reconstructions, a per-image CSV and a summary JSON (means per rate point, FID/KID, metric "
+                    "protocol, versions, device, commit) that `onedc bdrate` and `onedc plot` read. Rows already "
+                    "in the CSV are kept (resume). Metric backbones: python -m onedc_lib.eval.weights.")
+    evaluation.add_argument("--codec", required=True, metavar="C",
+                            help="onedc:<model or path>[,...], jpeg, webp, avif, jxl or hevc")
+    evaluation.add_argument("--images", required=True, metavar="DIR", help="folder of images (recursive)")
+    evaluation.add_argument("--out", required=True, metavar="DIR", help="output folder")
+    evaluation.add_argument("--results", metavar="DIR", help="folder for the CSV and JSON (default: --out)")
+    evaluation.add_argument("--metrics", nargs="+", default=["psnr", "ms_ssim", "lpips", "dists"],
+                            metavar="METRIC", help="per-image metrics (default: psnr ms_ssim lpips dists)")
+    evaluation.add_argument("--no-fid", action="store_true", help="skip FID/KID on 256-px patches")
+    evaluation.add_argument("--fid-min-patches", type=int, default=2, metavar="N",
+                            help="report FID/KID missing, without computing them, when the images give fewer "
+                                 "256-px patches (default: 2; each FID takes about a minute on one CPU core)")
+    evaluation.add_argument("--qualities", nargs="+", metavar="Q",
+                            help="a baseline's qualities instead of its whole sweep (e.g. 10,30,50)")
+    evaluation.add_argument("--device", default="cpu", help="torch device for the metrics and OneDC (default: cpu)")
+    evaluation.add_argument("--threads", type=int, metavar="N", help="torch CPU threads")
+    evaluation.add_argument("--no-resume", action="store_true", help="redo rows already in the CSV")
+    evaluation.set_defaults(run=_eval)
     prepare = commands.add_parser("prepare", help="build the nano training set from offline photographs",
                                   description="Build the nano training set: Debian's wallpaper photographs "
                                               "(apt-get download, no install) and scikit-image's, as PNGs with a "
