@@ -109,6 +109,44 @@ class LossConfig:
 
 
 @dataclass(frozen=True)
+class TrainConfig:
+    """The training loop (onedc_lib.training, spec section 6): one loop for stages 0, I and II.
+
+    Steps count optimiser steps of the whole run; batch_size is per process (the global batch is
+    batch_size x processes). Learning rates rise linearly over warmup_steps updates, then stay constant.
+    """
+
+    batch_size: int = 8  # per process: the paper trains 8 per GPU on 4 A100
+    crop: int = 512  # training crop (with batch_transform: the small one, the big one is 2 x crop)
+    # per step, over random 2crop x 2crop crops: Resize(crop) p=.2, RandomCrop(crop) p=.5, the big crops p=.3
+    # (batch cut to a quarter), as the release (onedc_lib.data.transforms); off: random crop x crop crops
+    batch_transform: bool = True
+    mixed_precision: str = "bf16"  # "bf16" | "fp16" | "no": autocast; FSQ and the VAE decode stay in fp32
+    gradient_checkpointing: bool = True  # UNets (generator, g_a, VAE decoder, critic) recompute activations
+    betas: tuple[float, ...] = (0.9, 0.999)  # AdamW
+    weight_decay: float = 0.01
+    warmup_steps: int = 500  # linear warm-up of every optimiser, counted in its own updates
+    grad_clip: float = 5.0  # max global gradient norm per optimiser
+    stage1_lr: float = 5e-5
+    stage1_steps: int = 400_000
+    stage2_lr: float = 1e-6  # generator: LoRA, conv_in, vae_reduction (codec frozen)
+    stage2_critic_lr: float = 1e-6  # fake score UNet + GAN classifier
+    stage2_steps: int = 1_000_000
+    generator_every: int = 10  # stage II: the critic is updated every step, the generator every 10th
+    # Stage 0 trains what the sd15 scale takes from pretrained weights (VAE, tokenizer, teacher UNet).
+    stage0_lr: float = 1e-4
+    stage0_steps: int = 0  # per part; sd15 never runs stage 0 (its parts are pretrained)
+    stage0_batch_size: int = 8
+    stage0_crop: int = 256
+    # Bookkeeping.
+    ckpt_every: int = 5000  # a checkpoint every N steps (and always at the end)
+    keep_last: int = 3  # older checkpoints are deleted
+    log_every: int = 50  # CSV (and TensorBoard) rows
+    sample_every: int = 5000  # sample reconstructions written as PNG
+    num_workers: int = 4  # data loader processes per training process
+
+
+@dataclass(frozen=True)
 class ModelConfig:
     name: str = "sd15"
     codec: CodecConfig = field(default_factory=CodecConfig)
@@ -117,6 +155,7 @@ class ModelConfig:
     tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
     head: HeadConfig = field(default_factory=HeadConfig)
     loss: LossConfig = field(default_factory=LossConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
 
 
 def _build(cls, values: dict[str, Any]):

@@ -1,0 +1,273 @@
+"""Stage II (spec section 6): the codec frozen, the generator (LoRA, conv_in, vae_reduction) refined by DMD + GAN.
+
+    generator (every `generator_every` = 10th step):
+        1.0 * DMD + 1e-3 * GAN + 0.625 * (L1 + LPIPS)                (onedc_lib.losses.stage2_generator_loss)
+    critic (every step): fake score UNet + GAN classifier
+        fake-score epsilon MSE on generator latents + 1e-2 * classifier loss       (onedc_lib.losses.critic_loss)
+
+The real score is the frozen teacher (SD-1.5 at sd15 scale, stage 0's UNet at nano) with classifier-free guidance
+1.75; the fake score starts as a copy of it. Both are conditioned on the caption's CLIP embedding when a text
+encoder is given (`--text-encoder`, a local CLIP folder); without one (nano) on one token of zeros, the context
+the nano teacher was trained with. The frozen codec runs in eval mode (hard rounding, as at decode time).
+
+Per step the generator objective runs first (when due) and leaves its latents in the batch (detached), so the
+critic step that follows trains on them instead of running the generator again, as DMD2 does.
+
+    python -m onedc_lib.training.stage2 --preset nano --out runs/s2 --init runs/s1/model --stage0 runs/s0
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import copy
+import sys
+import warnings
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ..config import ModelConfig
+from ..models.onedc import OneDC, pad_to_multiple
+from . import loop
+from .stage0 import null_tokens
+from .stage1 import Frozen, Pretrained, add_pretrained_arguments, build_lpips, build_onedc, load_unet_state_dict, psnr
+
+
+# ================================================================================================ conditioning
+class TextConditioner:
+    """Captions -> (cond, uncond) tokens for the score networks: a local CLIP text encoder (transformers folder
+    with text_encoder/ and tokenizer/, or an SD pipeline folder), or, without one, one token of zeros for both."""
+
+    def __init__(self, config: ModelConfig, path: str | None = None):
+        self.config = config
+        self.encoder = self.tokenizer = None
+        self._warned = False
+        if path is not None:
+            from transformers import CLIPTextModel, CLIPTokenizer
+
+            root = Path(path)
+            self.tokenizer = CLIPTokenizer.from_pretrained(
+                root / "tokenizer" if (root / "tokenizer").is_dir() else root, local_files_only=True)
+            self.encoder = CLIPTextModel.from_pretrained(
+                root / "text_encoder" if (root / "text_encoder").is_dir() else root, local_files_only=True)
+            self.encoder.requires_grad_(False).eval()
+
+    def to(self, device):
+        if self.encoder is not None:
+            self.encoder.to(device)
+        return self
+
+    @torch.no_grad()
+    def __call__(self, captions: list[str], device) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.encoder is None:
+            if any(captions) and not self._warned:
+                warnings.warn("the data has captions but no text encoder was given (--text-encoder): the score "
+                              "networks get one token of zeros instead", stacklevel=2)
+                self._warned = True
+            tokens = null_tokens(self.config, len(captions), device)
+            return tokens, tokens[:1]
+        ids = self.tokenizer(list(captions) + [""], padding="max_length", truncation=True,
+                             max_length=self.tokenizer.model_max_length, return_tensors="pt").input_ids.to(device)
+        states = self.encoder(ids)[0]
+        return states[:-1], states[-1:]
+
+
+def build_teacher(config: ModelConfig, pretrained: Pretrained):
+    """The frozen real score (call after seeding: without weights it is random, with a warning)."""
+    from diffusers import UNet2DConditionModel
+
+    unet = UNet2DConditionModel(**config.generator.unet)
+    if pretrained.teacher_unet:
+        unet.load_state_dict(load_unet_state_dict(pretrained.teacher_unet), strict=True)
+    else:
+        warnings.warn("no weights for the teacher UNet (real score): initialised RANDOMLY (nano: --stage0 DIR; "
+                      "sd15: --teacher PATH, the SD-1.5 UNet)", stacklevel=2)
+    return unet.eval().requires_grad_(False)
+
+
+# ================================================================================================ the two objectives
+def _conditioning(batch: dict, text: TextConditioner) -> tuple[torch.Tensor, torch.Tensor]:
+    """(cond, uncond) of the batch's captions, computed once per step (the batch dict is shared by both steps)."""
+    if "cond" not in batch:
+        batch["cond"], batch["uncond"] = text(batch["caption"], batch["image"].device)
+    return batch["cond"], batch["uncond"]
+
+
+def _fake_latents(model: OneDC, x: torch.Tensor):
+    """The frozen half: (VAE latent of x = the real latent, codec output), without gradient."""
+    xp = pad_to_multiple(x)
+    with torch.no_grad():
+        real = model.encode_latents(xp)
+        out = model.codec(xp * 2 - 1, real)
+    return real, out
+
+
+@contextlib.contextmanager
+def _without_checkpointing(module: nn.Module):
+    """Gradient checkpointing off inside: the GAN term runs the critic with its parameters frozen for the call,
+    and a checkpointed block recomputed in backward (after they require grad again) would not match its forward."""
+    switched = [m for m in module.modules() if getattr(m, "gradient_checkpointing", False) is True]
+    for m in switched:
+        m.gradient_checkpointing = False
+    try:
+        yield
+    finally:
+        for m in switched:
+            m.gradient_checkpointing = True
+
+
+class GeneratorStep(nn.Module):
+    """Registered (trained, checkpointed): OneDC, of which only the generator's LoRA / conv_in / vae_reduction
+    require grad. The critic, teacher, LPIPS and text encoder are only used."""
+
+    def __init__(self, model: OneDC, frozen: Frozen):
+        super().__init__()
+        self.onedc = model
+        self.frozen = frozen
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        self.onedc.codec.eval()  # frozen codec: hard rounding, as at decode time
+        return self
+
+    def forward(self, batch: dict, step: int) -> dict[str, torch.Tensor]:
+        from ..losses import dmd_loss, gan_generator_loss, l1_loss, stage2_generator_loss
+
+        cfg = self.onedc.config.loss
+        f = self.frozen
+        x = batch["image"]
+        h, w = x.shape[-2:]
+        real, out = _fake_latents(self.onedc, x)
+        x0 = self.onedc.generator(out.ctrl, out.tokens).x0.float()
+        with torch.autocast(x.device.type, enabled=False):
+            image = self.onedc.vae.decode(x0, clamp=False)
+        x_hat = (image[..., :h, :w].float() + 1) / 2
+        cond, uncond = _conditioning(batch, f.text)
+        dmd = dmd_loss(x0, f.teacher, f.critic.fake_unet, cond, uncond, cfg_scale=cfg.cfg_scale, t_min=cfg.dmd_t_min,
+                       t_max=cfg.dmd_t_max)
+        with _without_checkpointing(f.critic.fake_unet):
+            gan = gan_generator_loss(f.critic.fake_unet, f.critic.classifier, x0, cond)
+        l1 = l1_loss(x_hat, x)
+        lpips = f.lpips(x_hat, x).float() if f.lpips is not None else l1.new_zeros(())
+        loss = stage2_generator_loss(dmd=dmd.loss, gan=gan, l1=l1, lpips=lpips, cfg=cfg)
+        batch["fake_latent"], batch["real_latent"] = x0.detach(), real  # for the critic step that follows
+        return {"loss": loss, "dmd": dmd.loss.detach(), "gan": gan.detach(), "l1": l1.detach(),
+                "lpips": lpips.detach(), "psnr": psnr(x_hat, x), "dmd_grad": dmd.grad.abs().mean()}
+
+
+class CriticStep(nn.Module):
+    """Registered (trained, checkpointed): the fake score UNet and the GAN classifier."""
+
+    def __init__(self, fake_unet: nn.Module, classifier: nn.Module, frozen: Frozen):
+        super().__init__()
+        self.fake_unet = fake_unet
+        self.classifier = classifier
+        self.frozen = frozen
+
+    def forward(self, batch: dict, step: int) -> dict[str, torch.Tensor]:
+        from ..losses import critic_loss
+
+        model = self.frozen.model
+        if "fake_latent" in batch:
+            fake, real = batch.pop("fake_latent"), batch.pop("real_latent")
+        else:
+            real, out = _fake_latents(model, batch["image"])
+            with torch.no_grad():
+                fake = model.generator(out.ctrl, out.tokens).x0.float()
+        cond, _ = _conditioning(batch, self.frozen.text)
+        crit = critic_loss(self.fake_unet, self.classifier, fake, real.float(), cond,
+                           gan_critic_weight=model.config.loss.gan_critic_weight)
+        return {"loss": crit.loss, "denoising": crit.denoising.detach(), "classifier": crit.classifier.detach(),
+                "d_fake": crit.logits_fake.mean(), "d_real": crit.logits_real.mean()}
+
+
+class Stage2Task(loop.Task):
+    name = "stage2"
+
+    def __init__(self, config: ModelConfig, pretrained: Pretrained | None = None, lpips: str | None = "auto",
+                 text_encoder: str | None = None):
+        from ..losses import GANClassifier
+
+        self.config = config
+        pretrained = pretrained or Pretrained()
+        if pretrained.init_model is None:
+            warnings.warn("stage II without a stage-I model (--init MODEL_DIR): the codec is RANDOM and frozen",
+                          stacklevel=2)
+        model = build_onedc(config, pretrained)
+        model.codec.requires_grad_(False)  # stage II trains the generator's LoRA / conv_in / vae_reduction only
+        model.vae.requires_grad_(False)
+        teacher = build_teacher(config, pretrained)
+        self.random_teacher = pretrained.teacher_unet is None
+        self.random_codec = pretrained.init_model is None
+        fake_unet = copy.deepcopy(teacher).train().requires_grad_(True)  # DMD2: the fake score starts as the teacher
+        classifier = GANClassifier.for_unet(fake_unet)
+        if config.train.gradient_checkpointing:
+            loop.enable_gradient_checkpointing(model)
+            loop.enable_gradient_checkpointing(fake_unet)
+        self.text = TextConditioner(config, text_encoder)
+        self.frozen = Frozen(teacher=teacher, lpips=build_lpips(lpips), text=self.text, critic=None)
+        self.generator_step = GeneratorStep(model, self.frozen)
+        self.critic_step = CriticStep(fake_unet, classifier, Frozen(model=model, text=self.text))
+        self.frozen.critic = self.critic_step
+        self.generator_step.train()
+
+    @property
+    def model(self) -> OneDC:
+        return self.generator_step.onedc
+
+    def objectives(self) -> list[loop.Objective]:
+        t = self.config.train
+        generator_params = [p for p in self.model.generator.parameters() if p.requires_grad]
+        return [loop.Objective("generator", self.generator_step, lr=t.stage2_lr, every=t.generator_every,
+                               params=generator_params),
+                loop.Objective("critic", self.critic_step, lr=t.stage2_critic_lr)]
+
+    def to(self, device):
+        self.frozen.teacher.to(device)
+        if self.frozen.lpips is not None:
+            self.frozen.lpips.to(device)
+        self.text.to(device)
+        return self
+
+    @torch.no_grad()
+    def samples(self, batch: dict) -> dict[str, torch.Tensor]:
+        model = self.model
+        was_training = model.generator.training
+        model.eval()
+        try:
+            out = model(batch["image"])
+        finally:
+            self.generator_step.train(was_training)
+        return {"input": batch["image"], "reconstruction": out.x_hat}
+
+    def save_model(self, folder: Path, provenance: dict) -> Path:
+        from ..weights import save_model
+
+        self.model.weights_changed()
+        random_init = list(self.model.random_parts) + (["teacher UNet"] if self.random_teacher else [])
+        if self.random_codec:
+            random_init.append("codec (frozen)")
+        return save_model(self.model, folder, {**provenance, "stage": 2, "random_init": random_init})
+
+
+# ================================================================================================ command line
+def main(argv: list[str] | None = None) -> Path:
+    from .stage1 import setup
+
+    parser = argparse.ArgumentParser(prog="python -m onedc_lib.training.stage2", description=__doc__.split("\n")[0])
+    loop.common_arguments(parser)
+    add_pretrained_arguments(parser)
+    parser.add_argument("--teacher", dest="teacher_unet", default=None,
+                        help="real score UNet (SD-1.5 unet/ or a state_dict file); the fake score starts from it")
+    parser.add_argument("--text-encoder", default=None, help="local CLIP text encoder folder (sd15 captions)")
+    args = parser.parse_args(argv)
+    config, accelerator, steps, batches = setup(args, "stage2_steps")
+    loop.seed_everything(args.seed)
+    task = Stage2Task(config, Pretrained.from_args(args), lpips=args.lpips, text_encoder=args.text_encoder)
+    loop.seed_everything(loop.mix_seed(args.seed, 100 + accelerator.process_index))
+    return loop.train(accelerator, task, batches, args.out, steps, resume=args.resume)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
