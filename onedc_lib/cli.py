@@ -28,6 +28,8 @@ def _describe(path: str, data: bytes) -> dict:
     if fmt == "onedc":
         f = bitstream.read_container(data)
         facts = {"version": f.version, "model_id": f.model_id.hex(), "table_hash": f.table_hash.hex()}
+        if "note" in f.section_names:
+            facts["note"] = f.section("note").payload.decode("utf-8", "replace")
         sections = [{"name": s.name, "bytes": len(s.payload), "crc32": f"{s.crc:08x}",
                      "symbols_crc32": None if s.symbols_crc is None else f"{s.symbols_crc:08x}"}
                     for s in f.sections]
@@ -45,6 +47,8 @@ def _as_text(d: dict) -> str:
         lines = [f"format      OneDC container, version {d['version']}",
                  f"model id    {d['model_id']}",
                  f"table hash  {d['table_hash']}"]
+        if "note" in d:
+            lines.append(f"note        {d['note']}")
     else:
         lines = ["format      release (16-byte header; no magic, version, model id or checksums)"]
     lines.append(f"image       {d['height']} x {d['width']} (H x W), padded to "

@@ -60,7 +60,8 @@ def test_save_and_load_model_folder(model, saved, image):
     assert loaded.model_id == model.model_id and loaded.config == model.config
     assert loaded.untrained_parts == () and not loaded.training
     data = model.compress(image).to_bytes()
-    assert loaded.compress(image).to_bytes() == data
+    # the same z and y; only the random-weights note of the unsaved model differs
+    assert loaded.compress(image).container.sections == model.compress(image).container.sections[:2]
     assert torch.equal(loaded.decompress(data), model.decompress(data))
 
     with warnings.catch_warnings():

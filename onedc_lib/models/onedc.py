@@ -28,6 +28,7 @@ from .generator import OneStepGenerator
 from .vae import VAE
 
 PAD = 64  # the codec works on multiples of 64 (z is at 1/64)
+UNTRAINED_NOTE = "note"  # section written only by models with untrained parts (random weights)
 TILE_SYMBOLS = 1 << 18  # odc tiles above this many y symbols, so large images code on several threads
 
 
@@ -166,6 +167,9 @@ class OneDC(nn.Module):
                 symbols, indexes, tiles=self._tiles(len(symbols)), threads=0, segments=segments
             )
             sections.append(bitstream.Section("y", stream, bitstream.symbols_crc(symbols)))
+        if self.untrained_parts:  # so that `onedc info` can say what the file is; trained models add nothing
+            note = f"UNTRAINED {self.config.name}: random {', '.join(self.untrained_parts)}"
+            sections.append(bitstream.Section(UNTRAINED_NOTE, note.encode()))
         container = bitstream.Container(self.model_id, self.tables.table_hash, h, w, tuple(sections))
         return CompressedImage(container)
 
