@@ -12,7 +12,8 @@ frequency 1 that forces the decoder's fallback search, a uniform row), the threa
 stream is decoded in one call or segment by segment. The indexes are drawn from the seed (about 2% invalid:
 -1, -2 or T). The reference decoder (instrumented, so coverage guides the search) and the C++ decoder must both
 raise ValueError or both return the same array; any other exception is a finding. An odc stream that decodes
-and whose initial states are valid must also re-encode to the same bytes (rANS is a bijection there).
+and whose initial states are valid (in [2^23, 2^31); the decoders reject others) must also re-encode to the
+same bytes (rANS is a bijection there).
 
 The custom mutator starts from valid streams (random symbols with escapes, encoded by the C++ coder with the
 same header) so that the search explores the decoders' deep paths, not only their first checks.
@@ -101,7 +102,8 @@ def _initial_states_valid(stream: bytes) -> bool:
         lengths.append(int.from_bytes(stream[1 + 4 * t : 5 + 4 * t], "little"))
     lengths.append(len(stream) - pos - sum(lengths))
     for length in lengths:
-        if min(int.from_bytes(stream[pos : pos + 4], "little"), int.from_bytes(stream[pos + 4 : pos + 8], "little")) < 1 << 16:
+        states = int.from_bytes(stream[pos : pos + 4], "little"), int.from_bytes(stream[pos + 4 : pos + 8], "little")
+        if not all(1 << 23 <= x < 1 << 31 for x in states):
             return False
         pos += length
     return True

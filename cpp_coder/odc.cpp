@@ -1,17 +1,22 @@
-// odc mode (STREAMS.md "odc mode"): tiles of two interleaved 32-bit rANS states with 16-bit words.
+// odc mode (STREAMS.md "odc mode"): tiles of two interleaved 32-bit rANS states, byte-wise renormalisation.
 //
-// stream = u8 T | u32 LE length of tiles 0..T-2 | tile 0 | ... ; tile = x0 (u32 LE) | x1 (u32 LE) | words (u16 LE)
-// Item j of a tile (escape bins and raw fields included) uses state j & 1. Lower bound L = 2^16.
+// stream = u8 T | u32 LE length of tiles 0..T-2 | tile 0 | ... ; tile = x0 (u32 LE) | x1 (u32 LE) | bytes
+// Item j of a tile (escape bins and raw fields included) uses state j & 1. Lower bound L = 2^23; every state
+// (initial, between items, final) lies in [L, 2^31).
 //
-// Output bound (encoder): every item emits at most one word. Before an item the state is in [L, 2^32); if
-// x >= freq << 16 one word goes out and x >> 16 < 2^16 <= freq << 16, so a second word is never needed.
-// A normal symbol is one item; an escape of an int32 symbol is at most 5 items (bin, 6-bit field, and at most
-// three 16-bit fields for the at most 33 low bits of q = r + 1 < 2^34). The encoder keeps the invariant
-// "free words >= symbols still to encode" and, before an escape, grows its buffer (moving the words already
-// written) when fewer than `symbols still to encode + 8` words are free. So it never writes out of bounds.
+// Output bound (encoder): every item emits at most two bytes. Before an item the state is in [L, 2^31), and
+// bytes go out while x >= freq << 15 >= 2^15; after two of them x < 2^31 >> 16 = 2^15, so a third is never
+// needed. A normal symbol is one item; an escape of an int32 symbol is at most 5 items (bin, 6-bit field, and
+// at most three 16-bit fields for the at most 33 low bits of q = r + 1 < 2^34), so at most 10 bytes. The encoder
+// keeps the invariant "free bytes >= 2 x symbols still to encode" and, before an escape, grows its buffer
+// (moving the bytes already written) when fewer than `2 x symbols still to encode + 16` bytes are free. Every
+// item starts with at least two free bytes (its speculative store needs them). So it never writes out of bounds.
 //
-// Decoder: all reads are bounds-checked. The fast loops run while enough words are left for the symbols they
-// decode (a normal item reads at most one word); escapes and the last few symbols use checked reads. Nothing
+// Decoder: the initial states must lie in [L, 2^31) (open() rejects anything else); then x >> 16 is in
+// [2^7, 2^15), so after an item x = freq (x >> 16) + cum - start lies in [2^7, 2^31) and at most two bytes bring
+// it back to [L, 2^31), for any stream. All reads are bounds-checked: the fast loops run while two bytes per
+// symbol they decode are left (a normal item reads at most two); escapes use checked reads. The last few bytes
+// of a tile are decoded from a zero-padded copy, and reading into its padding is a truncated stream. Nothing
 // it allocates depends on the stream's content.
 //
 // The hot loops avoid branches on renormalisation (cmov / adc), swaps (2x unrolled: the two states alternate
@@ -31,9 +36,11 @@ namespace onedc {
 
 namespace {
 
-constexpr uint32_t kL = 1u << 16;
+constexpr uint32_t kL = 1u << 23;         // state lower bound
+constexpr uint32_t kStateEnd = 1u << 31;  // states lie in [kL, kStateEnd)
 constexpr int kMaxTiles = 255;
-constexpr size_t kEscapeSlack = 8;  // words kept free before an escape (it needs at most 5)
+constexpr size_t kItemBytes = 2;     // bytes an item emits (encoder) or reads (decoder) at most
+constexpr size_t kEscapeSlack = 16;  // bytes kept free before an escape (it needs at most 5 x 2)
 
 inline uint32_t load_u32le(const uint8_t* p) {
     return uint32_t(p[0]) | uint32_t(p[1]) << 8 | uint32_t(p[2]) << 16 | uint32_t(p[3]) << 24;
@@ -46,63 +53,60 @@ inline void store_u32le(uint8_t* p, uint32_t x) {
     p[3] = uint8_t(x >> 24);
 }
 
-inline uint32_t load_u16le(const uint8_t* p) {
+// p[0] << 8 | p[1]: the next two bytes of a tile, the first one high.
+inline uint32_t load_u16be(const uint8_t* p) {
 #if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
     uint16_t w;
     std::memcpy(&w, p, 2);
-    return w;
+    return __builtin_bswap16(w);
 #else
-    return uint32_t(p[0]) | uint32_t(p[1]) << 8;
-#endif
-}
-
-inline void store_u16le(uint8_t* p, uint32_t x) {
-#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
-    const uint16_t w = static_cast<uint16_t>(x);
-    std::memcpy(p, &w, 2);
-#else
-    p[0] = uint8_t(x);
-    p[1] = uint8_t(x >> 8);
+    return uint32_t(p[0]) << 8 | uint32_t(p[1]);
 #endif
 }
 
 // ---------------------------------------------------------------------------------------------------------
 // Encoder
 
-// Encodes one item (start, freq, rcp = ceil(2^48 / freq)) on state x in [L, 2^32). Words go to base[2 w - 2],
-// w (a word index) moving down; the caller guarantees w >= 1 (at least one free word) before every item.
+// Encodes one item (see EncBin: rcp = ceil(2^48 / freq), lim = freq << 15, start, cmpl = 2^16 - freq) on state x
+// in [L, 2^31). Bytes go to base[w - 1] and base[w - 2] (w, a byte index, moving down); the caller guarantees
+// w >= 2 (two free bytes) before every item.
 //
-// Division by the reciprocal: after renormalisation x < freq << 16 with freq < 2^16, so
-// x * rcp <= (freq 2^16 - 1)(2^48 / freq + 1) < 2^64 fits in 64 bits, and x * rcp / 2^48 = x / freq + err with
-// 0 <= err < x / 2^48 < 2^-16 < 1 / freq, which cannot carry past the next integer: q = floor(x / freq).
-// Then (q << 16) + (x mod freq) + start = x + start + q (2^16 - freq) < 2^32.
-inline void put(uint32_t& x, uint8_t* base, size_t& w, uint32_t start, uint32_t freq, uint64_t rcp) {
-    const uint32_t lim = freq << 16;
-    store_u16le(base + 2 * w - 2, x);  // speculative: kept only if w moves down
+// Renormalisation: while x >= freq << 15, emit x mod 2^8 and x >>= 8; at most twice (see the top). Both candidate
+// bytes are stored unconditionally: the first one emitted (x mod 2^8) at w - 1, the second ((x >> 8) mod 2^8) at
+// w - 2, and w moves down by the count, so an unused byte stays in the free space. Two bytes go out iff
+// x >> 8 >= freq << 15, which keeps both tests in 32 bits.
+//
+// Division by the reciprocal: after renormalisation x < freq << 15 with freq < 2^16, so
+// x * rcp <= (freq 2^15 - 1)(2^48 / freq + 1) < 2^64 fits in 64 bits, and x * rcp / 2^48 = x / freq + err with
+// 0 <= err < x / 2^48 < 2^-17 < 1 / freq, which cannot carry past the next integer: q = floor(x / freq) < 2^15.
+// Then (q << 16) + (x mod freq) + start = x + start + q (2^16 - freq) <= (2^15 - 1) 2^16 + freq - 1 + start
+// < 2^31, and q >= 2^7 (x >= freq << 7: x was >= L >= freq << 7 or, after a byte went out, >= freq << 15
+// before it), so the new state is >= 2^23 = L.
+inline void put(uint32_t& x, uint8_t* base, size_t& w, const EncBin& bin) {
+    const uint32_t lim = bin.lim;
+    const uint32_t x1 = x >> 8, x2 = x >> 16;
+    base[w - 1] = static_cast<uint8_t>(x);  // speculative: kept only as far as w moves down
+    base[w - 2] = static_cast<uint8_t>(x1);
 #if defined(__GNUC__) && defined(__x86_64__)
-    // emit = x >= lim: x = x >> 16 and w -= 1 (adc adds -1 + CF, CF = x < lim).
-    const uint32_t high = x >> 16;
-    __asm__("cmpl %[lim], %[x]\n\tcmovael %[high], %[x]\n\tadcq $-1, %[w]"
-            : [x] "+r"(x), [w] "+r"(w)
-            : [lim] "r"(lim), [high] "r"(high)
+    // x >= lim: x = x1 and w -= 1; x1 >= lim: x = x2 and w -= 1 (adc adds -1 + CF, CF = below).
+    __asm__("cmpl %[lim], %[x]\n\tcmovael %[x1], %[x]\n\tadcq $-1, %[w]\n\t"
+            "cmpl %[lim], %[x1]\n\tcmovael %[x2], %[x]\n\tadcq $-1, %[w]"
+            : [x] "+&r"(x), [w] "+&r"(w)
+            : [lim] "r"(lim), [x1] "r"(x1), [x2] "r"(x2)
             : "cc");
 #else
-    const uint32_t emit = x >= lim;
-    w -= emit;
-    x = emit ? x >> 16 : x;
+    const uint32_t one = x >= lim, two = x1 >= lim;
+    w -= one + two;
+    x = two ? x2 : one ? x1 : x;
 #endif
-    const uint32_t q = static_cast<uint32_t>((uint64_t(x) * rcp) >> 48);
-    x = (x + start) + q * (65536u - freq);
+    const uint32_t q = static_cast<uint32_t>((uint64_t(x) * bin.rcp) >> 48);
+    x = (x + bin.start) + q * bin.cmpl;
 }
 
-struct Item {
-    uint32_t start, freq;
-    uint64_t rcp;
-};
-
-inline Item raw_item(uint32_t bits, uint32_t value) {  // 1 <= bits <= 16, value < 2^bits
+inline EncBin raw_item(uint32_t bits, uint32_t value) {  // 1 <= bits <= 16, value < 2^bits
     const uint32_t shift = 16 - bits;
-    return Item{value << shift, 1u << shift, uint64_t(1) << (32 + bits)};
+    return EncBin{uint64_t(1) << (32 + bits), 1u << (31 - bits), static_cast<uint16_t>(value << shift),
+                  static_cast<uint16_t>(65536u - (1u << shift))};
 }
 
 inline int bit_length(uint64_t q) {
@@ -115,14 +119,13 @@ inline int bit_length(uint64_t q) {
 }
 
 // Items of an escaped bin v (v < 0 or v >= m), in decoding order; returns the count (at most 5).
-int escape_items(const EncView& ev, int64_t v, Item* items) {
+int escape_items(const EncView& ev, int64_t v, EncBin* items) {
     const int64_t m = ev.esc;
     const uint64_t r = v < 0 ? static_cast<uint64_t>(-2 * v - 1) : static_cast<uint64_t>(2 * (v - m));
     const uint64_t q = r + 1;  // r < 2^34 for int32 symbols and int32 offsets
     const int e = bit_length(q) - 1;
-    const EncBin& eb = ev.bins[m];
     int cnt = 0;
-    items[cnt++] = Item{eb.start, eb.freq, eb.rcp};
+    items[cnt++] = ev.bins[m];
     items[cnt++] = raw_item(6, static_cast<uint32_t>(e));
     for (int pos = 0; pos < e; pos += 16) {
         const int b = std::min(16, e - pos);
@@ -131,40 +134,42 @@ int escape_items(const EncView& ev, int64_t v, Item* items) {
     return cnt;
 }
 
-// One tile's buffer: [pre bytes][8 bytes for the states][cap words, written downwards from the end].
+// One tile's buffer: [pre bytes][8 bytes for the states][cap bytes, written downwards from the end].
 struct TileBuf {
     std::unique_ptr<uint8_t[]> mem;
     size_t pre = 0, cap = 0;
-    uint8_t* begin = nullptr;  // after encoding: x0 | x1 | words
+    uint8_t* begin = nullptr;  // after encoding: x0 | x1 | bytes
     size_t size = 0;
     Status status;
-    uint8_t* words() const { return mem.get() + pre + 8; }
+    uint8_t* body() const { return mem.get() + pre + 8; }
 };
 
 // Escaped bin v of symbol i (i symbols are still to encode after it). Grows the buffer first when fewer than
-// i + kEscapeSlack words are free (w counts the free words), moving the words written so far.
-// st[0]: state of the next item to encode, st[1] the other; on return st[0] is again the next one.
-__attribute__((noinline)) void encode_escape(const EncView& ev, int64_t v, size_t i, TileBuf& o, size_t& w,
-                                             uint32_t* st) {
-    if (w < i + kEscapeSlack) {
+// 2 i + kEscapeSlack bytes are free (w counts the free bytes), moving the bytes written so far.
+// st[0]: state of the next item to encode, st[1] the other; on return st[0] is again the next one. Returns the
+// new w (passed by value so that the caller's w can stay in a register).
+__attribute__((noinline)) size_t encode_escape(const EncView& ev, int64_t v, size_t i, TileBuf& o, size_t w,
+                                               uint32_t* st) {
+    if (w < kItemBytes * i + kEscapeSlack) {
         const size_t used = o.cap - w;
-        const size_t cap = std::max(2 * o.cap, used + i + 4 * kEscapeSlack);
-        std::unique_ptr<uint8_t[]> mem(new uint8_t[o.pre + 8 + 2 * cap]);
-        std::memcpy(mem.get() + o.pre + 8 + 2 * (cap - used), o.words() + 2 * w, 2 * used);
+        const size_t cap = std::max(2 * o.cap, used + kItemBytes * i + 4 * kEscapeSlack);
+        std::unique_ptr<uint8_t[]> mem(new uint8_t[o.pre + 8 + cap]);
+        std::memcpy(mem.get() + o.pre + 8 + (cap - used), o.body() + w, used);
         o.mem = std::move(mem);
         o.cap = cap;
         w = cap - used;
     }
-    Item items[8];
+    EncBin items[8];
     const int cnt = escape_items(ev, v, items);
     uint32_t a = st[0], b = st[1];
-    uint8_t* const base = o.words();
+    uint8_t* const base = o.body();
     for (int j = cnt - 1; j >= 0; --j) {
-        put(a, base, w, items[j].start, items[j].freq, items[j].rcp);
+        put(a, base, w, items[j]);
         std::swap(a, b);
     }
     st[0] = a;
     st[1] = b;
+    return w;
 }
 
 // Symbols of one tile: its part of each segment, in order.
@@ -183,10 +188,10 @@ Status encode_tile(const Tables& t, const std::vector<Range>& ranges, TileBuf& o
     const uint32_t T = static_cast<uint32_t>(t.size());
     size_t total = 0;
     for (const Range& r : ranges) total += r.n;
-    o.cap = total + total / 64 + 64;
-    o.mem.reset(new uint8_t[o.pre + 8 + 2 * o.cap]);
-    uint8_t* base = o.words();
-    size_t w = o.cap;         // free words; the words written are [w, cap)
+    o.cap = kItemBytes * total + total / 32 + 128;  // >= 2 x symbols + 2; escapes grow it
+    o.mem.reset(new uint8_t[o.pre + 8 + o.cap]);
+    uint8_t* base = o.body();
+    size_t w = o.cap;         // free bytes; the bytes written are [w, cap)
     uint32_t a = kL, b = kL;
     size_t before = total;    // symbols in the ranges before the current one
     for (size_t ri = ranges.size(); ri-- > 0;) {
@@ -204,13 +209,12 @@ Status encode_tile(const Tables& t, const std::vector<Range>& ranges, TileBuf& o
             const EncView& ev = enc[k];
             const int64_t v = int64_t(sym[i]) - ev.offset;
             if (static_cast<uint64_t>(v) < ev.esc) {
-                const EncBin& eb = ev.bins[v];
-                put(a, base, w, eb.start, eb.freq, eb.rcp);
+                put(a, base, w, ev.bins[v]);
                 std::swap(a, b);
             } else {
                 uint32_t st[2] = {a, b};
-                encode_escape(ev, v, before + i, o, w, st);
-                base = o.words();
+                w = encode_escape(ev, v, before + i, o, w, st);
+                base = o.body();
                 a = st[0];
                 b = st[1];
             }
@@ -223,12 +227,11 @@ Status encode_tile(const Tables& t, const std::vector<Range>& ranges, TileBuf& o
             const EncView* ev = &enc[k];
             int64_t v = int64_t(sym[i + 1]) - ev->offset;
             if (__builtin_expect(static_cast<uint64_t>(v) < ev->esc, 1)) {
-                const EncBin& eb = ev->bins[v];
-                put(a, base, w, eb.start, eb.freq, eb.rcp);
+                put(a, base, w, ev->bins[v]);
             } else {
                 uint32_t st[2] = {a, b};
-                encode_escape(*ev, v, before + i + 1, o, w, st);
-                base = o.words();
+                w = encode_escape(*ev, v, before + i + 1, o, w, st);
+                base = o.body();
                 a = st[1];  // st[0] is the next state, which the code below calls b
                 b = st[0];
             }
@@ -237,38 +240,38 @@ Status encode_tile(const Tables& t, const std::vector<Range>& ranges, TileBuf& o
             ev = &enc[k];
             v = int64_t(sym[i]) - ev->offset;
             if (__builtin_expect(static_cast<uint64_t>(v) < ev->esc, 1)) {
-                const EncBin& eb = ev->bins[v];
-                put(b, base, w, eb.start, eb.freq, eb.rcp);
+                put(b, base, w, ev->bins[v]);
             } else {
                 uint32_t st[2] = {b, a};
-                encode_escape(*ev, v, before + i, o, w, st);
-                base = o.words();
+                w = encode_escape(*ev, v, before + i, o, w, st);
+                base = o.body();
                 a = st[0];
                 b = st[1];
             }
         }
     }
     // After the last (reverse) item the next state is in a, so item 0 used b: x0 = b, x1 = a.
-    uint8_t* const begin = base + 2 * w - 8;
+    uint8_t* const begin = base + w - 8;
     store_u32le(begin, b);
     store_u32le(begin + 4, a);
     o.begin = begin;
-    o.size = 8 + 2 * (o.cap - w);
+    o.size = 8 + (o.cap - w);
     return Status{};
 }
 
 // ---------------------------------------------------------------------------------------------------------
 // Decoder
 
-// Words of a tile: base[2 q], q < nw.
-struct Words {
+// Bytes of a tile after the states: base[q], q < nb.
+struct Bytes {
     const uint8_t* base;
-    size_t q, nw;
-    // Checked renormalisation: x < L takes the next word; false when there is none.
+    size_t q, nb;
+    // Checked renormalisation: while x < L, take the next byte (at most two for x >= 2^7); false when there is
+    // none.
     bool renorm(uint32_t& x) {
-        if (x < kL) {
-            if (q >= nw) return false;
-            x = (x << 16) | load_u16le(base + 2 * q);
+        while (x < kL) {
+            if (q >= nb) return false;
+            x = (x << 8) | base[q];
             ++q;
         }
         return true;
@@ -287,7 +290,7 @@ const char* const kTruncated = "odc stream: truncated tile (reads past its end)"
 
 // After an escape bin decoded on st[0] (st[1] the other state): the Exp-Golomb code of r, each field on the
 // next state. On success st[0] is the state of the last item decoded and st[1] the next one.
-__attribute__((noinline)) Status decode_escape(const DecView& dv, uint32_t* st, Words& in, int32_t& out) {
+__attribute__((noinline)) Status decode_escape(const DecView& dv, uint32_t* st, Bytes& in, int32_t& out) {
     uint32_t a = st[0], b = st[1];
     uint32_t e, w;
     std::swap(a, b);
@@ -315,7 +318,7 @@ __attribute__((noinline)) Status decode_escape(const DecView& dv, uint32_t* st, 
 // The rare path of a symbol (st[0]: its state, st[1]: the other): the bucket's fallback search, the escape bin
 // and its Exp-Golomb code, all with checked reads. On success st[0] is the state of the symbol's last item and
 // st[1] the next one.
-__attribute__((noinline)) Status slow_symbol(const Tables& t, const DecView& dv, uint32_t* st, Words& in,
+__attribute__((noinline)) Status slow_symbol(const Tables& t, const DecView& dv, uint32_t* st, Bytes& in,
                                              int32_t& out) {
     const uint32_t cum = st[0] & 0xFFFFu;
     uint32_t v;
@@ -328,11 +331,11 @@ __attribute__((noinline)) Status slow_symbol(const Tables& t, const DecView& dv,
 
 enum class Step { kOk, kSlow, kStop, kError };
 
-// One symbol on state x (y: the other state). The caller guarantees q < nw, so the (at most one) word of a
-// fast symbol is there. kOk: the next item's state is y. kSlow: decoded by slow_symbol, which may have read
-// more words (re-check the bounds); the next state is y too. kStop: index out of range, nothing consumed.
+// One symbol on state x (y: the other state). The caller guarantees q + 2 <= nb, so the (at most two) bytes of
+// a fast symbol are there. kOk: the next item's state is y. kSlow: decoded by slow_symbol, which may have read
+// more bytes (re-check the bounds); the next state is y too. kStop: index out of range, nothing consumed.
 // kError: corrupt stream, `status` set.
-inline Step fast_symbol(const Tables& t, uint32_t T, uint32_t& x, uint32_t& y, Words& in, int32_t index,
+inline Step fast_symbol(const Tables& t, uint32_t T, uint32_t& x, uint32_t& y, Bytes& in, int32_t index,
                         int32_t& out, Status& status) {
     const uint32_t k = static_cast<uint32_t>(index);
     if (__builtin_expect(k >= T, 0)) return Step::kStop;
@@ -340,11 +343,11 @@ inline Step fast_symbol(const Tables& t, uint32_t T, uint32_t& x, uint32_t& y, W
     const uint32_t cum = x & 0xFFFFu;
     const uint32_t j = cum >> dv.shift;
     const BucketEntry entry = dv.bucket[j];
-    const uint32_t sel = cum >= (entry.hi >> 16);
+    const uint32_t sel = ((x << 16) | 0xFFFFu) >= entry.hi;  // cum >= start of hi, see lookup() in rans.h
     const uint32_t e = sel ? entry.hi : entry.lo;
     if (__builtin_expect((e & 0xFFFFu) == 0, 0)) {  // copies, so that x, y and in can stay in registers
         uint32_t st[2] = {x, y};
-        Words w = in;
+        Bytes w = in;
         status = slow_symbol(t, dv, st, w, out);
         if (!status.ok()) return Step::kError;
         x = st[0];
@@ -352,22 +355,27 @@ inline Step fast_symbol(const Tables& t, uint32_t T, uint32_t& x, uint32_t& y, W
         in = w;
         return Step::kSlow;
     }
-    // x' = f + d with f = freq (x >> 16), d = cum - start; if x' < L: x' = x' << 16 | word and q += 1. The
-    // empty asm keeps the compiler from re-associating f + d into (f + cum) - start (one more step on the chain).
+    // x' = f + d with f = freq (x >> 16), d = cum - start, in [2^7, 2^31): below L one byte comes in, below
+    // 2^15 two (both candidates are built from one two-byte load; q moves by the count). The empty asm keeps
+    // the compiler from re-associating f + d into (f + cum) - start (one more step on the chain).
     const uint32_t f = (e & 0xFFFFu) * (x >> 16);
     uint32_t d = cum - (e >> 16);
     __asm__("" : "+r"(d));
     const uint32_t next = f + d;
-    const uint32_t shifted = (next << 16) | load_u16le(in.base + 2 * in.q);
+    const uint32_t pair = load_u16be(in.base + in.q);
+    const uint32_t one = (next << 8) | (pair >> 8);
+    const uint32_t two = (next << 16) | pair;
 #if defined(__GNUC__) && defined(__x86_64__)
-    x = next;
-    __asm__("cmpl %[L], %[x]\n\tcmovbl %[s], %[x]\n\tadcq $0, %[q]"
-            : [x] "+r"(x), [q] "+r"(in.q)
-            : [s] "r"(shifted), [L] "i"(kL)
+    uint32_t xn = next;
+    __asm__("cmpl %[L], %[n]\n\tcmovbl %[one], %[x]\n\tadcq $0, %[q]\n\t"
+            "cmpl %[L2], %[n]\n\tcmovbl %[two], %[x]\n\tadcq $0, %[q]"
+            : [x] "+&r"(xn), [q] "+r"(in.q)
+            : [n] "r"(next), [one] "r"(one), [two] "r"(two), [L] "i"(kL), [L2] "i"(kL >> 8)
             : "cc");
+    x = xn;
 #else
-    in.q += next < kL;
-    x = next < kL ? shifted : next;
+    in.q += (next < kL) + (next < (kL >> 8));
+    x = next < (kL >> 8) ? two : next < kL ? one : next;
 #endif
     out = static_cast<int32_t>(dv.value[j] + sel);  // in int32 (Tables::build checks the offset)
     return Step::kOk;
@@ -376,70 +384,93 @@ inline Step fast_symbol(const Tables& t, uint32_t T, uint32_t& x, uint32_t& y, W
 // A tile being decoded: its states and read position. Resumable: segments are decoded one call at a time.
 struct Lane {
     uint32_t a, b;  // a: state of the next item, b: the other one
-    Words in;
+    Bytes in;
 };
 
-Lane make_lane(const uint8_t* data, const uint8_t* end) {
-    return Lane{load_u32le(data), load_u32le(data + 4), Words{data + 8, 0, static_cast<size_t>(end - data - 8) / 2}};
+// Symbols [pos, end) (end - pos even, 2 (end - pos) <= bytes.nb - bytes.q), two per round: symbol i on a, symbol
+// i + 1 on b, then a is the next state again. No bounds check, as a fast symbol reads at most two bytes. A slow
+// symbol (which may read more) or a bad index ends the block early. states[0] is the state of the next item
+// (symbol pos) on entry and on return; pos is advanced. Not inlined, and working on copies of the states and
+// the read position, so that they stay in registers.
+__attribute__((noinline)) Step fast_block(const Tables& t, uint32_t* states, Bytes& bytes, const int32_t* idx,
+                                          int32_t* out, size_t& pos, size_t end, Status& status) {
+    const uint32_t T = static_cast<uint32_t>(t.size());
+    uint32_t a = states[0], b = states[1];
+    Bytes in = bytes;
+    size_t i = pos;
+    Step r = Step::kOk;
+    while (i < end) {
+        r = fast_symbol(t, T, a, b, in, idx[i], out[i], status);
+        if (r != Step::kOk) break;
+        r = fast_symbol(t, T, b, a, in, idx[i + 1], out[i + 1], status);
+        if (r != Step::kOk) {
+            std::swap(a, b);  // so that a holds the state of symbol i + 1
+            ++i;
+            break;
+        }
+        i += 2;
+    }
+    if (r == Step::kSlow) {
+        std::swap(a, b);  // the next state is in b
+        ++i;
+    }
+    states[0] = a;
+    states[1] = b;
+    bytes = in;
+    pos = i;
+    return r;
 }
+
+constexpr size_t kTailSymbols = 64;  // symbols per block on the zero-padded copy of a tile's last bytes
+constexpr size_t kTailBytes = 4;     // tiles with fewer bytes left than this use the copy
 
 // Decodes a lane's part of a segment: n symbols.
 Status decode_lane(const Tables& t, Lane& L, const int32_t* idx, int32_t* out, size_t n) {
     const uint32_t T = static_cast<uint32_t>(t.size());
-    uint32_t a = L.a, b = L.b;
-    Words in = L.in;
+    uint32_t st[2] = {L.a, L.b};
+    Bytes in = L.in;
     Status status;
     size_t i = 0;
     while (i < n) {
-        // Fast loop, two symbols per round (symbol i on a, symbol i + 1 on b, then a is the next state again),
-        // in blocks that need no bounds check: a fast symbol reads at most one word. A slow symbol (which may
-        // read more) or a bad index ends the block.
-        for (;;) {
-            const size_t end = i + (std::min(n - i, in.nw - in.q) & ~size_t(1));
-            if (end == i) break;
-            Step r = Step::kOk;
-            while (i < end) {
-                r = fast_symbol(t, T, a, b, in, idx[i], out[i], status);
-                if (r != Step::kOk) break;
-                r = fast_symbol(t, T, b, a, in, idx[i + 1], out[i + 1], status);
-                if (r != Step::kOk) {
-                    std::swap(a, b);  // so that a holds the state of symbol i + 1
-                    ++i;
-                    break;
-                }
-                i += 2;
-            }
-            if (r == Step::kError) return status;
-            if (r == Step::kStop) break;
-            if (r == Step::kSlow) {
-                std::swap(a, b);  // the next state is in b
-                ++i;
-            }
+        const size_t left = in.nb - in.q;
+        Step r;
+        if (n - i < 2) {
+            r = Step::kStop;  // the last symbol: the checked step below
+        } else if (left >= kTailBytes) {
+            // Blocks on the stream itself while they are at least two symbols long.
+            const size_t end = i + (std::min(n - i, left / kItemBytes) & ~size_t(1));
+            r = fast_block(t, st, in, idx, out, i, end, status);
+        } else {
+            // The last bytes: the same loop on a zero-padded copy. Reading into the padding means the stream
+            // ends before its last symbol (checked after the block; a slow symbol checks against `left`).
+            uint8_t pad[kTailBytes + kItemBytes * kTailSymbols] = {};
+            std::memcpy(pad, in.base + in.q, left);
+            Bytes tail{pad, 0, left};
+            const size_t end = i + (std::min(n - i, kTailSymbols) & ~size_t(1));
+            r = fast_block(t, st, tail, idx, out, i, end, status);
+            if (tail.q > left) return Status::error(kTruncated);
+            in.q += tail.q;
         }
-        if (i == n) break;
-        // Checked step for one symbol (near the end of the tile, or a bad index).
+        if (r == Step::kError) return status;
+        if (r != Step::kStop) continue;
+        // Checked step for one symbol (a bad index, or an odd last symbol).
         const uint32_t k = static_cast<uint32_t>(idx[i]);
         if (k >= T)
             return Status::error("table index " + std::to_string(idx[i]) + " out of range [0, " +
                                  std::to_string(T) + ")");
-        uint32_t st[2] = {a, b};
-        Words w = in;
-        status = slow_symbol(t, t.dec()[k], st, w, out[i]);  // checked reads, any bin
+        status = slow_symbol(t, t.dec()[k], st, in, out[i]);  // checked reads, any bin
         if (!status.ok()) return status;
-        a = st[1];
-        b = st[0];
-        in = w;
+        std::swap(st[0], st[1]);
         ++i;
     }
-    L.a = a, L.b = b, L.in = in;
+    L.a = st[0], L.b = st[1], L.in = in;
     return Status{};
 }
 
 Status check_end(const Lane& L) {
-    if (L.a != kL || L.b != kL) return Status::error("odc stream: corrupt tile (final states are not 2^16)");
-    if (L.in.q != L.in.nw)
-        return Status::error("odc stream: " + std::to_string(2 * (L.in.nw - L.in.q)) +
-                             " unread bytes at the end of a tile");
+    if (L.a != kL || L.b != kL) return Status::error("odc stream: corrupt tile (final states are not 2^23)");
+    if (L.in.q != L.in.nb)
+        return Status::error("odc stream: " + std::to_string(L.in.nb - L.in.q) + " unread bytes at the end of a tile");
     return Status{};
 }
 
@@ -587,10 +618,13 @@ Status OdcDecoder::open(std::shared_ptr<const Tables> tables, const uint8_t* dat
         const size_t len = k + 1 < T ? load_u32le(d + 1 + 4 * k) : size - pos;
         if (len > size - pos)
             return Status::error("odc stream: tile " + std::to_string(k) + " extends past the end");
-        if (len < 8 || (len - 8) % 2 != 0)
+        if (len < 8)
             return Status::error("odc stream: tile " + std::to_string(k) + " has invalid length " +
-                                 std::to_string(len));
-        impl_->lanes.push_back(make_lane(d + pos, d + pos + len));
+                                 std::to_string(len) + " (at least 8)");
+        const uint32_t x0 = load_u32le(d + pos), x1 = load_u32le(d + pos + 4);
+        if (x0 < kL || x0 >= kStateEnd || x1 < kL || x1 >= kStateEnd)
+            return Status::error("odc stream: tile " + std::to_string(k) + " starts with an impossible state");
+        impl_->lanes.push_back(Lane{x0, x1, Bytes{d + pos + 8, 0, len - 8}});
         pos += len;
     }
     failed_ = false;

@@ -27,11 +27,14 @@ struct Status {
     static Status error(std::string m) { return Status{std::move(m)}; }
 };
 
-// Encoder data of one bin: start, freq and the reciprocal rcp = ceil(2^48 / freq) (see `put` in odc.cpp).
+// Encoder data of one bin (freq in [1, 2^16 - 1]), in the form both byte-wise coders use: the reciprocal
+// rcp = ceil(2^48 / freq) (see `put` in odc.cpp), lim = freq << 15 (renormalise while x >= lim), start and
+// cmpl = 2^16 - freq (the new state is x + start + floor(x / freq) cmpl).
 struct EncBin {
     uint64_t rcp;
-    uint32_t start;
-    uint32_t freq;
+    uint32_t lim;
+    uint16_t start;
+    uint16_t cmpl;
 };
 
 // Per-table encoder view.
@@ -139,7 +142,9 @@ inline uint32_t lookup(const Tables& t, const DecView& dv, uint32_t x, uint32_t&
     const uint32_t cum = x & 0xFFFFu;
     const uint32_t j = cum >> dv.shift;
     const BucketEntry entry = dv.bucket[j];
-    const uint32_t sel = cum >= (entry.hi >> 16);
+    // cum >= start(hi) <=> cum << 16 | 0xFFFF >= hi (the low half of hi, a freq, is <= 0xFFFF): one step less
+    // after the load, since the left side comes from x alone.
+    const uint32_t sel = ((x << 16) | 0xFFFFu) >= entry.hi;
     const uint32_t e = sel ? entry.hi : entry.lo;
     if (__builtin_expect((e & 0xFFFFu) == 0, 0)) return lookup_search(t, dv, j, cum, v);
     v = dv.value[j] - static_cast<uint32_t>(dv.offset) + sel;
@@ -156,7 +161,8 @@ Status release_encode(const Tables& t, const int32_t* symbols, const int32_t* in
 Status release_decode(const Tables& t, const uint8_t* data, size_t size, const int32_t* indexes, size_t n,
                       int32_t* out);
 
-// odc mode: tile header + per tile two interleaved 32-bit states with 16-bit words. threads >= 1.
+// odc mode: tile header + per tile two interleaved 32-bit states, byte-wise renormalisation (L = 2^23).
+// threads >= 1.
 // segments: optional lengths (>= 0, adding up to n) of the segments; tile t codes its part
 // [t*n_k//T, (t+1)*n_k//T) of every segment k, in order (STREAMS.md). nullptr: one segment.
 Status odc_encode(const Tables& t, const int32_t* symbols, const int32_t* indexes, size_t n,

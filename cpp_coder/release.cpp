@@ -53,14 +53,13 @@ inline size_t escape_bytes(int64_t r) {
 
 // Encoder steps; `wp` moves backwards, the caller guarantees room (see the bounds above).
 inline void put_normal(uint32_t& x, uint8_t*& wp, const EncBin& b) {
-    const uint32_t xmax = b.freq << 15;
-    while (x >= xmax) {
+    while (x >= b.lim) {
         *--wp = uint8_t(x);
         x >>= 8;
     }
     // x < freq << 15 < 2^31, so q = floor(x / freq) exactly (see odc.cpp for the reciprocal bound).
     const uint32_t q = static_cast<uint32_t>((uint64_t(x) * b.rcp) >> 48);
-    x = x + q * (65536u - b.freq) + b.start;
+    x = x + q * b.cmpl + b.start;
 }
 
 inline void put_bypass(uint32_t& x, uint8_t*& wp, uint32_t bits) {

@@ -97,7 +97,9 @@ Status Tables::build(const int32_t* cdf, int64_t num_tables, int64_t row_width, 
             const uint32_t start = static_cast<uint32_t>(row[v]);
             const uint32_t freq = static_cast<uint32_t>(row[v + 1] - row[v]);
             sf_[bin_pos + v] = start | (freq << 16);
-            bins_[bin_pos + v] = EncBin{((uint64_t(1) << 48) + freq - 1) / freq, start, freq};
+            // freq <= 2^16 - 1 (a row has two bins or more), so cmpl = 2^16 - freq fits 16 bits
+            bins_[bin_pos + v] = EncBin{((uint64_t(1) << 48) + freq - 1) / freq, freq << 15,
+                                        static_cast<uint16_t>(start), static_cast<uint16_t>(kTotal - freq)};
         }
         const int bits = bucket_bits[k];
         const uint32_t shift = static_cast<uint32_t>(16 - bits);

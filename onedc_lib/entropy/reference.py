@@ -13,7 +13,8 @@ from .tables import CodingTables
 RELEASE_FLAG = 0x01
 RELEASE_LOWER = 1 << 23
 RELEASE_MAX_CHUNKS = 16
-ODC_LOWER = 1 << 16
+ODC_LOWER = 1 << 23  # state lower bound; byte-wise renormalisation keeps x in [2^23, 2^31)
+ODC_UPPER = 1 << 31
 ODC_MAX_TILES = 255
 ODC_INT32_MIN, ODC_INT32_MAX = -(1 << 31), (1 << 31) - 1
 
@@ -167,16 +168,16 @@ def _odc_items(tables: CodingTables, symbols, indexes) -> list[tuple[int, int]]:
 
 def _odc_encode_tile(items) -> bytes:
     states = [ODC_LOWER, ODC_LOWER]
-    words = []
+    out = bytearray()
     for j in range(len(items) - 1, -1, -1):
         start, freq = items[j]
         x = states[j & 1]
-        if x >= freq << 16:
-            words.append(x & 0xFFFF)
-            x >>= 16
+        while x >= freq << 15:
+            out.append(x & 0xFF)
+            x >>= 8
         states[j & 1] = ((x // freq) << 16) + (x % freq) + start
     head = states[0].to_bytes(4, "little") + states[1].to_bytes(4, "little")
-    return head + b"".join(w.to_bytes(2, "little") for w in reversed(words))
+    return head + bytes(reversed(out))
 
 
 def _segment_bounds(segments, total: int) -> list[tuple[int, int]]:
@@ -210,10 +211,12 @@ class _TileDecoder:
     """Decoding state of one tile; items continue across segments."""
 
     def __init__(self, data: bytes):
-        if len(data) < 8 or len(data) % 2:
-            raise ValueError(f"corrupt y stream: a tile of {len(data)} bytes (8 or more, even)")
+        if len(data) < 8:
+            raise ValueError(f"corrupt y stream: a tile of {len(data)} bytes (at least 8)")
         self.data = data
         self.states = [int.from_bytes(data[0:4], "little"), int.from_bytes(data[4:8], "little")]
+        if not all(ODC_LOWER <= x < ODC_UPPER for x in self.states):
+            raise ValueError("corrupt y stream: a tile starts with an impossible state")
         self.pos = 8
         self.j = 0
 
@@ -223,11 +226,11 @@ class _TileDecoder:
         cum = x & 0xFFFF
         v = bisect.bisect_right(cdf, cum) - 1
         x = (cdf[v + 1] - cdf[v]) * (x >> 16) + cum - cdf[v]
-        if x < ODC_LOWER:
-            if self.pos + 2 > len(self.data):
+        while x < ODC_LOWER:
+            if self.pos >= len(self.data):
                 raise ValueError("corrupt y stream: it ends before the last symbol")
-            x = (x << 16) | int.from_bytes(self.data[self.pos : self.pos + 2], "little")
-            self.pos += 2
+            x = (x << 8) | self.data[self.pos]
+            self.pos += 1
         self.states[self.j & 1] = x
         self.j += 1
         return v

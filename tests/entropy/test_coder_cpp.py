@@ -149,7 +149,7 @@ def test_one_tile_segments_do_not_change_the_bytes():
 def test_sizes_and_fixed_cost():
     """An empty stream is the tile byte plus two states; a tile adds 12 bytes (length + states)."""
     coder = GaussianCoder()
-    assert coder.encode([], []) == b"\x01" + (1 << 16).to_bytes(4, "little") * 2
+    assert coder.encode([], []) == b"\x01" + (1 << 23).to_bytes(4, "little") * 2
     assert len(coder.encode([], [], tiles=3)) == 1 + 2 * 4 + 3 * 8
     assert GaussianCoder(release_tables()).encode_release([], []) == b"\x01" + (1 << 23).to_bytes(4, "little")
     assert len(coder.encode([0], [100])) == 9  # a likely symbol fits in the states

@@ -81,6 +81,38 @@ def test_flipped_bytes_match_the_reference(mode, tiles):
         assert got.shape == symbols.shape and np.array_equal(got, expected)
 
 
+@pytest.mark.parametrize("tiles", [1, 2])
+def test_low_entropy_tail(tiles):
+    """Thousands of nearly free symbols after the last byte of a tile are decoded from the tile's last bytes
+    (the decoder's padded copy): round trip, and the reference agrees on cut, padded and flipped endings."""
+    coder = GaussianCoder()
+    n = 4000
+    indexes = np.zeros(n, np.int32)  # the smallest scale: a 0 costs ~1e-4 bits
+    symbols = np.zeros(n, np.int32)
+    symbols[[5, 1000, n // 2 + 3]] = [1, -1, 2]
+    symbols[n - 600] = 40000  # an escape among the free symbols
+    stream = coder.encode(symbols, indexes, tiles=tiles)
+    assert np.array_equal(coder.decode(stream, indexes), symbols)
+    assert np.array_equal(coder.stream_decoder(stream).decode(indexes), symbols)
+    for cut in range(max(0, len(stream) - 12), len(stream)):
+        with pytest.raises(ValueError):
+            coder.decode(stream[:cut], indexes)
+    for extra in (b"\0", b"\x80\0"):
+        with pytest.raises(ValueError):
+            coder.decode(stream + extra, indexes)
+    rng = np.random.default_rng(tiles)
+    for i in range(len(stream)):
+        bad = bytearray(stream)
+        bad[i] ^= int(rng.integers(1, 256))
+        try:
+            expected = reference.odc_decode(coder.tables, bytes(bad), indexes)
+        except ValueError:
+            with pytest.raises(ValueError):
+                coder.decode(bytes(bad), indexes)
+            continue
+        assert np.array_equal(coder.decode(bytes(bad), indexes), expected)
+
+
 @pytest.mark.parametrize("mode", MODES)
 def test_wrong_indexes_for_a_stream(mode):
     """Decoding with other (valid) indexes or another symbol count is caught or gives the right length."""
@@ -130,10 +162,34 @@ def test_odc_header_corruption():
     for tiles in (2, 4, 255):  # a different tile count misreads the table
         with pytest.raises(ValueError):
             coder.decode(bytes([tiles]) + stream[1:], indexes)
-    for length in (0, 7, 9, 2**32 - 1):  # tile 0 length: too short, odd, past the end
+    for length in (0, 7, 2**32 - 1):  # tile 0 length: too short, past the end
+        bad = stream[:1] + length.to_bytes(4, "little") + stream[5:]
+        with pytest.raises(ValueError, match="length|past the end"):
+            coder.decode(bad, indexes)
+    first = int.from_bytes(stream[1:5], "little")
+    for length in (first - 1, first + 1):  # a tile boundary one byte off misplaces the tiles
         bad = stream[:1] + length.to_bytes(4, "little") + stream[5:]
         with pytest.raises(ValueError):
             coder.decode(bad, indexes)
+
+
+def test_odc_impossible_initial_states():
+    """Both states of a tile start in [2^23, 2^31); anything else is rejected before decoding (by both decoders).
+    Tile lengths need not be even (bytes, not 16-bit words)."""
+    coder = GaussianCoder()
+    indexes = np.full(40, 200)
+    stream = coder.encode(np.arange(40) - 20, indexes)
+    for at in (1, 5):
+        for state in (0, (1 << 23) - 1, 1 << 31, (1 << 32) - 1):
+            bad = stream[:at] + state.to_bytes(4, "little") + stream[at + 4 :]
+            with pytest.raises(ValueError, match="impossible state"):
+                coder.decode(bad, indexes)
+            with pytest.raises(ValueError, match="impossible state"):
+                reference.odc_decode(coder.tables, bad, indexes)
+    odd = [len(coder.encode([s], [100])) for s in range(-8, 9)]
+    assert any(n % 2 for n in odd)
+    for s in range(-8, 9):
+        assert coder.decode(coder.encode([s], [100]), [100]).tolist() == [s]
 
 
 @pytest.mark.parametrize("mode", MODES)
