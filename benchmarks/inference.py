@@ -38,7 +38,6 @@ import platform
 import statistics
 import sys
 import time
-from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -46,190 +45,17 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from onedc_lib.config import load_config
-from onedc_lib.models.onedc import OneDC, pad_to_multiple
+from onedc_lib.eval.timing import (  # the timing machinery lives in the library
+    DECODE_PARTS,
+    ENCODE_PARTS,
+    MACS_OF_PART,
+    component_gmacs,
+    make_image,
+    model_sizes,
+    timed_round_trip,
+)
+from onedc_lib.models.onedc import OneDC
 from onedc_lib.weights import build_model
-
-ENCODE_PARTS = ("vae_enc", "g_a", "h_enc+z", "prior_f64", "rans+rest")
-DECODE_PARTS = ("prior_f64", "rans+rest", "h_sem+g_s", "unet", "vae_dec")
-MACS_OF_PART = {"vae_enc": ["vae_enc"], "g_a": ["g_a"], "h_enc+z": ["h_enc+z"], "prior_f64": ["h_dec", "prior"],
-                "rans+rest": [], "h_sem+g_s": ["h_sem", "g_s"], "unet": ["unet"], "vae_dec": ["vae_dec"]}
-
-
-# ---------------------------------------------------------------------------------------------------------- sizes
-
-def _count(module: torch.nn.Module, lora: bool | None = None) -> int:
-    return sum(p.numel() for name, p in module.named_parameters()
-               if lora is None or ("lora_" in name) == lora)
-
-
-def model_sizes(model: OneDC) -> dict[str, int]:
-    """Parameters per module, in the spec's breakdown (section 2)."""
-    codec, unet, ae = model.codec, model.generator.unet, model.vae.autoencoder
-    prior = sum(_count(getattr(codec, name)) for name in codec._prior_names)
-    sizes = {
-        "codec.g_a (enc)": _count(codec.enc),
-        "codec.h_enc": _count(codec.hyper_enc),
-        "codec.h_dec": _count(codec.hyper_dec),
-        "codec.prior (4 steps)": prior,
-        "codec.h_sem": _count(codec.semantic_adaptor),
-        "codec.g_s (dec)": _count(codec.dec),
-        "codec total": _count(codec),
-        "generator.unet base": _count(unet, lora=False) - _count(unet.conv_in) - _count(unet.vae_reduction),
-        "generator.lora": _count(unet, lora=True),
-        "generator.conv_in": _count(unet.conv_in),
-        "generator.vae_reduction": _count(unet.vae_reduction),
-        "generator total": _count(unet),
-        "vae.encoder (+quant_conv)": _count(ae.encoder) + _count(ae.quant_conv),
-        "vae.decoder (+post_quant_conv)": _count(ae.decoder) + _count(ae.post_quant_conv),
-        "total": _count(model),
-    }
-    sizes["encoder side (vae_enc, g_a, h_enc, h_dec, prior)"] = (
-        sizes["vae.encoder (+quant_conv)"] + sizes["codec.g_a (enc)"] + sizes["codec.h_enc"] + sizes["codec.h_dec"]
-        + prior)
-    sizes["decoder side (h_dec, prior, h_sem, g_s, generator, vae_dec)"] = (
-        sizes["codec.h_dec"] + prior + sizes["codec.h_sem"] + sizes["codec.g_s (dec)"] + sizes["generator total"]
-        + sizes["vae.decoder (+post_quant_conv)"])
-    return sizes
-
-
-# ---------------------------------------------------------------------------------------------------------- MACs
-
-def component_gmacs(preset: str, height: int, width: int) -> dict[str, float]:
-    """GMACs of the neural components at height x width, counted on the meta device (no memory, no time)."""
-    from torch.utils.flop_counter import FlopCounterMode
-
-    with torch.device("meta"):
-        model = OneDC(load_config(preset)).eval()
-        x = pad_to_multiple(torch.rand(1, 3, height, width))
-    result = {}
-
-    def measure(name, fn, *args):
-        with FlopCounterMode(display=False) as counter:
-            out = fn(*args)
-        result[name] = counter.get_total_flops() / 2e9
-        return out
-
-    with torch.no_grad():
-        cond = measure("vae_enc", model.encode_latents, x)
-        y, sem = measure("g_a", model.codec.analysis, x * 2 - 1, cond)
-        measure("h_enc+z", model.codec.hyper_analysis, y, sem)  # FSQ: no MACs (and autocast refuses meta)
-        hp, wp = x.shape[-2:]
-        params, z_semantic = measure("h_dec", model.codec.hyper_synthesis,
-                                     torch.zeros(1, len(model.config.codec.fsq_levels), hp // 64, wp // 64,
-                                                 device="meta"))
-        measure("prior", model.codec.encode_steps, y, params)
-        c_map, tokens = measure("h_sem", model.codec.semantic, z_semantic)
-        ctrl = measure("g_s", model.codec.synthesis, y, c_map)
-        x0 = measure("unet", lambda: model.generator(ctrl, tokens).x0)
-        measure("vae_dec", model.vae.decode, x0)
-    return result
-
-
-# ---------------------------------------------------------------------------------------------------------- timing
-
-class Timers:
-    """Wall-clock accumulators for the components of one compress / decompress call."""
-
-    def __init__(self):
-        self.times: dict[str, float] = {}
-
-    def add(self, name: str, seconds: float) -> None:
-        self.times[name] = self.times.get(name, 0.0) + seconds
-
-    def wrap(self, name: str, fn):
-        def timed(*args, **kwargs):
-            start = time.perf_counter()
-            try:
-                return fn(*args, **kwargs)
-            finally:
-                self.add(name, time.perf_counter() - start)
-        return timed
-
-
-@contextmanager
-def instrumented(model: OneDC, timers: Timers):
-    """Instance attributes shadow the methods for the duration; the generator is a module, timed by hooks."""
-    codec = model.codec
-    patches = [
-        (model, "encode_latents", "vae_enc"),
-        (codec, "analysis", "g_a"),
-        (codec, "hyper_analysis", "h_enc+z"),
-        (codec, "quantize_z", "h_enc+z"),
-        (codec, "hyper_synthesis", "prior_f64"),
-        (codec, "encode_steps", "prior_f64"),
-        (codec, "decode_steps", "prior_f64"),
-        (codec, "semantic", "h_sem+g_s"),
-        (codec, "synthesis", "h_sem+g_s"),
-        (model.vae, "decode", "vae_dec"),
-    ]
-    for obj, attr, name in patches:
-        object.__setattr__(obj, attr, timers.wrap(name, getattr(obj, attr)))
-    # the rANS decode runs inside decode_steps (one call per step): timed on its own and moved out of prior_f64
-    symbol_source = model._symbol_source
-
-    def timed_symbol_source(container):
-        decode_fn = timers.wrap("rans_dec", symbol_source(container))
-
-        def moved(step, scales):
-            start = time.perf_counter()
-            try:
-                return decode_fn(step, scales)
-            finally:
-                timers.add("prior_f64", -(time.perf_counter() - start))
-        return moved
-
-    object.__setattr__(model, "_symbol_source", timed_symbol_source)
-    patches.append((model, "_symbol_source", None))
-    starts = []
-    pre = model.generator.register_forward_pre_hook(lambda *_: starts.append(time.perf_counter()))
-    post = model.generator.register_forward_hook(lambda *_: timers.add("unet", time.perf_counter() - starts.pop()))
-    try:
-        yield
-    finally:
-        pre.remove()
-        post.remove()
-        for obj, attr, _ in patches:
-            del obj.__dict__[attr]
-
-
-def timed_round_trip(model: OneDC, x: torch.Tensor) -> dict:
-    """One compress + one decompress; per-component seconds, 'rans+rest' = total minus the timed components."""
-    enc, dec = Timers(), Timers()
-    load_before = os.getloadavg()[0]
-    with instrumented(model, enc):
-        start, cpu = time.perf_counter(), time.process_time()
-        compressed = model.compress(x)
-        encode_total, encode_cpu = time.perf_counter() - start, time.process_time() - cpu
-    data = compressed.to_bytes()
-    with instrumented(model, dec):
-        start, cpu = time.perf_counter(), time.process_time()
-        x_hat = model.decompress(data)
-        decode_total, decode_cpu = time.perf_counter() - start, time.process_time() - cpu
-    assert x_hat.shape == x.shape and torch.isfinite(x_hat).all()
-    enc.times["rans+rest"] = encode_total - sum(enc.times.values())
-    rans_dec = dec.times.pop("rans_dec", 0.0)
-    dec.times["rans+rest"] = decode_total - sum(dec.times.values())
-    return {
-        "encode": {**{k: enc.times.get(k, 0.0) for k in ENCODE_PARTS}, "total": encode_total},
-        "decode": {**{k: dec.times.get(k, 0.0) for k in DECODE_PARTS}, "total": decode_total,
-                   "rans_only": rans_dec},
-        "bytes": len(data),
-        "bpp": compressed.bpp,
-        # CPU seconds of this process (all threads) and the 1-minute load average: other processes on the
-        # machine show up as wall >> cpu / threads, or as a load above this process's thread count
-        "cpu_s": {"encode": encode_cpu, "decode": decode_cpu},
-        "loadavg_1min": [load_before, os.getloadavg()[0]],
-    }
-
-
-def make_image(height: int, width: int) -> torch.Tensor:
-    """A deterministic smooth image with some texture (random weights make its content irrelevant to speed)."""
-    yy, xx = torch.meshgrid(torch.linspace(0, 1, height), torch.linspace(0, 1, width), indexing="ij")
-    gen = torch.Generator().manual_seed(0)
-    noise = torch.rand(1, 3, height // 8, width // 8, generator=gen)
-    texture = torch.nn.functional.interpolate(noise, size=(height, width), mode="bilinear", align_corners=False)
-    base = torch.stack([xx, yy, 0.5 + 0.5 * torch.sin(6.28 * (xx + yy))])[None]
-    return (0.7 * base + 0.3 * texture).clamp(0, 1)
 
 
 def bench(preset: str, height: int, width: int, repeats: int, warmup_size: tuple[int, int] | None) -> dict:

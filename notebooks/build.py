@@ -1,0 +1,229 @@
+"""Writes the notebooks of this folder from the cell sources below (nbformat, kernel python3, no outputs).
+
+    python notebooks/build.py            # rewrite every notebook listed here
+    python notebooks/build.py 00 21      # only those whose names start so
+
+The notebooks are the product; this file is how they were written, kept so that a change to many notebooks at
+once (a renamed library function, a new common parameter) is one edit. Editing a notebook in JupyterLab is fine
+too: strip it (`python -m onedc_lib.nbcontract strip notebooks/*.ipynb`) and mirror the edit here, or the next
+build undoes it. tests/notebooks/test_notebooks.py checks that the two agree.
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from onedc_lib.nbcontract import write_notebook
+
+HERE = Path(__file__).resolve().parent
+COMMON = """threads: int = 0  # torch intra-op threads (0: torch's default); CI runs with 1
+device: str = "cpu"  # "cuda" where there is a GPU
+"""
+
+NOTEBOOKS = {}
+
+NOTEBOOKS["00_demo_compress"] = {
+    "title": """
+# 00 · Compress an image at every rate
+
+One image through each rate point of a model family, written as real `.odc` files and decoded again: original
+and reconstruction side by side (with a zoomed crop), the bpp of the file (8 x bytes / pixels), PSNR, LPIPS and
+DISTS (when their weights are provisioned: `python -m onedc_lib.eval.weights`), encode and decode times.
+The slider at the end re-encodes on demand and caches every rate.
+
+Models: the bundled trained models of the family when there are any, else the family's presets with **seeded
+random weights, labelled UNTRAINED** (reconstructions meaningless, files real). Pass `models` for your own model
+folders (e.g. converted sd15 checkpoints). All logic lives in `onedc_lib.widgets`.
+""",
+    "parameters": """
+preset: str = "nano"  # model family: bundled <preset>_* models, else the <preset>_* presets (random weights)
+overrides: dict = {}  # dotted config overrides for models built from presets, e.g. {"codec.internal_ch": 96}
+smoke: bool = False  # CI: a 64-px image, the lowest and highest rate points only
+out_dir: str = "out/notebooks/00_demo_compress"  # .odc files and results.json
+image: str = "astronaut"  # a sample photograph (astronaut, coffee, chelsea, rocket) or an image path
+models: list = []  # instead of the family: bundled names, model folders or presets, lowest rate first
+max_side: int = 512  # the image is shrunk so that its longer side is at most this (0: as it is)
+crop: list = []  # zoom window [top, left, height, width]; empty: a centred square
+metrics: list = ["psnr", "lpips", "dists"]
+""" + COMMON,
+    "cells": [
+        ("code", "from onedc_lib.notebook import setup\nfrom onedc_lib.widgets import RateExplorer"),
+        ("code", "env = setup(threads=threads, out_dir=out_dir, device=device)"),
+        ("code", ("explorer = RateExplorer(image=image, preset=preset, models=models, overrides=overrides, "
+                 "max_side=max_side,\n                         out_dir=out_dir, metrics=metrics, crop=crop, "
+                 "device=device, smoke=smoke)")),
+        ("md", ("## Every rate point\n\nEach model encodes the image to a file in `out_dir` and decodes that "
+               "file; bpp comes from the file's size. `results.json` records every row.")),
+        ("code", "rows = explorer.compress_all()"),
+        ("code", "explorer.table()"),
+        ("code", "explorer.rd_figure()"),
+        ("md", ("## Side by side\n\nThe middle rate point: original and reconstruction, and the red crop of "
+               "both enlarged.")),
+        ("code", "explorer.figure()"),
+        ("md", ("## Interactive\n\nPick a sample or type a path (Enter), move the slider: a rate not seen yet "
+               "is encoded and decoded once, then cached.")),
+        ("code", "explorer.widget()"),
+    ],
+}
+
+NOTEBOOKS["01_bitstream_anatomy"] = {
+    "title": """
+# 01 · Anatomy of a OneDC file
+
+What a `.odc` file holds: the header fields with their byte offsets (magic, version, model id, table hash,
+size, section table, CRC), the sections, and what z and y cost — y split into the four steps of the context
+model. The y section is one interleaved stream, so the per-step split decodes the file step by step with the
+model that wrote it and codes each step's symbols **alone** with the same coder and tables (exact bytes of real
+streams), next to the model's **rate function** estimate (what training optimises). Details:
+`onedc_lib.anatomy`.
+""",
+    "parameters": """
+preset: str = "nano_q3"  # the model that writes and splits the file: bundled model, model folder or preset
+overrides: dict = {}  # dotted config overrides (a preset built with them)
+smoke: bool = False  # CI: a 128-px image
+out_dir: str = "out/notebooks/01_bitstream_anatomy"  # the file written, anatomy.json and CSV tables
+file: str = ""  # an existing .odc or release-format file; empty: compress `image` with `preset` first
+image: str = "astronaut"  # a sample photograph or an image path
+max_side: int = 512  # the image is shrunk so that its longer side is at most this (0: as it is)
+""" + COMMON,
+    "cells": [
+        ("code", "from onedc_lib.anatomy import file_anatomy\nfrom onedc_lib.notebook import setup"),
+        ("code", "env = setup(threads=threads, out_dir=out_dir, device=device)"),
+        ("code", ("anatomy = file_anatomy(file=file, image=image, model=preset, overrides=overrides, "
+                 "out_dir=out_dir,\n                       max_side=max_side, smoke=smoke)")),
+        ("md", "## Header\n\nAll integers big endian; the layout is specified in `cpp_coder/FORMAT.md`."),
+        ("code", "anatomy.header_table()"),
+        ("md", "## Sections\n\nHeader, then the payloads back to back; share of the file and bpp of each."),
+        ("code", "anatomy.section_table()"),
+        ("md", ("## z and the four steps of y\n\n`coded_bytes`: z exactly (14 bits per 64x64 block); each y step "
+               "coded alone. `estimated_bits`: the model's rate function on the same residuals and scales.")),
+        ("code", "anatomy.step_table()"),
+        ("code", "anatomy.notes"),
+        ("code", "anatomy.figure()"),
+        ("code", "written = anatomy.save(out_dir)"),
+    ],
+}
+
+NOTEBOOKS["20_eval_rd"] = {
+    "title": """
+# 20 · Rate-distortion evaluation: a dataset x codecs
+
+Every codec over every image of a dataset with the evaluation runner (`onedc_lib.eval.runner`): real files,
+reconstructions, per-image CSV and a summary JSON per codec (metric protocol, versions, device, commit) in
+`results/<dataset>/`. `onedc` is the rate ladder of the `preset` family (bundled models, else random-weight
+presets, marked untrained in the summaries; presets that build the same untrained model are run once). The
+classical codecs on the sample photographs are already in `results/baselines/` (whole sweeps); list them in
+`codecs` for another dataset. Figures and tables are made from these files by `50_figures_tables`, which also
+plots together the folders evaluated on the same images. The defaults run in minutes on a CPU.
+""",
+    "parameters": """
+preset: str = "nano"  # the family that the codec "onedc" stands for
+overrides: dict = {}  # not supported here (the runner loads models by name): evaluate a saved model folder
+smoke: bool = False  # CI: one 64x96 crop, two rate points per codec, provisioned metrics only, results in out_dir
+out_dir: str = "out/notebooks/20_eval_rd"  # bitstreams and reconstructions (not committed)
+results_dir: str = "results"  # CSV + summary JSON go to <results_dir>/<dataset>/ (committed)
+images: str = "samples"  # "samples" (the photographs shipped with the library) or a folder of images
+codecs: list = ["onedc"]  # also "jpeg", "webp", "avif", "jxl", "hevc", "onedc:<model>,<model>,..."
+metrics: list = ["psnr", "ms_ssim", "lpips", "dists"]  # the baselines' metrics (results/baselines)
+fid: bool = False  # FID/KID on 256-px patches (the runner's protocol)
+max_side: int = 0  # shrink the images first (0: as they are)
+max_images: int = 0  # the first N images only (0: all)
+""" + COMMON,
+    "cells": [
+        ("code", ("from onedc_lib.eval.sweep import rd_figure, rd_sweep, rd_table\n"
+                 "from onedc_lib.notebook import setup")),
+        ("code", "env = setup(threads=threads, out_dir=out_dir, device=device)"),
+        ("code", ("summaries = rd_sweep(images=images, codecs=codecs, preset=preset, out_dir=out_dir, "
+                 "results_dir=results_dir,\n                     metrics=metrics, fid=fid, max_side=max_side, "
+                 "max_images=max_images, device=device,\n                     smoke=smoke, overrides=overrides)")),
+        ("code", "rd_table(summaries)"),
+        ("code", "rd_figure(summaries)"),
+    ],
+}
+
+NOTEBOOKS["21_eval_speed"] = {
+    "title": """
+# 21 · Encode / decode time per component
+
+Wall time of the real `compress` and `decompress` split by component — VAE, codec networks, the one-step
+generator, the float64 entropy model, and entropy coding (rANS + container) — with the device, threads and
+library versions; parameters and GMACs per component. Written to `results/speed/speed_<device>.json|csv`.
+Models without trained weights run with random weights: times are real, y-stream sizes are not a trained
+model's. Details: `onedc_lib.eval.timing`.
+""",
+    "parameters": """
+preset: str = "nano_q3"  # the model timed: bundled model, model folder or preset (random weights)
+overrides: dict = {}  # dotted config overrides (a preset built with them; no GMAC count then)
+smoke: bool = False  # CI: 64x64, one repeat, no GMACs, results in out_dir
+out_dir: str = "out/notebooks/21_eval_speed"
+results_dir: str = "results/speed"  # speed_<device>.json and .csv (committed)
+models: list = []  # more models to time beside `preset`, e.g. ["sd15"] (1.4 B parameters: minutes on a CPU)
+height: int = 512
+width: int = 768
+repeats: int = 3  # median of this many runs, after one warm-up
+macs: bool = True  # count GMACs per component (meta device: no memory, no time)
+""" + COMMON,
+    "cells": [
+        ("code", ("from onedc_lib.eval.timing import run_speed, speed_figure, speed_table\n"
+                 "from onedc_lib.notebook import setup")),
+        ("code", "env = setup(threads=threads, out_dir=out_dir, device=device)"),
+        ("code", ("report = run_speed(preset=preset, models=models, overrides=overrides, height=height, "
+                 "width=width,\n                   repeats=repeats, device=device, macs=macs, "
+                 "results_dir=results_dir, out_dir=out_dir, smoke=smoke)")),
+        ("code", 'report["device"]'),
+        ("md", "## By group\n\nShare of each side's total."),
+        ("code", 'speed_table(report, by="group")'),
+        ("md", "## By component"),
+        ("code", "speed_table(report)"),
+        ("code", "speed_figure(report)"),
+    ],
+}
+
+NOTEBOOKS["50_figures_tables"] = {
+    "title": """
+# 50 · Every figure and table, from results/
+
+Regenerates every figure in `figures/` and every table (markdown + CSV in `figures/tables/`) from the files in
+`results/` alone — no model runs. `figures/MANIFEST.json` names the results files (sha256) behind each output;
+outputs that nothing makes any more are listed as stale. `make figures` runs this notebook with papermill.
+Details: `onedc_lib.figures`.
+""",
+    "parameters": """
+preset: str = "nano"  # not used: figures come from results/ only (kept for the common parameters)
+overrides: dict = {}  # options of onedc_lib.figures.regenerate: {"anchor": "jpeg", "metrics": [...], "dpi": 200}
+smoke: bool = False  # CI: figures and tables go to out_dir, never to figures/
+out_dir: str = "out/notebooks/50_figures_tables"
+results_dir: str = "results"
+figures_dir: str = "figures"
+anchor: str = ""  # BD-rate anchor codec (empty: the first of jpeg, webp, hevc, avif, jxl present)
+prune: bool = False  # delete figures/tables that nothing makes any more
+""" + COMMON,
+    "cells": [
+        ("code", "from onedc_lib.figures import regenerate\nfrom onedc_lib.notebook import setup"),
+        ("code", "env = setup(threads=threads, out_dir=out_dir, device=device)"),
+        ("code", ("outputs = regenerate(results_dir=results_dir, figures_dir=figures_dir, out_dir=out_dir, "
+                 "anchor=anchor,\n                     prune=prune, smoke=smoke, options=overrides)")),
+        ("code", "outputs.table()"),
+        ("code", "outputs.notes"),
+        ("code", "outputs.stale"),
+        ("code", "outputs.markdown()"),
+        ("code", "outputs.preview()"),
+    ],
+}
+
+
+def build(names=(), folder=HERE) -> list[Path]:
+    written = []
+    for name, spec in NOTEBOOKS.items():
+        if names and not any(name.startswith(n) for n in names):
+            continue
+        path = Path(folder) / f"{name}.ipynb"
+        written.append(write_notebook(path, spec["title"], spec["parameters"], spec["cells"]))
+    return written
+
+
+if __name__ == "__main__":
+    for path in build(sys.argv[1:]):
+        print(f"wrote {path}")

@@ -1,0 +1,123 @@
+"""00_demo_compress in a real browser: JupyterLab + headless Chromium (playwright, the system's chromium; no
+browser download). Runs the notebook's cells (smoke parameters), moves the rate slider one step with the
+keyboard and checks that the page then shows the other rate's bpp. A screenshot is kept in out/browser/.
+
+Skipped without /usr/bin/chromium (Debian: `apt-get install chromium`) or the `playwright` package.
+"""
+import os
+import re
+import secrets
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+SCREENSHOTS = REPO / "out" / "browser"
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(not Path(CHROMIUM).is_file(), reason="no chromium (apt-get install chromium)"),
+]
+playwright = pytest.importorskip("playwright.sync_api", reason="the playwright package is not installed")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def lab(tmp_path):
+    """A JupyterLab server rooted at tmp_path holding 00_demo_compress with smoke parameters injected."""
+    import nbformat
+    from papermill.iorw import load_notebook_node
+    from papermill.parameterize import parameterize_notebook
+
+    nb = load_notebook_node(str(REPO / "notebooks" / "00_demo_compress.ipynb"))
+    nb = parameterize_notebook(nb, {"smoke": True, "out_dir": str(tmp_path / "out"), "threads": 1})
+    nbformat.write(nb, tmp_path / "demo.ipynb")
+    port, token = _free_port(), secrets.token_hex(16)
+    log = open(tmp_path / "server.log", "wb")  # noqa: SIM115  closed after the server stops
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "JUPYTER_CONFIG_DIR": str(tmp_path / "jupyter_config"),
+           "JUPYTER_RUNTIME_DIR": str(tmp_path / "jupyter_runtime"), "JUPYTERLAB_SETTINGS_DIR":
+           str(tmp_path / "lab_settings"), "JUPYTERLAB_WORKSPACES_DIR": str(tmp_path / "lab_workspaces")}
+    server = subprocess.Popen(
+        [sys.executable, "-m", "jupyterlab", "--no-browser", f"--port={port}", "--ip=127.0.0.1",
+         f"--IdentityProvider.token={token}", f"--ServerApp.root_dir={tmp_path}",
+         "--ServerApp.disable_check_xsrf=True", "--LabApp.news_url=", "--allow-root",
+         "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate"],
+        cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=log)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            urllib.request.urlopen(f"{url}/api/status?token={token}", timeout=2)
+            break
+        except OSError:
+            if server.poll() is not None or time.monotonic() > deadline:
+                server.kill()
+                pytest.fail("JupyterLab did not start: " + (tmp_path / "server.log").read_text()[-2000:])
+            time.sleep(0.5)
+    yield f"{url}/lab/tree/demo.ipynb?token={token}", tmp_path / "out"
+    server.terminate()
+    try:
+        server.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        server.kill()
+    log.close()
+
+
+def _summary(page) -> str:
+    return page.locator("pre.onedc-summary").first.inner_text()
+
+
+def test_slider_reencodes_and_shows_the_new_bpp(lab):
+    from playwright.sync_api import expect, sync_playwright
+
+    url, out_dir = lab
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=["--no-sandbox"])
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            page.goto(url, timeout=120_000)
+            page.locator(".jp-Notebook").first.wait_for(timeout=120_000)
+            page.locator(".jp-Notebook-ExecutionIndicator, .jp-Toolbar").first.wait_for(timeout=60_000)
+            page.wait_for_timeout(3000)  # kernel start-up
+            page.locator(".jp-Notebook").first.click()
+            page.keyboard.press("Control+Shift+c")  # the command palette
+            palette = page.locator(".lm-CommandPalette-input").first
+            palette.wait_for(timeout=30_000)
+            palette.fill("Run All Cells")
+            page.keyboard.press("Enter")
+            summary = page.locator("pre.onedc-summary").first
+            summary.wait_for(timeout=240_000)
+            before = _summary(page)
+            assert before.startswith("nano_q5 (UNTRAINED): bpp ")
+            bpp_before = float(re.search(r"bpp ([0-9.]+)", before).group(1))
+            page.screenshot(path=str(SCREENSHOTS / "demo_before.png"), full_page=True)
+
+            handle = page.locator(".widget-slider .noUi-handle").first
+            handle.scroll_into_view_if_needed()
+            handle.focus()
+            page.keyboard.press("ArrowLeft")  # one step down: nano_q5 -> nano_zonly (smoke keeps two rates)
+            expect(summary).to_contain_text("nano_zonly (UNTRAINED): bpp ", timeout=120_000)
+            after = _summary(page)
+            bpp_after = float(re.search(r"bpp ([0-9.]+)", after).group(1))
+            summary.scroll_into_view_if_needed()
+            page.screenshot(path=str(SCREENSHOTS / "demo_slider_moved.png"), full_page=True)
+        finally:
+            browser.close()
+    assert bpp_after < bpp_before  # z-only: no y section
+    zonly = out_dir / "astronaut_nano_zonly.odc"  # the page's bpp is this file's
+    assert bpp_after == pytest.approx(8 * zonly.stat().st_size / (64 * 64), abs=5e-5)
+    for name in ("demo_before.png", "demo_slider_moved.png"):
+        assert (SCREENSHOTS / name).stat().st_size > 10_000

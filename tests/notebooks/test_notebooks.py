@@ -1,0 +1,280 @@
+"""The notebooks: the thin-notebook contract, agreement with notebooks/build.py, and a headless papermill run of
+each with smoke=True (CPU, one thread) whose files and numbers are checked."""
+import importlib.util
+import json
+import math
+import os
+import sys
+from pathlib import Path
+
+import nbformat
+import pytest
+
+from onedc_lib.nbcontract import (
+    REQUIRED_PARAMETERS,
+    check_notebook,
+    notebook_parameters,
+    strip_notebook,
+)
+
+REPO = Path(__file__).resolve().parents[2]
+NOTEBOOK_DIR = REPO / "notebooks"
+NOTEBOOKS = sorted(p.stem for p in NOTEBOOK_DIR.glob("*.ipynb"))
+EXPECTED = ["00_demo_compress", "01_bitstream_anatomy", "20_eval_rd", "21_eval_speed", "50_figures_tables"]
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+def test_the_notebooks_are_there():
+    assert set(EXPECTED) <= set(NOTEBOOKS)
+
+
+# ------------------------------------------------------------------------------------------------ the contract
+
+@pytest.mark.parametrize("name", NOTEBOOKS)
+def test_notebook_is_thin(name):
+    path = NOTEBOOK_DIR / f"{name}.ipynb"
+    assert check_notebook(path) == []
+    params = notebook_parameters(path)
+    assert set(REQUIRED_PARAMETERS) <= set(params)
+    assert isinstance(params["smoke"], bool) and params["smoke"] is False
+    assert isinstance(params["overrides"], dict) and isinstance(params["out_dir"], str)
+    nb = json.loads(path.read_text())
+    assert nb["metadata"]["kernelspec"]["name"] == "python3"
+    assert nb["nbformat"] == 4
+
+
+def test_notebooks_agree_with_their_builder(tmp_path):
+    spec = importlib.util.spec_from_file_location("notebooks_build", NOTEBOOK_DIR / "build.py")
+    build = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(build)
+    for path in build.build(folder=tmp_path):
+        committed = NOTEBOOK_DIR / path.name
+        assert committed.read_text() == path.read_text(), (
+            f"{committed.name} differs from notebooks/build.py: mirror the edit there, or run "
+            "`python notebooks/build.py` after editing it")
+
+
+def _notebook(parameters: str, *cells: str, kernel: str = "python3", tag: bool = True) -> dict:
+    from nbformat.v4 import new_code_cell, new_notebook
+
+    nb = new_notebook(metadata={"kernelspec": {"name": kernel, "display_name": "Python 3", "language": "python"}})
+    nb.cells.append(new_code_cell(parameters, metadata={"tags": ["parameters"]} if tag else {}))
+    nb.cells += [new_code_cell(c) for c in cells]
+    return json.loads(nbformat.writes(nb))
+
+
+GOOD_PARAMETERS = 'preset: str = "nano"\noverrides: dict = {}\nsmoke: bool = False\nout_dir: str = "out"'
+
+
+def test_contract_accepts_a_thin_notebook():
+    nb = _notebook(GOOD_PARAMETERS, "from onedc_lib.notebook import setup", "env = setup(threads=1)",
+                   "env", 'env["device"]', "env.keys()")
+    assert check_notebook(nb) == []
+
+
+@pytest.mark.parametrize(("cells", "parameters", "message"), [
+    (["def f():\n    return 1"], GOOD_PARAMETERS, "FunctionDef"),
+    (["class A:\n    pass"], GOOD_PARAMETERS, "ClassDef"),
+    (["f = lambda: 1"], GOOD_PARAMETERS, "Lambda"),
+    (["for i in range(3):\n    print(i)"], GOOD_PARAMETERS, "For"),
+    (["!ls"], GOOD_PARAMETERS, "shell escapes"),
+    (["%time x = 1"], GOOD_PARAMETERS, "magics"),
+    (["import subprocess"], GOOD_PARAMETERS, "only `from onedc_lib"),
+    (["import os"], GOOD_PARAMETERS, "only `from onedc_lib"),
+    (["from onedc_lib import x\nx.system('ls')"], GOOD_PARAMETERS, "system"),
+    (["a = f(1)\nb = g(a)"], GOOD_PARAMETERS, "2 statements"),
+    (["a = f(g(1))"], GOOD_PARAMETERS, "not one library call"),
+    (["a = 1 + 2"], GOOD_PARAMETERS, "not one library call"),
+    ([], 'preset = "nano"\noverrides: dict = {}\nsmoke: bool = False\nout_dir: str = "o"', "name: type = literal"),
+    ([], 'preset: str = "nano"\noverrides: dict = {}\nsmoke: bool = False\nout_dir: str = x', "not a literal"),
+    ([], 'preset: str = "nano"\noverrides: dict = {}\nsmoke: int = False\nout_dir: str = "o"', "is not a int"),
+    ([], 'preset: str = "nano"\noverrides: dict = {}\nsmoke: bool = False', "lacks out_dir"),
+    ([], GOOD_PARAMETERS + "\nimport os", "only `name: type = literal`"),
+])
+def test_contract_refuses(cells, parameters, message):
+    problems = check_notebook(_notebook(parameters, *cells))
+    assert any(message in p for p in problems), problems
+
+
+def test_contract_refuses_outputs_kernel_and_missing_tag():
+    nb = _notebook(GOOD_PARAMETERS, "env = setup()", kernel="ir", tag=False)
+    nb["cells"][1]["outputs"] = [{"output_type": "stream", "name": "stdout", "text": "x"}]
+    nb["cells"][1]["execution_count"] = 3
+    problems = " / ".join(check_notebook(nb))
+    for message in ("kernel is 'ir'", "not tagged `parameters`", "outputs are stored", "execution count"):
+        assert message in problems
+
+
+# ------------------------------------------------------------------------------------------------ headless runs
+
+@pytest.fixture(scope="module")
+def kernel():
+    """The kernelspec `python3` must start this interpreter (make setup installs it with ipykernel --sys-prefix)."""
+    from jupyter_client.kernelspec import KernelSpecManager, NoSuchKernel
+
+    try:
+        spec = KernelSpecManager().get_kernel_spec("python3")
+    except NoSuchKernel:
+        pytest.fail("no kernelspec python3: run `python -m ipykernel install --sys-prefix` (make setup does)")
+    # jupyter_client runs a bare "python" as sys.executable
+    assert spec.argv[0] in ("python", "python3", sys.executable) or Path(spec.argv[0]).resolve() == Path(
+        sys.executable).resolve(), f"kernelspec python3 runs {spec.argv[0]}, not this venv's {sys.executable}"
+    return "python3"
+
+
+@pytest.fixture(scope="module")
+def run_notebook(kernel, tmp_path_factory):
+    """run_notebook(name, out_dir, **parameters) -> the executed notebook (nbformat node); smoke=True, 1 thread."""
+    import papermill
+
+    def run(name: str, out_dir: Path, **parameters):
+        executed = tmp_path_factory.mktemp("executed") / f"{name}.ipynb"
+        saved = {k: os.environ.get(k) for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")}
+        os.environ.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")  # the kernel inherits them
+        try:
+            papermill.execute_notebook(
+                str(NOTEBOOK_DIR / f"{name}.ipynb"), str(executed), kernel_name=kernel, progress_bar=False,
+                cwd=str(REPO), parameters={"smoke": True, "out_dir": str(out_dir), "threads": 1, **parameters},
+                execution_timeout=300)
+        finally:
+            for k, v in saved.items():
+                os.environ.pop(k, None) if v is None else os.environ.__setitem__(k, v)
+        nb = nbformat.read(executed, as_version=4)
+        errors = [o for c in nb.cells for o in c.get("outputs", []) if o.output_type == "error"]
+        assert not errors, errors
+        return nb, executed
+
+    return run
+
+
+def _outputs(nb, mime: str) -> list:
+    return [o["data"][mime] for c in nb.cells for o in c.get("outputs", []) if mime in o.get("data", {})]
+
+
+def _snapshot(folder: Path) -> dict:
+    return {p: p.stat().st_mtime_ns for p in folder.rglob("*") if p.is_file()} if folder.is_dir() else {}
+
+
+def _finite(value) -> bool:
+    return isinstance(value, (int, float)) and math.isfinite(value)
+
+
+@pytest.fixture(scope="module")
+def shared_out(tmp_path_factory) -> Path:
+    """20 and 21 write their results here; 50 makes its figures from them."""
+    return tmp_path_factory.mktemp("notebook_results")
+
+
+def test_00_demo_compress(run_notebook, tmp_path):
+    nb, executed = run_notebook("00_demo_compress", tmp_path)
+    results = json.loads((tmp_path / "results.json").read_text())
+    rows = results["rows"]
+    assert [r["model"] for r in rows] == ["nano_zonly", "nano_q5"]  # smoke: the lowest and highest rate
+    for r in rows:
+        path = Path(r["file"])
+        assert path.is_file() and path.stat().st_size == r["bytes"]
+        assert r["bpp"] == pytest.approx(8 * r["bytes"] / (r["height"] * r["width"]))
+        assert max(r["height"], r["width"]) == 64
+        assert _finite(r["psnr"]) and _finite(r["enc_s"]) and _finite(r["dec_s"])
+        for metric in ("lpips", "dists"):
+            provisioned = results["metrics"][metric] == "ok"
+            assert _finite(r[metric]) if provisioned else r[metric] is None
+        assert not r["trained"] and "UNTRAINED" in r["label"]
+    assert rows[0]["bpp"] < rows[1]["bpp"]  # z-only sends no y
+    assert len(_outputs(nb, "image/png")) >= 2  # RD plot and side by side
+    widget = _outputs(nb, "application/vnd.jupyter.widget-view+json")
+    assert widget, "the widget cell shows no widget"
+    state = nb.metadata.get("widgets", {}).get("application/vnd.jupyter.widget-state+json", {}).get("state", {})
+    texts = [m["state"].get("value", "") for m in state.values() if m.get("model_name") == "HTMLModel"]
+    assert any("nano_q5 (UNTRAINED): bpp " in t for t in texts), texts  # the slider starts at the upper rate
+    stripped = tmp_path / "stripped.ipynb"
+    stripped.write_text(executed.read_text())
+    assert strip_notebook(stripped)
+    assert check_notebook(stripped) == []  # the strip tool brings an executed notebook back into the contract
+    assert [c.source for c in nbformat.read(stripped, 4).cells] == [
+        c.source for c in nbformat.read(NOTEBOOK_DIR / "00_demo_compress.ipynb", 4).cells]
+
+
+def test_01_bitstream_anatomy(run_notebook, tmp_path):
+    nb, _ = run_notebook("01_bitstream_anatomy", tmp_path)
+    anatomy = json.loads((tmp_path / "anatomy.json").read_text())
+    odc = tmp_path / "astronaut.odc"
+    assert anatomy["total_bytes"] == odc.stat().st_size
+    assert anatomy["header_bytes"] + sum(s["bytes"] for s in anatomy["sections"]) == anatomy["total_bytes"]
+    assert [h["field"] for h in anatomy["header"][:3]] == ["magic", "version", "flags"]
+    assert anatomy["header"][-1]["field"] == "header CRC"
+    assert anatomy["header"][-1]["offset"] + 4 == anatomy["header_bytes"]
+    steps = anatomy["steps"]
+    assert [s["step"] for s in steps] == [0, 1, 2, 3]
+    y = next(s for s in anatomy["sections"] if s["name"] == "y")
+    assert all(s["coded_bytes"] > 0 and _finite(s["estimated_bits"]) and s["estimated_bits"] > 0 for s in steps)
+    assert abs(sum(s["coded_bytes"] for s in steps) - y["bytes"]) <= 64
+    z = next(s for s in anatomy["sections"] if s["name"] == "z")
+    assert anatomy["z"]["bytes"] == z["bytes"] and anatomy["z"]["bits"] == 14 * anatomy["z"]["indices"]
+    for name in ("header", "sections", "steps"):
+        assert (tmp_path / f"anatomy_{name}.csv").is_file()
+    assert _outputs(nb, "image/png") and len(_outputs(nb, "text/html")) >= 3
+
+
+def test_20_eval_rd(run_notebook, shared_out):
+    committed = _snapshot(REPO / "results")
+    nb, _ = run_notebook("20_eval_rd", shared_out, codecs=["onedc", "jpeg", "webp", "hevc"])
+    results = shared_out / "results" / "samples"
+    summaries = {p.stem: json.loads(p.read_text()) for p in results.glob("*.json")}
+    assert set(summaries) == {"onedc-nano_zonly+nano_q1", "jpeg", "webp", "hevc"}
+    for tag, summary in summaries.items():
+        assert (results / f"{tag}.csv").is_file()
+        assert len(summary["points"]) == 2 and summary["images"]["count"] == 1
+        for point in summary["points"]:
+            assert _finite(point["bpp"]) and point["bpp"] > 0 and _finite(point["psnr"])
+        assert summary["protocol"] and summary["versions"] and summary["device"]
+        files = list((shared_out / "runs" / "samples" / tag / "files").iterdir())
+        assert len(files) == 2 and all(f.stat().st_size > 0 for f in files)
+    assert summaries["onedc-nano_zonly+nano_q1"]["codec_info"]["models"]["nano_q1"]["untrained_parts"]
+    assert _outputs(nb, "image/png") and _outputs(nb, "text/html")
+    assert _snapshot(REPO / "results") == committed  # smoke runs never write into results/
+
+
+def test_21_eval_speed(run_notebook, shared_out):
+    nb, _ = run_notebook("21_eval_speed", shared_out)
+    report = json.loads((shared_out / "results" / "speed" / "speed_cpu.json").read_text())
+    assert report["device"]["device"] == "cpu" and report["device"]["torch_threads"] == 1
+    assert report["device"]["cpu_count"] >= 1 and report["device"]["torch"]
+    timing = report["results"]["nano_q3"]
+    assert (timing["height"], timing["width"], timing["repeats"]) == (64, 64, 1)
+    for side in ("encode", "decode"):
+        times = timing["median_s"][side]
+        assert all(_finite(v) for v in times.values()) and times["total"] > 0
+        parts = sum(v for k, v in times.items() if k not in ("total", "rans_only"))
+        assert parts == pytest.approx(times["total"], rel=1e-6)
+    assert (shared_out / "results" / "speed" / "speed_cpu.csv").read_text().startswith("model,side,component")
+    assert len(_outputs(nb, "image/png")) == 1 and len(_outputs(nb, "text/html")) == 2
+
+
+def test_50_figures_tables(run_notebook, shared_out, tmp_path):
+    if not (shared_out / "results" / "samples").is_dir() or not (shared_out / "results" / "speed").is_dir():
+        pytest.skip("needs the results of the 20 and 21 smoke runs (run the whole module)")
+    figures_before = _snapshot(REPO / "figures")
+    nb, _ = run_notebook("50_figures_tables", tmp_path, results_dir=str(shared_out / "results"))
+    for name in ("rd_samples.png", "speed_cpu.png"):
+        assert (tmp_path / name).read_bytes().startswith(PNG)
+    for name in ("rd_samples", "bdrate_samples", "speed_cpu"):
+        assert (tmp_path / "tables" / f"{name}.md").read_text().count("|") > 10
+        assert (tmp_path / "tables" / f"{name}.csv").is_file()
+    rd = (tmp_path / "tables" / "rd_samples.csv").read_text().splitlines()
+    assert rd[0].startswith("codec,rate,bpp,psnr") and len(rd) == 1 + 8  # 4 codecs x 2 rate points
+    manifest = json.loads((tmp_path / "MANIFEST.json").read_text())
+    files = {e["file"]: e for e in manifest["outputs"]}
+    assert set(files["rd_samples.png"]["inputs"]) == {f"samples/{t}.json" for t in
+                                                       ("onedc-nano_zonly+nano_q1", "jpeg", "webp", "hevc")}
+    assert files["speed_cpu.png"]["inputs"] == ["speed/speed_cpu.json"]
+    assert _outputs(nb, "image/png") and _outputs(nb, "text/markdown")
+    assert _snapshot(REPO / "figures") == figures_before  # smoke never touches figures/
+
+    # regenerating from unchanged results gives identical bytes (no dates in figures or tables)
+    from onedc_lib.figures import regenerate
+
+    again = tmp_path / "again"
+    regenerate(shared_out / "results", again, smoke=False, dpi=80)
+    for name in ("rd_samples.png", "speed_cpu.png", "tables/rd_samples.md", "tables/bdrate_samples.csv"):
+        assert (again / name).read_bytes() == (tmp_path / name).read_bytes(), name
