@@ -25,7 +25,7 @@ bench: setup
 # Every figure in figures/ and table in figures/tables/ from results/ (notebooks/50_figures_tables.ipynb, no models run).
 figures: setup
 	mkdir -p out/notebooks
-	$(PY) -m papermill notebooks/50_figures_tables.ipynb out/notebooks/50_figures_tables.ipynb -k python3 --cwd . --log-level WARNING
+	$(PY) -m papermill notebooks/50_figures_tables.ipynb out/notebooks/50_figures_tables.ipynb -k python3 --cwd . --log-level WARNING --no-progress-bar
 
 # Check the thin-notebook contract and strip outputs (run before committing a notebook edited in JupyterLab).
 notebooks: setup
