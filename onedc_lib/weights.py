@@ -161,3 +161,16 @@ def load_dmd2_unet_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor
     if not isinstance(state, dict):
         raise WeightsError(f"{path} holds a {type(state).__name__}, not a state_dict")
     return state
+
+
+def load_unet_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """A UNet2DConditionModel state_dict: a diffusers UNet folder, a pipeline folder (its unet/), or one
+    .safetensors / .bin file (the SD-1.5 UNet, the DMD2 one-step checkpoint)."""
+    path = Path(path)
+    if path.is_dir():
+        folder = path / "unet" if (path / "unet").is_dir() else path
+        files = sorted(folder.glob("*.safetensors")) or sorted(folder.glob("*.bin"))
+        if not files:
+            raise WeightsError(f"no UNet weights (*.safetensors or *.bin) in {folder}")
+        path = files[0]
+    return load_dmd2_unet_state_dict(path)

@@ -206,3 +206,22 @@ def test_dmd2_unet_state_dict(tmp_path):
     torch.save([torch.ones(1)], tmp_path / "list.bin")
     with pytest.raises(WeightsError, match="holds a list, not a state_dict"):
         load_dmd2_unet_state_dict(tmp_path / "list.bin")
+
+
+def test_unet_state_dict_from_a_diffusers_folder_or_a_file(tmp_path):
+    from diffusers import UNet2DConditionModel
+
+    from onedc_lib.weights import load_unet_state_dict
+
+    unet = UNet2DConditionModel(sample_size=8, block_out_channels=(32, 32), layers_per_block=1,
+                                down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+                                up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), cross_attention_dim=32)
+    unet.save_pretrained(tmp_path / "pipeline" / "unet")
+    for path in (tmp_path / "pipeline", tmp_path / "pipeline" / "unet",
+                 tmp_path / "pipeline" / "unet" / "diffusion_pytorch_model.safetensors"):
+        state = load_unet_state_dict(path)
+        assert state.keys() == unet.state_dict().keys()
+        assert all(torch.equal(state[k], v) for k, v in unet.state_dict().items())
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(WeightsError, match="no UNet weights"):
+        load_unet_state_dict(tmp_path / "empty")

@@ -28,6 +28,7 @@ from ..models.distill_head import DistillationHead
 from ..models.generator import OneStepGenerator
 from ..models.onedc import OneDC, pad_to_multiple
 from ..models.tokenizer import MaskGITTokenizer
+from ..weights import load_unet_state_dict
 from . import loop
 
 
@@ -60,20 +61,6 @@ class Pretrained:
 
 def _random_warning(part: str, how: str) -> None:
     warnings.warn(f"no weights for the {part}: initialised RANDOMLY ({how})", stacklevel=3)
-
-
-def load_unet_state_dict(path: str) -> dict[str, torch.Tensor]:
-    """A UNet2DConditionModel state_dict from a .safetensors / .bin file or a diffusers folder (unet/ inside)."""
-    from ..weights import load_dmd2_unet_state_dict
-
-    p = Path(path)
-    if p.is_dir():
-        folder = p / "unet" if (p / "unet").is_dir() else p
-        files = sorted(folder.glob("*.safetensors")) or sorted(folder.glob("*.bin"))
-        if not files:
-            raise FileNotFoundError(f"no UNet weights in {folder}")
-        p = files[0]
-    return load_dmd2_unet_state_dict(p)
 
 
 def build_onedc(config: ModelConfig, pretrained: Pretrained) -> OneDC:

@@ -29,9 +29,10 @@ from torch import nn
 
 from ..config import ModelConfig
 from ..models.onedc import OneDC, pad_to_multiple
+from ..weights import load_unet_state_dict
 from . import loop
 from .stage0 import null_tokens
-from .stage1 import Frozen, Pretrained, add_pretrained_arguments, build_lpips, build_onedc, load_unet_state_dict, psnr
+from .stage1 import Frozen, Pretrained, add_pretrained_arguments, build_lpips, build_onedc, psnr
 
 
 # ================================================================================================ conditioning
