@@ -77,6 +77,20 @@ def _info(args: argparse.Namespace) -> int:
     return 0
 
 
+def _load_model(name: str | None):
+    """load_model, with its warnings (untrained weights) printed as one line each on stderr."""
+    import warnings
+
+    from onedc_lib.weights import load_model
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        model = load_model(name)
+    for w in caught:
+        print(f"onedc: warning: {w.message}", file=sys.stderr)
+    return model
+
+
 def _jobs(args: argparse.Namespace, suffixes: set[str], out_suffix: str) -> list[tuple[str, str]]:
     """(input, output) pairs: one file, or every matching file of a folder (recursively) into a folder."""
     from pathlib import Path
@@ -95,25 +109,20 @@ def _jobs(args: argparse.Namespace, suffixes: set[str], out_suffix: str) -> list
 def _run_jobs(args: argparse.Namespace, suffixes: set[str], out_suffix: str, work) -> int:
     """Runs work(model, src, dst) -> one line per job, with a progress bar for folders; bad files are reported
     and skipped (exit code 1 at the end), the others still done."""
-    import warnings
     from pathlib import Path
 
     from tqdm import tqdm
 
     from onedc_lib.bitstream import BitstreamError
     from onedc_lib.image_io import ImageError
-    from onedc_lib.weights import WeightsError, load_model
+    from onedc_lib.weights import WeightsError
 
     try:
         jobs = _jobs(args, suffixes, out_suffix)
     except FileNotFoundError as e:
         return _fail(EXIT_USAGE, str(e))
     try:
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            model = load_model(args.model)
-        for w in caught:
-            print(f"onedc: warning: {w.message}", file=sys.stderr)
+        model = _load_model(args.model)
     except WeightsError as e:
         return _fail(EXIT_USAGE, str(e))
     code = 0
@@ -148,17 +157,12 @@ def _decompress(args: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    import warnings
 
     from onedc_lib.demo import run_demo
-    from onedc_lib.weights import WeightsError, load_model
+    from onedc_lib.weights import WeightsError
 
     try:
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            model = load_model(args.model)
-        for w in caught:
-            print(f"onedc: warning: {w.message}", file=sys.stderr)
+        model = _load_model(args.model)
     except WeightsError as e:
         return _fail(EXIT_USAGE, str(e))
     rows = run_demo(model, args.out)

@@ -24,26 +24,17 @@ def device_info(device: str = "cpu") -> dict:
     import torch
 
     from . import __version__
+    from .eval.runner import cpu_name
 
     dev = torch.device(device)
     info = {"device": str(dev), "torch_threads": torch.get_num_threads(), "cpu_count": os.cpu_count(),
-            "cpu": _cpu_name(), "platform": platform.platform(), "python": platform.python_version(),
+            "cpu": cpu_name(), "platform": platform.platform(), "python": platform.python_version(),
             "torch": torch.__version__, "onedc": __version__,
             "omp_num_threads": os.environ.get("OMP_NUM_THREADS")}
     if dev.type == "cuda":
         info["gpu"] = torch.cuda.get_device_name(dev)
         info["cuda"] = torch.version.cuda
     return info
-
-
-def _cpu_name() -> str | None:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or None
 
 
 def setup(threads: int = 0, seed: int = 0, out_dir: str | os.PathLike | None = None, device: str = "cpu") -> dict:

@@ -325,14 +325,14 @@ def _device_info(device) -> dict:
 
     device = torch.device(device)
     info = {"torch_device": str(device), "torch_threads": torch.get_num_threads(), "platform": platform.platform(),
-            "machine": platform.machine(), "cpu": _cpu_name(), "cpu_count": os.cpu_count()}
+            "machine": platform.machine(), "cpu": cpu_name(), "cpu_count": os.cpu_count()}
     if device.type == "cuda":
         info["gpu"] = torch.cuda.get_device_name(device)
         info["cuda"] = torch.version.cuda
     return info
 
 
-def _cpu_name() -> str | None:
+def cpu_name() -> str | None:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
@@ -435,7 +435,6 @@ def evaluate(codec_spec: str, images_dir, out_dir, metrics=DEFAULT_METRICS, fid:
     (default 2, the protocol's own minimum; KID needs metrics.KID_SUBSET_SIZE in any case);
     command: the command line recorded in the summary.
     """
-    import torch
     from tqdm import tqdm
 
     from . import metrics as M
