@@ -620,6 +620,7 @@ def train(accelerator, task: Task, batches: Batches, out: str | os.PathLike, ste
         if model_dir is not None:
             print(f"model: {model_dir}", flush=True)
     accelerator.wait_for_everyone()
+    accelerator.free_memory()  # drop the prepared wrappers and optimisers (the task keeps its modules)
     return last
 
 
@@ -659,8 +660,19 @@ def parse_overrides(pairs: Sequence[str]) -> dict:
         if "=" not in pair:
             raise ValueError(f"--set expects key=value, got {pair!r}")
         key, value = pair.split("=", 1)
-        overrides[key.strip()] = yaml.safe_load(value)
+        overrides[key.strip()] = _number_or_self(yaml.safe_load(value))
     return overrides
+
+
+def _number_or_self(value):
+    """YAML 1.1 reads 1e-4 (no dot) as a string: numbers written that way are numbers here."""
+    if isinstance(value, str):
+        for kind in (int, float):
+            try:
+                return kind(value)
+            except ValueError:
+                pass
+    return value
 
 
 def common_arguments(parser) -> None:
