@@ -394,3 +394,20 @@ def test_set_overrides_parse_numbers():
     assert load_config("nano", parsed).train.stage1_lr == 1e-4
     with pytest.raises(ValueError, match="key=value"):
         loop.parse_overrides(["train.stage1_lr"])
+
+
+@pytest.mark.parametrize("stage", ["stage1", "stage2"])
+def test_bf16_autocast_with_gradient_checkpointing(tmp_path, stage):
+    """The sd15 settings (bf16 autocast, gradient checkpointing) on the nano model: a step of each objective."""
+    from onedc_lib.training.stage1 import Stage1Task
+    from onedc_lib.training.stage2 import Stage2Task
+
+    config = load_config("nano", {**TINY, "train.mixed_precision": "bf16", "train.gradient_checkpointing": True,
+                                  "train.generator_every": 1})
+    loop.seed_everything(0)
+    task = _quiet(Stage1Task if stage == "stage1" else Stage2Task, config, lpips="off")
+    assert task.model.generator.unet.is_gradient_checkpointing
+    _quiet(_run, task, config, tmp_path, steps=1)
+    row = _log(tmp_path)[0]
+    losses = [float(v) for k, v in row.items() if k.endswith("loss")]
+    assert losses and all(torch.isfinite(torch.tensor(v)) for v in losses)
