@@ -228,6 +228,7 @@ def make_accelerator(cfg: TrainConfig, cpu: bool | None = None):
     """An Accelerator for this environment: one process, or the processes `accelerate launch` / torchrun started
     (nccl on GPUs, gloo on CPUs). Mixed precision from the config, off on CPU for fp16 (no CPU fp16 autocast)."""
     from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
     from accelerate.utils import DistributedDataParallelKwargs
 
     if cpu is None:
@@ -240,6 +241,9 @@ def make_accelerator(cfg: TrainConfig, cpu: bool | None = None):
     if cpu and precision == "fp16":
         warnings.warn("fp16 autocast needs a GPU: training in fp32", stacklevel=2)
         precision = "no"
+    # accelerate keeps one AcceleratorState per process; a second run in the same process (a notebook kernel, a
+    # test session) with other settings must replace it. The process group (PartialState) is kept.
+    AcceleratorState._reset_state()
     return Accelerator(cpu=cpu, mixed_precision=precision,
                        kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=False)])
 
