@@ -23,12 +23,13 @@ y stream needs the release model).
 from __future__ import annotations
 
 import json
-import math
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+
+from .eval.runner import json_safe
 
 __all__ = ["Anatomy", "bitstream_anatomy", "file_anatomy"]
 
@@ -104,7 +105,7 @@ class Anatomy:
 
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
-        atomic_write(out / "anatomy.json", (json.dumps(_json_safe(self.as_dict()), indent=1) + "\n").encode())
+        atomic_write(out / "anatomy.json", (json.dumps(json_safe(self.as_dict()), indent=1) + "\n").encode())
         paths = [out / "anatomy.json"]
         for name, table in (("header", self.header_table()), ("sections", self.section_table()),
                             ("steps", self.step_table())):
@@ -149,18 +150,6 @@ class Anatomy:
                        fontsize="x-small", wrap=True)
             right.set_axis_off()
         return fig
-
-
-def _json_safe(value):
-    if isinstance(value, dict):
-        return {str(k): _json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_json_safe(v) for v in value]
-    if isinstance(value, (np.floating, float)):
-        return float(value) if math.isfinite(value) else None
-    if isinstance(value, np.integer):
-        return int(value)
-    return value
 
 
 def _container_header(data: bytes, c) -> list[dict]:

@@ -31,6 +31,16 @@ def _check_index(tables: CodingTables, k: int) -> None:
         raise ValueError(f"table index {k} out of range [0, {len(tables.cdf_length)})")
 
 
+def _table_bin(tables: CodingTables, k: int, value: int) -> tuple[tuple[int, int], int, int]:
+    """((start, freq) of the bin coding `value` with table k: its own or the escape bin, v = bin, m = escape)."""
+    _check_index(tables, k)
+    cdf = tables.cdf[k]
+    m = int(tables.cdf_length[k]) - 2
+    v = value - int(tables.offset[k])
+    b = v if 0 <= v < m else m
+    return (int(cdf[b]), int(cdf[b + 1] - cdf[b])), v, m
+
+
 # ---------------------------------------------------------------- release mode
 
 def release_encode(tables: CodingTables, symbols, indexes) -> bytes:
@@ -40,14 +50,10 @@ def release_encode(tables: CodingTables, symbols, indexes) -> bytes:
     for value, k in zip(map(int, symbols), map(int, indexes)):
         if k == -1:
             continue
-        _check_index(tables, k)
-        cdf = tables.cdf[k]
-        m = int(tables.cdf_length[k]) - 2
-        v = value - int(tables.offset[k])
+        item, v, m = _table_bin(tables, k, value)
+        items.append(item)
         if 0 <= v < m:
-            items.append((int(cdf[v]), int(cdf[v + 1] - cdf[v])))
             continue
-        items.append((int(cdf[m]), int(cdf[m + 1] - cdf[m])))
         raw = -2 * v - 1 if v < 0 else 2 * (v - m)
         n = 0
         while raw >> (2 * n):
@@ -147,14 +153,10 @@ def _odc_items(tables: CodingTables, symbols, indexes) -> list[tuple[int, int]]:
         items.append((value << (16 - bits), 1 << (16 - bits)))
 
     for value, k in zip(map(int, symbols), map(int, indexes)):
-        _check_index(tables, k)
-        cdf = tables.cdf[k]
-        m = int(tables.cdf_length[k]) - 2
-        v = value - int(tables.offset[k])
+        item, v, m = _table_bin(tables, k, value)
+        items.append(item)
         if 0 <= v < m:
-            items.append((int(cdf[v]), int(cdf[v + 1] - cdf[v])))
             continue
-        items.append((int(cdf[m]), int(cdf[m + 1] - cdf[m])))
         q = (2 * (v - m) if v >= m else -2 * v - 1) + 1
         nb = q.bit_length()
         raw(nb - 1, 6)

@@ -263,12 +263,12 @@ def _parse_row(row: dict, metrics) -> dict:
     return out
 
 
-def _json_safe(value):
+def json_safe(value):
     """NaN/inf -> null (JSON has neither); numpy scalars -> Python."""
     if isinstance(value, dict):
-        return {str(k): _json_safe(v) for k, v in value.items()}
+        return {str(k): json_safe(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_json_safe(v) for v in value]
+        return [json_safe(v) for v in value]
     if isinstance(value, (np.floating, float)):
         return float(value) if math.isfinite(value) else None
     if isinstance(value, np.integer):
@@ -541,7 +541,7 @@ def evaluate(codec_spec: str, images_dir, out_dir, metrics=DEFAULT_METRICS, fid:
         "elapsed_s": time.perf_counter() - started,
         "warnings": codec.warnings,
     }
-    summary = _json_safe(summary)
+    summary = json_safe(summary)
     atomic_write(json_path, (json.dumps(summary, indent=1, allow_nan=False) + "\n").encode())
     return summary
 
