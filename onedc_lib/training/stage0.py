@@ -132,7 +132,7 @@ class VAETask(_Part):
         autoencoder = AutoencoderKL(**config.vae.autoencoder).train()
         if config.train.gradient_checkpointing:
             loop.enable_gradient_checkpointing(autoencoder)
-        self.step_module = VAEStep(autoencoder, build_lpips(lpips))
+        self.step_module = VAEStep(autoencoder, build_lpips(lpips, config.loss.lpips_net))
         self.frozen = {"lpips": self.step_module.lpips[0]} if self.step_module.lpips[0] is not None else {}
         self.calibration: torch.Tensor | None = None  # images that set the latent scale (train_part sets them)
 
@@ -208,7 +208,8 @@ class TokenizerTask(_Part):
         from .stage1 import build_lpips
 
         super().__init__(config, target, config.train.stage0_lr)
-        self.step_module = TokenizerStep(MaskGITTokenizer(config.tokenizer).train(), build_lpips(lpips))
+        self.step_module = TokenizerStep(MaskGITTokenizer(config.tokenizer).train(),
+                                          build_lpips(lpips, config.loss.lpips_net))
         self.frozen = {"lpips": self.step_module.lpips[0]} if self.step_module.lpips[0] is not None else {}
 
     @torch.no_grad()
@@ -352,7 +353,7 @@ def main(argv: list[str] | None = None) -> Path:
     parser = argparse.ArgumentParser(prog="python -m onedc_lib.training.stage0", description=__doc__.split("\n")[0])
     loop.common_arguments(parser)
     parser.add_argument("--part", default="all", choices=("all",) + PARTS)
-    parser.add_argument("--lpips", default="auto", help="'auto', 'random', 'off' or a VGG16 weights file")
+    parser.add_argument("--lpips", default="auto", help="'auto', 'random', 'off' or a backbone weights file (net: loss.lpips_net)")
     args = parser.parse_args(argv)
     loop.set_threads(args.threads)
     config = loop.config_from_args(args)

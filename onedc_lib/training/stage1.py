@@ -117,9 +117,9 @@ def build_tokenizer(config: ModelConfig, pretrained: Pretrained) -> MaskGITToken
     return tokenizer.eval().requires_grad_(False)
 
 
-def build_lpips(choice: str | None):
-    """'auto': the provisioned VGG16 (python -m onedc_lib.eval.weights), or no LPIPS term with a warning when
-    there is none; 'random': a random VGG backbone (tests); 'off'; or a VGG16 weights file."""
+def build_lpips(choice: str | None, net: str = "vgg"):
+    """'auto': the provisioned backbone of LPIPS-`net` (python -m onedc_lib.eval.weights), or no LPIPS term with a
+    warning when there is none; 'random': a random backbone (tests); 'off'; or a backbone weights file."""
     from ..losses import LPIPSLoss, LPIPSWeightsError
 
     choice = choice or "auto"
@@ -128,9 +128,9 @@ def build_lpips(choice: str | None):
     if choice == "random":
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            return LPIPSLoss(pretrained=False)
+            return LPIPSLoss(pretrained=False, net=net)
     try:
-        return LPIPSLoss(backbone_weights=None if choice == "auto" else choice)
+        return LPIPSLoss(backbone_weights=None if choice == "auto" else choice, net=net)
     except LPIPSWeightsError as error:
         if choice != "auto":
             raise
@@ -216,7 +216,7 @@ class Stage1Task(loop.Task):
         model.codec.requires_grad_(True)
         if config.train.gradient_checkpointing:
             loop.enable_gradient_checkpointing(model)
-        self.step_module = Stage1Step(model, head, tokenizer, build_lpips(lpips))
+        self.step_module = Stage1Step(model, head, tokenizer, build_lpips(lpips, config.loss.lpips_net))
 
     @property
     def model(self) -> OneDC:
@@ -257,7 +257,8 @@ def add_pretrained_arguments(parser) -> None:
     parser.add_argument("--tokenizer", default=None, help="MaskGIT VQGAN (maskgit-vqgan-imagenet-f16-256.bin)")
     parser.add_argument("--init", default=None, help="start from this OneDC model folder (weights.save_model)")
     parser.add_argument("--lpips", default="auto",
-                        help="'auto' (provisioned VGG16, else no LPIPS term), 'random', 'off' or a VGG16 file")
+                        help="'auto' (the provisioned backbone of loss.lpips_net, else no LPIPS term), 'random', "
+                             "'off' or a backbone weights file")
 
 
 def setup(args, steps_field: str):

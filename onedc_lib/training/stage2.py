@@ -207,7 +207,8 @@ class Stage2Task(loop.Task):
             loop.enable_gradient_checkpointing(model)
             loop.enable_gradient_checkpointing(fake_unet)
         self.text = TextConditioner(config, text_encoder)
-        self.frozen = Frozen(teacher=teacher, lpips=build_lpips(lpips), text=self.text, critic=None)
+        self.frozen = Frozen(teacher=teacher, lpips=build_lpips(lpips, config.loss.lpips_net), text=self.text,
+                             critic=None)
         self.generator_step = GeneratorStep(model, self.frozen)
         self.critic_step = CriticStep(fake_unet, classifier, Frozen(model=model, text=self.text))
         self.frozen.critic = self.critic_step
