@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 PRESET_DIR = Path(__file__).parent / "presets"
+GUIDANCE = ("hyperprior", "text")  # codec.guidance
 
 
 @dataclass(frozen=True)
@@ -31,6 +32,17 @@ class CodecConfig:
     semantic_ch: int = 768  # tokens of the generator's cross attention (h_sem output)
     fsq_levels: tuple[int, ...] = (4, 4, 4, 4, 4, 4, 4)
     z_only: bool = False  # no y is sent: every step's y_hat is the predicted mean
+    # What the generator's cross-attention attends to (the paper's guidance ablation): "hyperprior" = h_sem's
+    # tokens (OneDC); "text" = the image's caption through a frozen local text encoder and a learned projection
+    # (models.text; the caption travels in the file). g_s gets h_sem's map in both.
+    guidance: str = "hyperprior"
+    text_encoder: str = ""  # a local folder (SD-1.5: text_encoder/ + tokenizer/) or a package shipping one
+    text_dim: int = 768  # width of the text encoder's tokens (CLIP ViT-L: 768; MiniLM-L6: 384)
+    text_max_tokens: int = 77  # captions padded / truncated to this many tokens
+
+    def __post_init__(self):
+        if self.guidance not in GUIDANCE:
+            raise ValueError(f"codec.guidance must be one of {', '.join(GUIDANCE)}, not {self.guidance!r}")
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,8 @@
 """Image folders as datasets: every image under a folder (recursively), with an optional caption beside it.
 
 Items are `(image, caption)`: a float tensor [3, H, W] in [0, 1] at the file's own size (the training transform
-crops and resizes whole batches, see transforms.py) and the text of `<stem>.txt` next to the image, or "".
+crops and resizes whole batches, see transforms.py) and the text of `<stem>.txt` next to the image, else the
+caption shipped for a photograph of the nano data set (nano_captions.json, by file name), else "".
 
 Corrupt or unreadable files are skipped with a `CorruptImageWarning` and counted in `skipped` (the paths in
 `skipped_files`). Most are found when the folder is scanned (each file's header is read, which is cheap); a file
@@ -14,6 +15,7 @@ from __future__ import annotations
 import io
 import os
 import warnings
+from functools import lru_cache
 from pathlib import Path
 from typing import Callable
 
@@ -21,6 +23,28 @@ import torch
 from torch.utils.data import Dataset
 
 from onedc_lib.image_io import IMAGE_SUFFIXES, ImageError, _to_rgb_float, load_image
+
+
+NANO_CAPTIONS = Path(__file__).parent / "nano_captions.json"
+
+
+@lru_cache(maxsize=1)
+def shipped_captions() -> dict[str, str]:
+    """File name -> caption of the nano photographs (nano_captions.json is keyed by the manifest's file ids,
+    `<split>/<name>`; names are unique across the splits, so a prepared folder anywhere finds its captions)."""
+    import json
+
+    captions = json.loads(NANO_CAPTIONS.read_text(encoding="utf-8"))["captions"]
+    return {Path(file_id).name: text for file_id, text in captions.items()}
+
+
+def image_caption(path: str | os.PathLike) -> str:
+    """The caption of an image file: `<stem>.txt` beside it (stripped), else the shipped one, else ""."""
+    path = Path(path)
+    try:
+        return path.with_suffix(".txt").read_text(encoding="utf-8").strip()
+    except (FileNotFoundError, UnicodeDecodeError):
+        return shipped_captions().get(path.name, "")
 
 
 class CorruptImageWarning(UserWarning):
@@ -132,7 +156,7 @@ class ImageFolder(SkippingDataset):
 
     check: "header" (default) opens every file's header when the folder is scanned and skips unreadable ones,
     "decode" decodes every image once (slow, finds truncated pixel data too), "none" scans names only.
-    Captions: the text of a `<stem>.txt` file beside the image, stripped, else "".
+    Captions: `image_caption` (a `<stem>.txt` beside the image, else the shipped nano caption, else "").
     """
 
     def __init__(self, root: str | os.PathLike, transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
@@ -161,11 +185,7 @@ class ImageFolder(SkippingDataset):
         return str(self.files[index])
 
     def caption(self, index: int) -> str:
-        text = self.files[index].with_suffix(".txt")
-        try:
-            return text.read_text(encoding="utf-8").strip()
-        except (FileNotFoundError, UnicodeDecodeError):
-            return ""
+        return image_caption(self.files[index])
 
     def _load(self, index: int) -> tuple[torch.Tensor, str]:
         return load_image(self.files[index]), self.caption(index)

@@ -116,8 +116,8 @@ class _Baseline(_Codec):
                          description.pop("versions"))
         self.codec = codec
 
-    def encode(self, rate, image: np.ndarray) -> bytes:
-        return self.codec.encode(image, rate)
+    def encode(self, rate, image: np.ndarray, caption: str = "") -> bytes:
+        return self.codec.encode(image, rate)  # classical codecs carry no caption
 
     def decode(self, rate, data: bytes) -> np.ndarray:
         return self.codec.decode(data)
@@ -158,9 +158,10 @@ class _OneDC(_Codec):
         for message in caught:  # recorded in the summary, and still shown
             warnings.warn(message, UserWarning, stacklevel=3)
 
-    def encode(self, rate, image: np.ndarray) -> bytes:
+    def encode(self, rate, image: np.ndarray, caption: str = "") -> bytes:
+        """A text-guided model writes the caption into the file (and pays for it); the others ignore it."""
         x = self.torch.from_numpy(image).permute(2, 0, 1)[None].float().div(255)
-        return self.models[rate].compress(x).to_bytes()
+        return self.models[rate].compress(x, caption).to_bytes()
 
     def decode(self, rate, data: bytes) -> np.ndarray:
         from .metrics import to_uint8
@@ -437,6 +438,7 @@ def evaluate(codec_spec: str, images_dir, out_dir, metrics=DEFAULT_METRICS, fid:
     """
     from tqdm import tqdm
 
+    from ..data.folders import image_caption
     from . import metrics as M
 
     started = time.perf_counter()
@@ -475,6 +477,7 @@ def evaluate(codec_spec: str, images_dir, out_dir, metrics=DEFAULT_METRICS, fid:
     try:
         for name, path in images:
             reference = _load_uint8(path)
+            caption = image_caption(path)  # what a text-guided OneDC writes into its file
             if fid_active:
                 fid_features.register(M.extract_patches(reference))
             for rate in codec.rates:
@@ -488,10 +491,10 @@ def evaluate(codec_spec: str, images_dir, out_dir, metrics=DEFAULT_METRICS, fid:
                 else:
                     warm_key = rate if codec.kind == "onedc" else None  # one warm-up per model / per codec
                     if warm_key not in warmed:  # the first call pays one-off costs (allocations, lazy imports)
-                        codec.decode(rate, codec.encode(rate, reference))
+                        codec.decode(rate, codec.encode(rate, reference, caption))
                         warmed.add(warm_key)
                     row, reconstruction = _run_one(codec, rate, name, reference, bitstream_path, recon_path,
-                                                   image_metrics, out_dir)
+                                                   image_metrics, out_dir, caption)
                 rows[(str(rate), name)] = row
                 if fid_active:
                     accumulators[str(rate)].add(reference, reconstruction, name)
@@ -574,11 +577,11 @@ def _reusable(row, reference, bitstream_path: Path, recon_path: Path, fid: bool)
 
 
 def _run_one(codec: _Codec, rate, name: str, reference: np.ndarray, bitstream_path: Path, recon_path: Path,
-             image_metrics, out_dir: Path) -> tuple[dict, np.ndarray]:
+             image_metrics, out_dir: Path, caption: str = "") -> tuple[dict, np.ndarray]:
     from ..bitstream import read_bytes
 
     t0 = time.perf_counter()
-    data = codec.encode(rate, reference)
+    data = codec.encode(rate, reference, caption)
     enc_s = time.perf_counter() - t0
     bitstream_path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write(bitstream_path, data)

@@ -25,10 +25,13 @@ from ..entropy.context import NUM_STEPS
 from ..entropy.tables import odc_tables
 from .codec import Codec
 from .generator import OneStepGenerator
+from .text import TextGuidance
 from .vae import VAE
 
 PAD = 64  # the codec works on multiples of 64 (z is at 1/64)
 UNTRAINED_NOTE = "note"  # section written only by models with untrained parts (random weights)
+CAPTION = "cap"  # section of text-guided models: the caption, UTF-8 (it is part of the rate)
+TEXT_FIELDS = ("guidance", "text_encoder", "text_dim", "text_max_tokens")
 TILE_SYMBOLS = 1 << 18  # odc tiles above this many y symbols, so large images code on several threads
 
 
@@ -71,6 +74,8 @@ class OneDC(nn.Module):
         self.codec = Codec(config.codec)
         self.generator = OneStepGenerator(config.generator, config.codec.ctrl_ch)
         self.vae = VAE(config.vae)
+        if config.codec.guidance == "text":  # after the release's modules: the hyperprior state_dict is unchanged
+            self.text_guidance = TextGuidance(config.codec, config.generator.unet["cross_attention_dim"])
         self.tables = odc_tables()
         self.untrained_parts: tuple[str, ...] = ("codec", "generator", "vae")  # cleared by the weight loaders
         self._model_id: bytes | None = None
@@ -82,6 +87,9 @@ class OneDC(nn.Module):
         if self._model_id is None:
             # Only what decoding computes with: the loss, training and teacher settings do not change a file.
             decoding = {k: config_to_dict(self.config)[k] for k in ("codec", "generator", "vae")}
+            if self.config.codec.guidance == "hyperprior":  # the text fields do not decode anything then:
+                for key in TEXT_FIELDS:                      # the ids of hyperprior models stay what they were
+                    decoding["codec"].pop(key)
             h = hashlib.sha256(json.dumps(decoding, sort_keys=True).encode())
             for name, tensor in sorted(self.state_dict().items()):
                 h.update(name.encode())
@@ -102,20 +110,36 @@ class OneDC(nn.Module):
         """x in [0, 1], padded -> the VAE latent (x scaling factor)."""
         return self.vae.encode(x * 2 - 1)
 
-    def reconstruct(self, y_hat: torch.Tensor, z_semantic: torch.Tensor, height: int, width: int) -> torch.Tensor:
-        """y_hat and z_semantic -> image in [0, 1] cropped to height x width."""
+    @property
+    def text_guided(self) -> bool:
+        """True when the generator attends to the caption (which the file then carries) instead of h_sem's tokens."""
+        return self.config.codec.guidance == "text"
+
+    def guidance(self, tokens: torch.Tensor, captions: list[str] | None) -> torch.Tensor:
+        """The generator's cross-attention context: h_sem's tokens (captions unused), or the captions' projected
+        text tokens."""
+        if not self.text_guided:
+            return tokens
+        if captions is None or len(captions) != tokens.shape[0]:
+            raise ValueError(f"{self.config.name} is text-guided: pass one caption per image "
+                             f"({tokens.shape[0]}), got {captions!r}")
+        return self.text_guidance(list(captions)).to(tokens.dtype)
+
+    def reconstruct(self, y_hat: torch.Tensor, z_semantic: torch.Tensor, height: int, width: int,
+                    captions: list[str] | None = None) -> torch.Tensor:
+        """y_hat and z_semantic (and the captions of a text-guided model) -> image in [0, 1], height x width."""
         c_map, tokens = self.codec.semantic(z_semantic)
         ctrl = self.codec.synthesis(y_hat, c_map)
-        x0 = self.generator(ctrl, tokens).x0
+        x0 = self.generator(ctrl, self.guidance(tokens, captions)).x0
         image = self.vae.decode(x0)
         return ((image[..., :height, :width] + 1) / 2).clamp(0, 1)
 
-    def forward(self, x: torch.Tensor) -> OneDCOutput:
+    def forward(self, x: torch.Tensor, captions: list[str] | None = None) -> OneDCOutput:
         h, w = x.shape[-2:]
         xp = pad_to_multiple(x)
         cond = self.encode_latents(xp)
         out = self.codec(xp * 2 - 1, cond)
-        x0 = self.generator(out.ctrl, out.tokens).x0
+        x0 = self.generator(out.ctrl, self.guidance(out.tokens, captions)).x0
         image = self.vae.decode(x0)
         x_hat = ((image[..., :h, :w] + 1) / 2).clamp(0, 1)
         return OneDCOutput(x_hat, out, out.bits_y.sum() / (xp.shape[-2] * xp.shape[-1] * xp.shape[0]))
@@ -144,9 +168,15 @@ class OneDC(nn.Module):
 
     # ------------------------------------------------------------------ files
     @torch.no_grad()
-    def compress(self, x: torch.Tensor) -> CompressedImage:
-        """x: float tensor [1, 3, H, W] in [0, 1] -> CompressedImage (our container)."""
+    def compress(self, x: torch.Tensor, caption: str | None = None) -> CompressedImage:
+        """x: float tensor [1, 3, H, W] in [0, 1] -> CompressedImage (our container).
+
+        A text-guided model needs the image's caption and writes it into the file (section `cap`): the decoder
+        has no other way to know it, so its bytes count in the bpp. Hyperprior-guided models ignore it."""
         check_image_tensor(x)
+        caption = caption if self.text_guided else None
+        if self.text_guided and not isinstance(caption, str):
+            raise ValueError(f"{self.config.name} is text-guided: pass the image's caption (a str), not {caption!r}")
         h, w = x.shape[-2:]
         bitstream.check_image_size(h, w)
         xp = pad_to_multiple(x.to(self._device, torch.float32))
@@ -167,6 +197,8 @@ class OneDC(nn.Module):
                 symbols, indexes, tiles=self._tiles(len(symbols)), threads=0, segments=segments
             )
             sections.append(bitstream.Section("y", stream, bitstream.symbols_crc(symbols)))
+        if caption is not None:
+            sections.append(bitstream.Section(CAPTION, caption.encode("utf-8")))
         if self.untrained_parts:  # so that `onedc info` can say what the file is; trained models add nothing
             note = f"UNTRAINED {self.config.name}: random {', '.join(self.untrained_parts)}"
             sections.append(bitstream.Section(UNTRAINED_NOTE, note.encode()))
@@ -193,7 +225,15 @@ class OneDC(nn.Module):
             params, z_semantic = self.codec.hyper_synthesis(z_hat)
             y_hat = self.codec.decode_steps(params, self._symbol_source(container))
         z_semantic = z_semantic.to(torch.float32)
-        return self.reconstruct(y_hat.to(torch.float32), z_semantic, container.height, container.width)
+        captions = [self._caption(container)] if self.text_guided else None
+        return self.reconstruct(y_hat.to(torch.float32), z_semantic, container.height, container.width, captions)
+
+    @staticmethod
+    def _caption(container: bitstream.Container) -> str:
+        try:
+            return container.section(CAPTION).payload.decode("utf-8")
+        except UnicodeDecodeError:
+            raise bitstream.BitstreamError(f"section {CAPTION} is not UTF-8 text: the file is corrupt") from None
 
     def _symbol_source(self, container: bitstream.Container):
         """decode_fn for the prior: zeros for the z-only model, else the y stream one step at a time."""
@@ -229,10 +269,10 @@ class OneDC(nn.Module):
                 f"{self.tables.table_hash.hex()}"
             )
 
-    def compress_file(self, image_path, out_path) -> CompressedImage:
+    def compress_file(self, image_path, out_path, caption: str | None = None) -> CompressedImage:
         from ..image_io import load_image
 
-        compressed = self.compress(load_image(image_path).unsqueeze(0))
+        compressed = self.compress(load_image(image_path).unsqueeze(0), caption)
         bitstream.write_file(out_path, compressed.container)
         return compressed
 

@@ -153,8 +153,9 @@ class Frozen:
 
 
 # ================================================================================================ the step
-def reconstruct_for_loss(model: OneDC, x: torch.Tensor):
-    """x in [0, 1] (multiples of 64) -> (x_hat unclamped, codec output, padded x): OneDC.forward for training.
+def reconstruct_for_loss(model: OneDC, x: torch.Tensor, captions: list[str] | None = None):
+    """x in [0, 1] (multiples of 64) -> (x_hat unclamped, codec output, padded x): OneDC.forward for training
+    (captions: the batch's, used by text-guided models).
 
     The frozen VAE encoder runs without gradient; the VAE decode runs in fp32 outside autocast, unclamped."""
     h, w = x.shape[-2:]
@@ -162,7 +163,7 @@ def reconstruct_for_loss(model: OneDC, x: torch.Tensor):
     with torch.no_grad():
         cond = model.encode_latents(xp)
     out = model.codec(xp * 2 - 1, cond)
-    x0 = model.generator(out.ctrl, out.tokens).x0
+    x0 = model.generator(out.ctrl, model.guidance(out.tokens, captions)).x0
     with torch.autocast(x.device.type, enabled=False):
         image = model.vae.decode(x0.float(), clamp=False)
     return (image[..., :h, :w] + 1) / 2, out, xp, x0
@@ -187,17 +188,22 @@ class Stage1Step(nn.Module):
 
         cfg = self.onedc.config.loss
         x = batch["image"]
-        x_hat, out, xp, _ = reconstruct_for_loss(self.onedc, x)
+        x_hat, out, xp, _ = reconstruct_for_loss(self.onedc, x, batch.get("caption"))
         x_hat = x_hat.float()
         l1 = l1_loss(x_hat, x)
         lpips = self.frozen.lpips(x_hat, x).float() if self.frozen.lpips is not None else l1.new_zeros(())
         bpp = rate_bpp(out.bits_y.float())
-        distill = distillation_term(self.head, self.frozen.tokenizer, xp, out.c_map)
-        loss = stage1_loss(l1=l1, lpips=lpips, bpp=bpp, distill=distill.loss, step=step, cfg=cfg)
+        logs = {}
+        if cfg.distill_weight:
+            distill = distillation_term(self.head, self.frozen.tokenizer, xp, out.c_map)
+            distill_loss = distill.loss
+            logs = {"distill": distill.loss.detach(), "distill_acc": distill.accuracy}
+        else:  # no semantic distillation (the ablation's variants): neither teacher nor head runs
+            distill_loss = l1.new_zeros(())
+        loss = stage1_loss(l1=l1, lpips=lpips, bpp=bpp, distill=distill_loss, step=step, cfg=cfg)
         lmbda = lmbda_at(step, cfg.lmbda, cfg.lmbda_warmup_steps, cfg.lmbda_start)
-        return {"loss": loss, "l1": l1.detach(), "lpips": lpips.detach(), "bpp_y": bpp.detach(),
-                "distill": distill.loss.detach(), "distill_acc": distill.accuracy, "psnr": psnr(x_hat, x),
-                "lmbda": torch.tensor(lmbda)}
+        return {"loss": loss, "l1": l1.detach(), "lpips": lpips.detach(), "bpp_y": bpp.detach(), **logs,
+                "psnr": psnr(x_hat, x), "lmbda": torch.tensor(lmbda)}
 
 
 class Stage1Task(loop.Task):
@@ -214,6 +220,7 @@ class Stage1Task(loop.Task):
         # Stage I trains the codec, the generator's LoRA / conv_in / vae_reduction (peft froze the base) and the
         # head; the VAE is frozen by construction.
         model.codec.requires_grad_(True)
+        head.requires_grad_(bool(config.loss.distill_weight))  # unused without distillation (DDP needs it frozen)
         if config.train.gradient_checkpointing:
             loop.enable_gradient_checkpointing(model)
         self.step_module = Stage1Step(model, head, tokenizer, build_lpips(lpips, config.loss.lpips_net))
@@ -235,7 +242,7 @@ class Stage1Task(loop.Task):
         was_training = model.training
         model.eval()
         try:
-            out = model(batch["image"])
+            out = model(batch["image"], batch.get("caption"))
         finally:
             model.train(was_training)
         return {"input": batch["image"], "reconstruction": out.x_hat}

@@ -45,14 +45,9 @@ class TextConditioner:
         self.encoder = self.tokenizer = None
         self._warned = False
         if path is not None:
-            from transformers import CLIPTextModel, CLIPTokenizer
+            from ..models.text import load_text_encoder
 
-            root = Path(path)
-            self.tokenizer = CLIPTokenizer.from_pretrained(
-                root / "tokenizer" if (root / "tokenizer").is_dir() else root, local_files_only=True)
-            self.encoder = CLIPTextModel.from_pretrained(
-                root / "text_encoder" if (root / "text_encoder").is_dir() else root, local_files_only=True)
-            self.encoder.requires_grad_(False).eval()
+            self.tokenizer, self.encoder = load_text_encoder(path)
 
     def to(self, device):
         if self.encoder is not None:
@@ -140,7 +135,7 @@ class GeneratorStep(nn.Module):
         x = batch["image"]
         h, w = x.shape[-2:]
         real, out = _fake_latents(self.onedc, x)
-        x0 = self.onedc.generator(out.ctrl, out.tokens).x0.float()
+        x0 = self.onedc.generator(out.ctrl, self.onedc.guidance(out.tokens, batch["caption"])).x0.float()
         with torch.autocast(x.device.type, enabled=False):
             image = self.onedc.vae.decode(x0, clamp=False)
         x_hat = (image[..., :h, :w].float() + 1) / 2
@@ -175,7 +170,7 @@ class CriticStep(nn.Module):
         else:
             real, out = _fake_latents(model, batch["image"])
             with torch.no_grad():
-                fake = model.generator(out.ctrl, out.tokens).x0.float()
+                fake = model.generator(out.ctrl, model.guidance(out.tokens, batch["caption"])).x0.float()
         cond, _ = _conditioning(batch, self.frozen.text)
         crit = critic_loss(self.fake_unet, self.classifier, fake, real.float(), cond,
                            gan_critic_weight=model.config.loss.gan_critic_weight)
