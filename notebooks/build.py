@@ -106,6 +106,123 @@ max_side: int = 512  # the image is shrunk so that its longer side is at most th
     ],
 }
 
+TRAIN = """steps: int = 0  # train until this many steps of the run (0: the preset's)
+seed: int = 0
+resume: str = "auto"  # "auto": continue from the newest checkpoint in out_dir if there is one; "": a new run only
+num_processes: int = 1  # more than 1: torchrun with this many processes (one per GPU; on a CPU, gloo)
+data: str = ""  # an image folder (e.g. out/nano_data/train) or CommonCatalog shards; empty: the sample photographs
+ckpt_every: int = 0  # checkpoint period in steps (0: the preset's)
+lpips: str = "auto"  # the LPIPS term: "auto" (provisioned backbone, else none), "off", or a backbone file
+"""
+TRAIN_IMPORTS = ("from onedc_lib.notebook import setup\n"
+                 "from onedc_lib.training.run import run_stage, training_curves, training_samples, training_summary")
+TRAIN_SHOW = [
+    ("md", ("## The run\n\nFirst and last logged value of each quantity (means over `train.log_every` steps), the "
+            "curves from `log.csv` and the newest sample images (`samples/`: inputs, then outputs).")),
+    ("code", "training_summary(out_dir)"),
+    ("code", "training_curves(out_dir)"),
+    ("code", "training_samples(out_dir)"),
+]
+
+
+def _train_call(stage: int, extra: str) -> str:
+    return (f"{'stage0_dir' if stage == 0 else 'model_dir'} = run_stage({stage}, preset=preset, out_dir=out_dir, "
+            "steps=steps, overrides=overrides, seed=seed,\n"
+            f"                      resume=resume, data=data, {extra}threads=threads,\n"
+            "                      num_processes=num_processes, ckpt_every=ckpt_every, lpips=lpips, device=device, "
+            "smoke=smoke)")
+
+
+NOTEBOOKS["10_train_stage0_nano"] = {
+    "title": """
+# 10 · Stage 0 (nano): the parts sd15 takes from pretrained weights
+
+At sd15 scale the VAE, the MaskGIT tokenizer and the diffusion UNets are pretrained downloads; the nano model
+trains its own, each with the one training loop (`onedc_lib.training.stage0`): a small VAE (then its latent space
+rescaled to unit variance), a small VQGAN tokenizer, an unconditional teacher UNet in that VAE's latent space, and
+the generator's base UNet initialised from the teacher. Each part runs in `out_dir/<part>/` (checkpoints, log.csv,
+samples) and ends in one file in `out_dir`, the folder that stages I and II take (`stage0`). Re-running with
+`resume="auto"` continues an interrupted run and skips finished parts.
+""",
+    "parameters": """
+preset: str = "nano"  # a preset with stage-0 steps (sd15 has none: its parts are pretrained)
+overrides: dict = {}  # dotted config overrides, e.g. {"train.stage0_crop": 96}
+smoke: bool = False  # CI: 2 steps per part on 64-px crops
+out_dir: str = "out/notebooks/10_train_stage0_nano"  # the stage-0 folder: <part>/ runs and the weight files
+part: str = "all"  # "all", or one of vae, tokenizer, teacher, generator
+""" + TRAIN + COMMON,
+    "cells": [
+        ("code", TRAIN_IMPORTS),
+        ("code", "env = setup(threads=threads, out_dir=out_dir, device=device)"),
+        ("md", "## Train\n\nThe parts in order (the teacher needs the VAE, the generator copies the teacher)."),
+        ("code", _train_call(0, "part=part, ")),
+        *TRAIN_SHOW,
+        ("md", "## The stage-0 folder\n\nPass it as `stage0` to stages I and II (notebooks 11 and 12)."),
+        ("code", "stage0_dir"),
+    ],
+}
+
+NOTEBOOKS["11_train_stage1"] = {
+    "title": """
+# 11 · Stage I: codec, generator LoRA and distillation head
+
+The codec, the generator's LoRA / conv_in / vae_reduction and the distillation head trained jointly on
+L1 + LPIPS + λ·bpp_y + 0.001·distillation (`onedc_lib.training.stage1`); the VAE and the generator's base UNet
+frozen. λ, and so the rate point, comes from the preset (`nano_q1` ... `nano_q5`, `sd15_q1` ...). On a CPU this
+trains the nano model from the stage-0 folder of notebook 10; on CUDA nodes pass `preset="sd15_q3"`,
+`device="cuda"`, `num_processes` = the GPUs, and the pretrained files in `weights` (`vae`, `unet`, `tokenizer`).
+The model folder written at the end (`out_dir/model`) is what `onedc` and stage II load.
+""",
+    "parameters": """
+preset: str = "nano_q3"  # the rate point (its lambda) and the scale
+overrides: dict = {}  # dotted config overrides, e.g. {"loss.lmbda": 1.8, "train.batch_size": 8}
+smoke: bool = False  # CI: 2 steps on 64-px crops
+out_dir: str = "out/notebooks/11_train_stage1"  # checkpoints/, log.csv, samples/, model/
+stage0: str = "out/notebooks/10_train_stage0_nano"  # the stage-0 folder (nano); empty: weights / random init
+init: str = ""  # start from this model folder instead (e.g. a lower-rate model)
+weights: dict = {}  # local pretrained files by option name (sd15): {"vae": ..., "unet": ..., "tokenizer": ...}
+""" + TRAIN + COMMON,
+    "cells": [
+        ("code", TRAIN_IMPORTS),
+        ("code", "env = setup(threads=threads, out_dir=out_dir, device=device)"),
+        ("md", "## Train"),
+        ("code", _train_call(1, "stage0=stage0, init=init, weights=weights,\n                      ")),
+        *TRAIN_SHOW,
+        ("md", "## The model folder\n\n`onedc compress --model <folder>`, or `init` of stage II (notebook 12)."),
+        ("code", "model_dir"),
+    ],
+}
+
+NOTEBOOKS["12_train_stage2"] = {
+    "title": """
+# 12 · Stage II: DMD + GAN refinement of the generator
+
+The codec frozen; the generator (LoRA, conv_in, vae_reduction) refined by distribution matching against the
+teacher (real score, classifier-free guidance) and a diffusion GAN, with a critic (fake score UNet + classifier)
+updated every step and the generator every `train.generator_every`-th (`onedc_lib.training.stage2`). It starts
+from a stage-I model folder (`init`, notebook 11) and takes the teacher from the stage-0 folder (nano) or from
+`weights` (sd15: `teacher` = SD-1.5's UNet, `text_encoder` = its CLIP folder). The final model is `out_dir/model`.
+""",
+    "parameters": """
+preset: str = "nano_q3"  # the preset the stage-I model was trained with
+overrides: dict = {}  # dotted config overrides, e.g. {"train.stage2_lr": 2e-5}
+smoke: bool = False  # CI: 2 steps on 64-px crops
+out_dir: str = "out/notebooks/12_train_stage2"  # checkpoints/, log.csv, samples/, model/
+init: str = "out/notebooks/11_train_stage1/model"  # the stage-I model folder
+stage0: str = "out/notebooks/10_train_stage0_nano"  # the stage-0 folder (nano: the teacher); empty: weights
+weights: dict = {}  # local pretrained files by option name (sd15): {"teacher": ..., "text_encoder": ...}
+""" + TRAIN + COMMON,
+    "cells": [
+        ("code", TRAIN_IMPORTS),
+        ("code", "env = setup(threads=threads, out_dir=out_dir, device=device)"),
+        ("md", "## Train"),
+        ("code", _train_call(2, "stage0=stage0, init=init, weights=weights,\n                      ")),
+        *TRAIN_SHOW,
+        ("md", "## The model folder\n\n`onedc compress --model <folder>`; evaluate it with notebook 20."),
+        ("code", "model_dir"),
+    ],
+}
+
 NOTEBOOKS["20_eval_rd"] = {
     "title": """
 # 20 · Rate-distortion evaluation: a dataset x codecs

@@ -20,7 +20,8 @@ from onedc_lib.nbcontract import (
 REPO = Path(__file__).resolve().parents[2]
 NOTEBOOK_DIR = REPO / "notebooks"
 NOTEBOOKS = sorted(p.stem for p in NOTEBOOK_DIR.glob("*.ipynb"))
-EXPECTED = ["00_demo_compress", "01_bitstream_anatomy", "20_eval_rd", "21_eval_speed", "50_figures_tables"]
+EXPECTED = ["00_demo_compress", "01_bitstream_anatomy", "10_train_stage0_nano", "11_train_stage1", "12_train_stage2",
+            "20_eval_rd", "21_eval_speed", "50_figures_tables"]
 PNG = b"\x89PNG\r\n\x1a\n"
 
 
@@ -278,3 +279,55 @@ def test_50_figures_tables(run_notebook, shared_out, tmp_path):
     regenerate(shared_out / "results", again, smoke=False, dpi=80)
     for name in ("rd_samples.png", "speed_cpu.png", "tables/rd_samples.md", "tables/bdrate_samples.csv"):
         assert (again / name).read_bytes() == (tmp_path / name).read_bytes(), name
+
+
+# ------------------------------------------------------------------------------------------------ training (10-12)
+
+@pytest.fixture(scope="module")
+def train_out(tmp_path_factory) -> Path:
+    """10 writes the stage-0 folder here, 11 its model, 12 starts from both."""
+    return tmp_path_factory.mktemp("notebook_training")
+
+
+def _check_run(nb, run: Path, names: list[str]) -> None:
+    """log.csv rows for the smoke steps with finite losses, sample images, a figure of each and the summary."""
+    import csv
+
+    for name in names:
+        folder = run / name if name else run
+        with open(folder / "log.csv", newline="") as f:
+            rows = list(csv.DictReader(f))
+        assert [int(r["step"]) for r in rows] == [1, 2]
+        assert all(_finite(float(v)) for r in rows for k, v in r.items() if k.endswith("loss") and v)
+        assert (folder / "samples" / "step_00000002.png").read_bytes().startswith(PNG)
+    assert len(_outputs(nb, "image/png")) == 2 and _outputs(nb, "text/html")  # curves, samples; summary
+
+
+def test_10_train_stage0_nano(run_notebook, train_out):
+    nb, _ = run_notebook("10_train_stage0_nano", train_out / "s0")
+    _check_run(nb, train_out / "s0", ["vae", "tokenizer", "teacher"])
+    for file in ("vae", "tokenizer", "teacher_unet", "generator_unet"):
+        assert (train_out / "s0" / f"{file}.safetensors").stat().st_size > 10_000
+    assert str(train_out / "s0") in "".join(_outputs(nb, "text/plain")[-1])  # the folder is shown at the end
+
+
+def test_11_train_stage1(run_notebook, train_out):
+    if not (train_out / "s0" / "vae.safetensors").is_file():
+        pytest.skip("needs the stage-0 folder of the 10 smoke run (run the whole module)")
+    nb, _ = run_notebook("11_train_stage1", train_out / "s1", stage0=str(train_out / "s0"))
+    _check_run(nb, train_out / "s1", [""])
+    provenance = json.loads((train_out / "s1" / "model" / "config.json").read_text())["provenance"]
+    assert provenance["stage"] == 1 and provenance["step"] == 2
+    assert provenance["random_init"] == []  # VAE, base UNet and tokenizer came from the stage-0 folder
+    assert str(train_out / "s1" / "model") in "".join(_outputs(nb, "text/plain")[-1])
+
+
+def test_12_train_stage2(run_notebook, train_out):
+    if not (train_out / "s1" / "model").is_dir():
+        pytest.skip("needs the model of the 11 smoke run (run the whole module)")
+    nb, _ = run_notebook("12_train_stage2", train_out / "s2", stage0=str(train_out / "s0"),
+                         init=str(train_out / "s1" / "model"))
+    _check_run(nb, train_out / "s2", [""])
+    provenance = json.loads((train_out / "s2" / "model" / "config.json").read_text())["provenance"]
+    assert provenance["stage"] == 2 and provenance["random_init"] == []  # codec from 11, teacher from 10
+    assert str(train_out / "s2" / "model") in "".join(_outputs(nb, "text/plain")[-1])
