@@ -8,8 +8,10 @@ units (for a lower-is-better metric such as LPIPS, DISTS or FID a negative BD-me
 Curves are interpolated in the log-rate domain with
     "pchip"  piecewise cubic Hermite (monotone) through the points, the usual modern variant;
     "akima"  Akima's piecewise cubic;
-    "cubic"  a least-squares 3rd-order polynomial, the original VCEG-M33 method.
-Each needs at least 4 RD points per curve; the integration runs over the overlap of the two curves' ranges
+    "cubic"  a least-squares 3rd-order polynomial, the original VCEG-M33 method;
+    "linear" straight lines between the points: the only one defined for 2 or 3 points per curve (ablations
+             trained at a few rates), and the crudest.
+Each needs at least 4 RD points per curve ("linear": 2); the integration runs over the overlap of the two curves' ranges
 only (a warning below `min_overlap` of the union, a ValueError without any overlap). Points are sorted by
 the integration variable; repeated values of it are an error. Lower-is-better metrics are negated so that
 every curve rises with rate; `higher_is_better` only sets that orientation, and a curve that runs the other
@@ -45,8 +47,8 @@ import numpy as np
 __all__ = ["LOWER_IS_BETTER", "METHODS", "RDCurve", "bd_metric", "bd_rate", "higher_is_better",
            "load_curve", "load_rd_points"]
 
-METHODS = ("pchip", "akima", "cubic")
-MIN_POINTS = 4
+METHODS = ("pchip", "akima", "cubic", "linear")
+MIN_POINTS = {"pchip": 4, "akima": 4, "cubic": 4, "linear": 2}
 LOWER_IS_BETTER = frozenset({"lpips", "dists", "fid", "kid", "mse", "mae", "l1", "l2", "bpp", "niqe", "pi",
                              "butteraugli", "ssimulacra2_distance"})
 GROUP_COLUMNS = ("quality", "rate", "preset", "model", "lambda", "lmbda", "q")
@@ -61,13 +63,14 @@ def higher_is_better(metric: str) -> bool:
     return _key(metric) not in LOWER_IS_BETTER
 
 
-def _points(rate, metric, which: str) -> tuple[np.ndarray, np.ndarray]:
+def _points(rate, metric, which: str, method: str) -> tuple[np.ndarray, np.ndarray]:
     rate = np.asarray(rate, dtype=np.float64).ravel()
     metric = np.asarray(metric, dtype=np.float64).ravel()
     if rate.shape != metric.shape:
         raise ValueError(f"{which}: {rate.size} rates but {metric.size} metric values")
-    if rate.size < MIN_POINTS:
-        raise ValueError(f"{which}: BD needs at least {MIN_POINTS} RD points per curve, got {rate.size}")
+    if rate.size < MIN_POINTS[method]:
+        raise ValueError(f"{which}: BD ({method}) needs at least {MIN_POINTS[method]} RD points per curve, got "
+                         f"{rate.size}" + ("" if method == "linear" else "; method='linear' takes 2"))
     if not (np.all(np.isfinite(rate)) and np.all(np.isfinite(metric))):
         raise ValueError(f"{which}: rates and metric values must be finite")
     if np.any(rate <= 0):
@@ -91,6 +94,8 @@ def _interpolator(x: np.ndarray, y: np.ndarray, method: str, which: str):
         return scipy.interpolate.Akima1DInterpolator(x, y)
     if method == "cubic":
         return _Polynomial(np.polyfit(x, y, 3))
+    if method == "linear":
+        return _Linear(x, y)
     raise ValueError(f"unknown BD interpolation method {method!r}; one of {', '.join(METHODS)}")
 
 
@@ -104,6 +109,17 @@ class _Polynomial:
 
     def integrate(self, a: float, b: float) -> float:
         return float(np.polyval(self.antiderivative, b) - np.polyval(self.antiderivative, a))
+
+
+class _Linear:
+    def __init__(self, x: np.ndarray, y: np.ndarray):
+        self.x, self.y = x, y
+
+    def integrate(self, a: float, b: float) -> float:
+        """Exact for the polyline: trapezoids between a, the knots inside (a, b), and b."""
+        xs = np.concatenate([[a], self.x[(self.x > a) & (self.x < b)], [b]])
+        ys = np.interp(xs, self.x, self.y)
+        return float(np.sum((ys[1:] + ys[:-1]) / 2 * np.diff(xs)))
 
 
 def _mean_difference(x_a, y_a, x_b, y_b, method: str, min_overlap: float) -> float:
@@ -135,8 +151,8 @@ def bd_rate(rate_a, metric_a, rate_b, metric_b, higher_is_better: bool = True, m
     """BD-rate of B relative to anchor A in percent (negative: B needs fewer bits for the same metric)."""
     if method not in METHODS:
         raise ValueError(f"unknown BD interpolation method {method!r}; one of {', '.join(METHODS)}")
-    rate_a, metric_a = _points(rate_a, metric_a, "A")
-    rate_b, metric_b = _points(rate_b, metric_b, "B")
+    rate_a, metric_a = _points(rate_a, metric_a, "A", method)
+    rate_b, metric_b = _points(rate_b, metric_b, "B", method)
     m_a = _orient(rate_a, metric_a, higher_is_better, "A")
     m_b = _orient(rate_b, metric_b, higher_is_better, "B")
     mean_log_ratio = _mean_difference(m_a, np.log(rate_a), m_b, np.log(rate_b), method, min_overlap)
@@ -148,8 +164,8 @@ def bd_metric(rate_a, metric_a, rate_b, metric_b, higher_is_better: bool = True,
     """BD-metric (BD-PSNR for PSNR): mean metric_B - metric_A at equal rate, in the metric's units."""
     if method not in METHODS:
         raise ValueError(f"unknown BD interpolation method {method!r}; one of {', '.join(METHODS)}")
-    rate_a, metric_a = _points(rate_a, metric_a, "A")
-    rate_b, metric_b = _points(rate_b, metric_b, "B")
+    rate_a, metric_a = _points(rate_a, metric_a, "A", method)
+    rate_b, metric_b = _points(rate_b, metric_b, "B", method)
     m_a = _orient(rate_a, metric_a, higher_is_better, "A")
     m_b = _orient(rate_b, metric_b, higher_is_better, "B")
     difference = _mean_difference(np.log10(rate_a), m_a, np.log10(rate_b), m_b, method, min_overlap)

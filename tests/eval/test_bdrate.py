@@ -157,7 +157,7 @@ def test_errors():
     with pytest.raises(ValueError, match="3 metric values"):
         bd_rate(rate, psnr[:3], rate, psnr)
     with pytest.raises(ValueError, match="method"):
-        bd_rate(rate, psnr, rate, psnr, method="linear")
+        bd_rate(rate, psnr, rate, psnr, method="bspline")
     with pytest.raises(ValueError, match="finite"):
         bd_rate(rate, [26.0, float("nan"), 30.0, 32.0], rate, psnr)
     with pytest.raises(ValueError, match="repeated"):
@@ -241,3 +241,23 @@ def test_loaded_files_agree_with_bjontegaard(tmp_path):
         col = {"lpips": 1, "dists": 2, "psnr": 3}[metric]
         want = reference(ONEDC[:, 0], ONEDC[:, col], HEVC_LIKE[:, 0], HEVC_LIKE[:, col], "pchip", higher)[0]
         assert abs(got - want) < TOLERANCE_PP
+
+
+def test_linear_takes_two_points_and_the_others_four():
+    rate, lpips = np.array([0.05, 0.2]), np.array([0.30, 0.15])
+    # B needs 10% fewer bits for every LPIPS: exact for straight lines in log rate
+    assert bd_rate(rate, lpips, 0.9 * rate, lpips, higher_is_better=False, method="linear") == pytest.approx(-10.0)
+    # a B line below A's by 0.02 LPIPS everywhere: BD-LPIPS -0.02
+    assert bd_metric(rate, lpips, rate, lpips - 0.02, False, method="linear") == pytest.approx(-0.02)
+    for method in ("pchip", "akima", "cubic"):
+        with pytest.raises(ValueError, match="at least 4"):
+            bd_rate(rate, lpips, 0.9 * rate, lpips, higher_is_better=False, method=method)
+
+
+def test_linear_integrates_the_polyline_exactly():
+    x, y = np.array([0.0, 1.0, 3.0]), np.array([0.0, 2.0, 0.0])
+    from onedc_lib.eval.bdrate import _interpolator
+
+    f = _interpolator(x, y, "linear", "A")
+    assert f.integrate(0.0, 3.0) == pytest.approx(3.0)
+    assert f.integrate(0.5, 2.0) == pytest.approx(0.5 * (1 + 2) / 2 + 1.0 * (2 + 1) / 2)
