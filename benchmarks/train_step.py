@@ -1,9 +1,11 @@
-"""Training step time and peak memory of the nano stages on CPU (or GPU where there is one).
+"""Training step time and peak memory of the nano stages on CPU (or GPU where there is one), and of the sd15
+stages I and II (random weights, the preset's batch 8 x 512 crops, bf16, checkpointing) where there is a GPU.
 
 Each configuration runs in its own process (so that its peak memory is its own): the task is built from the
 preset, trained for --steps steps through the one training loop (log every step, one checkpoint at the end), and
 the per-step times the loop logs are summarised (the first --warmup steps left out). Memory: the process's peak
 resident set (ru_maxrss) after building and after training; on CUDA also torch.cuda.max_memory_allocated.
+Without a GPU the sd15 configurations are reported as skipped ("no GPU").
 
     python benchmarks/train_step.py [--threads 1] [--steps 12] [--json results/bench_train_step.json]
 """
@@ -22,12 +24,17 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-# (name, stage, preset overrides)
+# (name, stage, preset, preset overrides, needs a GPU)
 CONFIGS = [
-    ("stage1 nano 4x128", "stage1", {"train.batch_size": 4, "train.crop": 128}),
-    ("stage1 nano 4x128 +LPIPS", "stage1", {"train.batch_size": 4, "train.crop": 128, "_lpips": "random"}),
-    ("stage1 nano 2x64", "stage1", {"train.batch_size": 2, "train.crop": 64}),
-    ("stage2 nano 4x128", "stage2", {"train.batch_size": 4, "train.crop": 128, "train.generator_every": 2}),
+    ("stage1 nano 4x128", "stage1", "nano", {"train.batch_size": 4, "train.crop": 128}, False),
+    ("stage1 nano 4x128 +LPIPS", "stage1", "nano", {"train.batch_size": 4, "train.crop": 128, "_lpips": "random"},
+     False),
+    ("stage1 nano 2x64", "stage1", "nano", {"train.batch_size": 2, "train.crop": 64}, False),
+    ("stage2 nano 4x128", "stage2", "nano", {"train.batch_size": 4, "train.crop": 128, "train.generator_every": 2},
+     False),
+    ("stage1 sd15 8x512", "stage1", "sd15", {}, True),
+    ("stage2 sd15 8x512", "stage2", "sd15", {}, True),
+    ("stage2 sd15 8x512 frozen bf16", "stage2", "sd15", {"train.frozen_dtype": "bfloat16"}, True),
 ]
 
 
@@ -41,7 +48,7 @@ def _peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
 
 
-def run_one(stage: str, overrides: dict, steps: int, warmup: int) -> dict:
+def run_one(stage: str, preset: str, overrides: dict, steps: int, warmup: int) -> dict:
     """In this process: build, train `steps` steps, summarise the logged step times."""
     import csv
     import warnings
@@ -53,7 +60,7 @@ def run_one(stage: str, overrides: dict, steps: int, warmup: int) -> dict:
 
     warnings.simplefilter("ignore")
     lpips = overrides.pop("_lpips", "off")
-    config = load_config("nano", {**overrides, "train.log_every": 1, "train.sample_every": 0,
+    config = load_config(preset, {**overrides, "train.log_every": 1, "train.sample_every": 0,
                                   "train.ckpt_every": 10**9})
     accelerator = loop.make_accelerator(config.train)
     loop.seed_everything(0)
@@ -105,24 +112,33 @@ def main(argv=None) -> None:
         import torch
 
         torch.set_num_threads(args.threads)
-        stage, overrides = json.loads(args.one)
-        print("RESULT " + json.dumps(run_one(stage, overrides, args.steps, args.warmup)), flush=True)
+        stage, preset, overrides = json.loads(args.one)
+        print("RESULT " + json.dumps(run_one(stage, preset, overrides, args.steps, args.warmup)), flush=True)
         return
+
+    import torch
+
+    gpu = torch.cuda.is_available()
 
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": str(args.threads),
            "MKL_NUM_THREADS": str(args.threads)}
     results = []
-    for name, stage, overrides in CONFIGS:
+    for name, stage, preset, overrides, needs_gpu in CONFIGS:
         if args.only and args.only not in name:
             continue
+        if needs_gpu and not gpu:
+            results.append({"name": name, "stage": stage, "preset": preset, "overrides": overrides,
+                            "skipped": "no GPU"})
+            print(f"{name:28s} skipped: no GPU", flush=True)
+            continue
         started = time.time()
-        proc = subprocess.run([sys.executable, __file__, "--one", json.dumps([stage, overrides]), "--threads",
+        proc = subprocess.run([sys.executable, __file__, "--one", json.dumps([stage, preset, overrides]), "--threads",
                                str(args.threads), "--steps", str(args.steps), "--warmup", str(args.warmup)],
                               env=env, capture_output=True, text=True, check=False)
         lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
         if proc.returncode != 0 or not lines:
             raise SystemExit(f"{name} failed:\n{proc.stderr[-3000:]}")
-        result = {"name": name, "stage": stage, "overrides": overrides, **json.loads(lines[0][7:]),
+        result = {"name": name, "stage": stage, "preset": preset, "overrides": overrides, **json.loads(lines[0][7:]),
                   "wall_s": round(time.time() - started, 1)}
         results.append(result)
         extra = ""
@@ -131,10 +147,9 @@ def main(argv=None) -> None:
                      f"{result['median_s_critic_only_step']:.3f} s)")
         print(f"{name:28s} {result['median_s_per_step']:.3f} s/step{extra}, peak RSS {result['peak_rss_mib']:.0f} "
               f"MiB (after build {result['peak_rss_after_build_mib']:.0f}), "
-              f"{result['trainable_params'] / 1e6:.2f} M trainable", flush=True)
+              f"{result['trainable_params'] / 1e6:.2f} M trainable"
+              + (f", CUDA peak {result['cuda_max_allocated_mib']:.0f} MiB" if gpu else ""), flush=True)
     if args.json:
-        import torch
-
         meta = {"threads": args.threads, "steps": args.steps, "warmup": args.warmup, "torch": torch.__version__,
                 "machine": platform.machine(), "processor": platform.processor(), "cpus": os.cpu_count(),
                 "cuda": torch.cuda.get_device_name() if torch.cuda.is_available() else None,

@@ -13,6 +13,14 @@ the nano teacher was trained with. The frozen codec runs in eval mode (hard roun
 Per step the generator objective runs first (when due) and leaves its latents in the batch (detached), so the
 critic step that follows trains on them instead of running the generator again, as DMD2 does.
 
+What a healthy run shows in OUT/log.csv (`TRENDS`; `trend_report` prints it at the end of a run):
+    critic/denoising    falls: the fake score learns to denoise the generator's latents
+    critic/classifier   falls below 2 ln 2 = 1.386 (chance); critic/d_acc rises above 0.5
+    generator/l1, generator/lpips   stay near their stage-I values (the pixel terms anchor the generator)
+    generator/dmd is the surrogate 0.5 * mean(grad^2): 0 at the start (fake score = real score), it grows as the
+    two scores part and need not fall; generator/gan rises while the critic wins. Neither is a loss to minimise
+    in the usual sense: their gradients, not their values, are what the generator follows.
+
     python -m onedc_lib.training.stage2 --preset nano --out runs/s2 --init runs/s1/model --stage0 runs/s0
 """
 from __future__ import annotations
@@ -174,8 +182,34 @@ class CriticStep(nn.Module):
         cond, _ = _conditioning(batch, self.frozen.text)
         crit = critic_loss(self.fake_unet, self.classifier, fake, real.float(), cond,
                            gan_critic_weight=model.config.loss.gan_critic_weight)
+        accuracy = torch.cat([(crit.logits_fake < 0).flatten(), (crit.logits_real > 0).flatten()]).float().mean()
         return {"loss": crit.loss, "denoising": crit.denoising.detach(), "classifier": crit.classifier.detach(),
-                "d_fake": crit.logits_fake.mean(), "d_real": crit.logits_real.mean()}
+                "d_fake": crit.logits_fake.mean(), "d_real": crit.logits_real.mean(), "d_acc": accuracy}
+
+
+FROZEN_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def frozen_dtype(config: ModelConfig) -> torch.dtype:
+    """train.frozen_dtype as a torch dtype; a half dtype needs autocast (its frozen weights meet float32 inputs)."""
+    name = config.train.frozen_dtype
+    if name not in FROZEN_DTYPES:
+        raise ValueError(f"train.frozen_dtype must be one of {', '.join(FROZEN_DTYPES)}, not {name!r}")
+    if name != "float32" and config.train.mixed_precision in ("no", False):
+        raise ValueError(f"train.frozen_dtype={name} needs autocast: set train.mixed_precision=bf16")
+    return FROZEN_DTYPES[name]
+
+
+def hold_frozen_in(dtype: torch.dtype, *modules: nn.Module) -> int:
+    """Cast the parameters of `modules` that require no gradient to `dtype` (their trainable neighbours, the
+    LoRA / conv_in / vae_reduction of the generator, stay float32); returns how many were cast."""
+    count = 0
+    for module in modules:
+        for param in module.parameters():
+            if not param.requires_grad and param.is_floating_point() and param.dtype != dtype:
+                param.data = param.data.to(dtype)
+                count += param.numel()
+    return count
 
 
 class Stage2Task(loop.Task):
@@ -186,6 +220,7 @@ class Stage2Task(loop.Task):
         from ..losses import GANClassifier
 
         self.config = config
+        self.frozen_dtype = frozen_dtype(config)  # checked before anything is built
         pretrained = pretrained or Pretrained()
         if pretrained.init_model is None:
             warnings.warn("stage II without a stage-I model (--init MODEL_DIR): the codec is RANDOM and frozen",
@@ -193,10 +228,17 @@ class Stage2Task(loop.Task):
         model = build_onedc(config, pretrained)
         model.codec.requires_grad_(False)  # stage II trains the generator's LoRA / conv_in / vae_reduction only
         model.vae.requires_grad_(False)
+        self.init_model = pretrained.init_model
+        if self.frozen_dtype != torch.float32:  # cast before the UNets are built: a lower peak of memory
+            if pretrained.init_model is None:
+                warnings.warn(f"train.frozen_dtype={config.train.frozen_dtype} without --init: the model folder "
+                              "will hold the frozen codec and base UNet rounded to that dtype", stacklevel=2)
+            hold_frozen_in(self.frozen_dtype, model.codec, model.generator)
         teacher = build_teacher(config, pretrained)
         self.random_teacher = pretrained.teacher_unet is None
         self.random_codec = pretrained.init_model is None
         fake_unet = copy.deepcopy(teacher).train().requires_grad_(True)  # DMD2: the fake score starts as the teacher
+        hold_frozen_in(self.frozen_dtype, teacher)
         classifier = GANClassifier.for_unet(fake_unet)
         if config.train.gradient_checkpointing:
             loop.enable_gradient_checkpointing(model)
@@ -228,6 +270,16 @@ class Stage2Task(loop.Task):
         return self
 
     @torch.no_grad()
+    def _restore_frozen_precision(self) -> None:
+        """The frozen weights held in `frozen_dtype` back to float32: exact from --init, else upcast."""
+        from safetensors.torch import load_file
+
+        state = load_file(str(Path(self.init_model) / "model.safetensors")) if self.init_model else {}
+        for name, param in self.model.named_parameters():
+            if not param.requires_grad and param.dtype != torch.float32:
+                param.data = (state[name] if name in state else param.data).to(param.device, torch.float32)
+
+    @torch.no_grad()
     def samples(self, batch: dict) -> dict[str, torch.Tensor]:
         model = self.model
         was_training = model.generator.training
@@ -241,11 +293,45 @@ class Stage2Task(loop.Task):
     def save_model(self, folder: Path, provenance: dict) -> Path:
         from ..weights import save_model
 
+        if self.frozen_dtype != torch.float32:
+            self._restore_frozen_precision()
         self.model.weights_changed()
         random_init = list(self.model.random_parts) + (["teacher UNet"] if self.random_teacher else [])
         if self.random_codec:
             random_init.append("codec (frozen)")
         return save_model(self.model, folder, {**provenance, "stage": 2, "random_init": random_init})
+
+
+# ================================================================================================ trends
+# column of OUT/log.csv -> how it moves in a healthy stage-II run (see the module docstring)
+TRENDS = {"critic/denoising": "falls", "critic/classifier": "falls", "critic/d_acc": "rises",
+          "generator/l1": "stays", "generator/lpips": "stays", "generator/dmd": "free", "generator/gan": "free"}
+
+
+def trend_report(log_csv: str | Path, fraction: float = 0.2) -> dict[str, dict]:
+    """The TRENDS columns of a log: mean of the first and of the last `fraction` of their rows, the expected
+    direction and whether it was met ("falls"/"rises": moved that way; "stays": within 10%; "free": no test)."""
+    import csv
+
+    with open(log_csv, newline="") as f:
+        rows = list(csv.DictReader(f))
+    report = {}
+    for column, expected in TRENDS.items():
+        values = [float(r[column]) for r in rows if r.get(column)]
+        if not values:
+            continue
+        n = max(1, round(len(values) * fraction))
+        first, last = sum(values[:n]) / n, sum(values[-n:]) / n
+        met = {"falls": last < first, "rises": last > first, "stays": abs(last - first) <= 0.1 * abs(first),
+               "free": None}[expected]
+        report[column] = {"first": first, "last": last, "expected": expected, "met": met, "rows_each": n}
+    return report
+
+
+def _print_trends(report: dict[str, dict]) -> None:
+    for column, r in report.items():
+        verdict = "" if r["met"] is None else ("  ok" if r["met"] else "  NOT MET")
+        print(f"{column:20s} {r['first']:.4g} -> {r['last']:.4g}  (expected: {r['expected']}){verdict}", flush=True)
 
 
 # ================================================================================================ command line
@@ -263,7 +349,10 @@ def main(argv: list[str] | None = None) -> Path:
     loop.seed_everything(args.seed)
     task = Stage2Task(config, Pretrained.from_args(args), lpips=args.lpips, text_encoder=args.text_encoder)
     loop.seed_everything(loop.mix_seed(args.seed, 100 + accelerator.process_index))
-    return loop.train(accelerator, task, batches, args.out, steps, resume=args.resume)
+    last = loop.train(accelerator, task, batches, args.out, steps, resume=args.resume)
+    if accelerator.is_main_process:
+        _print_trends(trend_report(Path(args.out) / "log.csv"))
+    return last
 
 
 if __name__ == "__main__":

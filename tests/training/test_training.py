@@ -1,6 +1,6 @@
 """The training loop and stages on the nano preset (CPU, tiny crops): a stage I and a stage II step, an overfitting
-check, bit-exact resume after SIGKILL, 2-process DDP (gloo), checkpoint bookkeeping; the sd15 stage-I step built
-from config is marked slow.
+check, bit-exact resume after SIGKILL, 2-process DDP (gloo), checkpoint bookkeeping; the sd15 stage-I and
+stage-II steps built from config are marked slow.
 
 Every test runs with one torch thread (and subprocesses with OMP_NUM_THREADS=1): the machine is shared and
 OpenMP oversubscription is very slow.
@@ -128,6 +128,7 @@ def test_stage2_step_updates_generator_every_tenth_step(tmp_path):
     assert all(r["critic/loss"] for r in rows)
     assert [bool(r["generator/loss"]) for r in rows] == [True, False, True]
     assert all(float(r[k]) >= 0 for r in rows if r["generator/loss"] for k in ("generator/dmd", "generator/gan"))
+    assert all(0 <= float(r["critic/d_acc"]) <= 1 for r in rows)
     assert _changed(critic_before, critic, "fake_unet.")
     assert _changed(critic_before, critic, "classifier.")
     assert not _changed(before, model, "codec.")  # stage II: the codec is frozen
@@ -199,6 +200,57 @@ def test_kill_and_resume_is_bit_exact(tmp_path):
     # the log of the resumed run continues the original one, rows of the killed part dropped (log windows that
     # divide the checkpoint period average the same steps)
     assert [r["loss"] for r in _log(straight)] == [r["loss"] for r in _log(killed)]
+
+
+def test_stage2_trend_report(tmp_path):
+    """First vs last fifth of a log's rows, against the expected direction of each stage-II quantity."""
+    from onedc_lib.training.stage2 import trend_report
+
+    lines = ["step,critic/denoising,critic/classifier,critic/d_acc,generator/l1,generator/dmd"]
+    for step in range(1, 11):  # the generator logged every other row, as with generator_every > log_every
+        gen = f"{0.2 + 0.001 * step},{0.01 * step}" if step % 2 == 0 else ","
+        lines.append(f"{step},{1.0 - 0.05 * step},{1.3 + 0.01 * step},{0.5},{gen}")
+    (tmp_path / "log.csv").write_text("\n".join(lines) + "\n")
+    report = trend_report(tmp_path / "log.csv")
+    assert report["critic/denoising"]["met"] is True and report["critic/denoising"]["rows_each"] == 2
+    assert report["critic/denoising"]["first"] == pytest.approx(0.925)
+    assert report["critic/classifier"]["met"] is False  # rose: a critic that does not learn
+    assert report["critic/d_acc"]["met"] is False  # flat at chance
+    assert report["generator/l1"]["met"] is True and report["generator/l1"]["rows_each"] == 1
+    assert report["generator/dmd"]["met"] is None and "generator/gan" not in report
+
+
+def test_stage2_frozen_bf16_trains_and_saves_full_precision(tmp_path):
+    """train.frozen_dtype=bfloat16: teacher, codec and the generator's base weights are held in bf16 under bf16
+    autocast, the trainable parts stay float32 and train, and the model folder gets the frozen weights back
+    from --init bit for bit (not rounded)."""
+    from onedc_lib.training.stage1 import Pretrained
+    from onedc_lib.training.stage2 import Stage2Task
+    from onedc_lib.weights import build_model, load_model_folder, save_model
+
+    init = save_model(_quiet(build_model, "nano"), tmp_path / "init")
+    config = load_config("nano", {**TINY, "train.generator_every": 1, "train.mixed_precision": "bf16",
+                                  "train.frozen_dtype": "bfloat16"})
+    loop.seed_everything(0)
+    task = _quiet(Stage2Task, config, Pretrained(init_model=str(init)), lpips="off")
+    model = task.model
+    assert {p.dtype for p in task.frozen.teacher.parameters()} == {torch.bfloat16}
+    assert {p.dtype for p in model.codec.parameters()} == {torch.bfloat16}
+    assert {p.dtype for p in model.vae.parameters()} == {torch.float32}
+    trainable = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+    assert trainable and all(p.dtype == torch.float32 for p in trainable.values())
+    assert all(p.dtype == torch.float32 for p in task.critic_step.parameters())
+    _quiet(_run, task, config, tmp_path / "run", steps=1)
+    row = _log(tmp_path / "run")[0]
+    assert all(torch.isfinite(torch.tensor(float(v))) for k, v in row.items() if k.endswith("loss"))
+    saved, initial = load_model_folder(tmp_path / "run" / "model").state_dict(), load_model_folder(init).state_dict()
+    assert all(v.dtype == torch.float32 for v in saved.values())
+    assert all(torch.equal(saved[k], initial[k]) for k in initial if k not in trainable)
+    assert any(not torch.equal(saved[k], initial[k]) for k in trainable)
+    with pytest.raises(ValueError, match="autocast"):
+        _quiet(Stage2Task, load_config("nano", {"train.frozen_dtype": "bfloat16", "train.mixed_precision": "no"}))
+    with pytest.raises(ValueError, match="frozen_dtype"):
+        _quiet(Stage2Task, load_config("nano", {"train.frozen_dtype": "int8"}))
 
 
 def test_stage2_resume_is_bit_exact(tmp_path):
@@ -384,6 +436,49 @@ def test_sd15_stage1_step_builds_from_config():
     assert task.step_module.head.mlp_head[-1].weight.grad is not None
     trainable = sum(p.numel() for p in step.parameters() if p.requires_grad)
     assert 450e6 < trainable < 600e6  # codec 394 M + LoRA 67 M + conv_in / vae_reduction 2 M + head 60 M
+
+
+@pytest.mark.slow
+def test_sd15_stage2_step_builds_from_config():
+    """The paper-scale stage-II step from config with random weights (generator, frozen teacher, trainable fake
+    score, GAN classifier): one critic and one generator forward/backward at 64x64 on CPU under bf16 autocast,
+    the frozen networks held in bf16 (train.frozen_dtype; about 13 GB instead of 17 GB in float32).
+    Each backward reaches exactly its objective's trainable parameters."""
+    from onedc_lib.training.stage2 import Stage2Task, hold_frozen_in
+
+    config = load_config("sd15", {"train.frozen_dtype": "bfloat16"})  # sd15: bf16 autocast, checkpointing
+    loop.seed_everything(0)
+    task = _quiet(Stage2Task, config, lpips="random")
+    generator, critic, teacher = task.generator_step.train(), task.critic_step.train(), task.frozen.teacher
+    assert hold_frozen_in(torch.bfloat16, teacher, task.model.codec, task.model.generator) == 0  # all cast
+    frozen_bf16 = sum(p.numel() for p in generator.parameters() if p.dtype == torch.bfloat16)
+    assert 1.2e9 < frozen_bf16 < 1.3e9  # codec 394 M + base UNet 860 M (the VAE stays float32)
+    assert 55e6 < sum(p.numel() for p in generator.parameters() if p.requires_grad) < 75e6  # LoRA 67 M + 2 M
+    assert 850e6 < sum(p.numel() for p in critic.parameters() if p.requires_grad) < 950e6  # UNet 860 M + head
+
+    def with_grad(module):
+        return {n for n, p in module.named_parameters() if p.grad is not None}
+
+    def trainable(module):
+        return {n for n, p in module.named_parameters() if p.requires_grad}
+
+    batch = {"image": torch.rand(1, 3, 64, 64), "caption": [""]}
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        losses = critic(batch, step=1)  # a critic-only step: fake latents from the generator without gradient
+    losses["loss"].backward()
+    assert torch.isfinite(losses["loss"]) and float(losses["denoising"]) > 0 and float(losses["classifier"]) > 0
+    assert with_grad(critic) == trainable(critic)
+    assert not with_grad(generator) and not with_grad(teacher)
+    critic.zero_grad(set_to_none=True)
+
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        losses = generator(batch, step=0)  # DMD (teacher with CFG 1.75 vs fake score) + GAN + pixel terms
+    losses["loss"].backward()
+    assert all(torch.isfinite(losses[k]) for k in ("loss", "dmd", "gan", "l1", "lpips"))
+    assert with_grad(generator) == trainable(generator)
+    assert any(".lora_B." in n for n in with_grad(generator)) and "onedc.generator.unet.conv_in.weight" in \
+        with_grad(generator)
+    assert not with_grad(critic) and not with_grad(teacher)
 
 
 def test_set_overrides_parse_numbers():
