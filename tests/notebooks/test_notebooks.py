@@ -21,7 +21,7 @@ REPO = Path(__file__).resolve().parents[2]
 NOTEBOOK_DIR = REPO / "notebooks"
 NOTEBOOKS = sorted(p.stem for p in NOTEBOOK_DIR.glob("*.ipynb"))
 EXPECTED = ["00_demo_compress", "01_bitstream_anatomy", "10_train_stage0_nano", "11_train_stage1", "12_train_stage2",
-            "20_eval_rd", "21_eval_speed", "50_figures_tables"]
+            "20_eval_rd", "21_eval_speed", "30_ablation_guidance", "50_figures_tables"]
 PNG = b"\x89PNG\r\n\x1a\n"
 
 
@@ -250,6 +250,26 @@ def test_21_eval_speed(run_notebook, shared_out):
         assert parts == pytest.approx(times["total"], rel=1e-6)
     assert (shared_out / "results" / "speed" / "speed_cpu.csv").read_text().startswith("model,side,component")
     assert len(_outputs(nb, "image/png")) == 1 and len(_outputs(nb, "text/html")) == 2
+
+
+def test_30_ablation_guidance(run_notebook, tmp_path):
+    committed = _snapshot(REPO / "results" / "ablation")  # (other results/ folders may be written meanwhile)
+    nb, _ = run_notebook("30_ablation_guidance", tmp_path, test_images="samples", data="", lpips="off")
+    result = json.loads((tmp_path / "results" / "ablation.json").read_text())
+    assert [p["model"] for p in result["points"]] == [f"{v}_l{l:g}" for v in ("text", "hyper", "hyper_distill")
+                                                     for l in (1.8, 12.2)]
+    assert all(_finite(p["bpp"]) and p["bpp"] > 0 and _finite(p["psnr"]) for p in result["points"])
+    assert [r["variant"] for r in result["bdrate"]] == ["text", "hyper"]
+    text = json.loads((tmp_path / "train" / "text_l1.8" / "model" / "config.json").read_text())
+    assert text["config"]["codec"]["guidance"] == "text" and text["config"]["loss"]["distill_weight"] == 0
+    files = list((tmp_path / "eval").glob("onedc-text_*/files/*.odc"))
+    from onedc_lib import bitstream
+
+    assert files and all("cap" in bitstream.read_file(f).section_names for f in files)  # the caption is sent
+    assert (tmp_path / "results" / "rd_ablation.png").read_bytes().startswith(PNG)
+    assert (tmp_path / "results" / "bdrate.csv").read_text().startswith("variant,label,anchor,bd_rate_dists")
+    assert _outputs(nb, "image/png") and len(_outputs(nb, "text/html")) == 2
+    assert _snapshot(REPO / "results" / "ablation") == committed  # smoke runs never write into results/
 
 
 def test_50_figures_tables(run_notebook, shared_out, tmp_path):
