@@ -13,8 +13,8 @@ from onedc_lib.config import LossConfig, load_config
 from onedc_lib.entropy.rate import gaussian_bits
 from onedc_lib.losses import (GANClassifier, LPIPSLoss, LPIPSWeightsError, add_noise, classifier_loss, critic_loss,
                               dmd_gradient, dmd_loss, distillation_term, fake_score_loss, gan_generator_loss,
-                              l1_loss, lmbda_at, mid_block_features, predict_x0, rate_bpp, sample_timesteps,
-                              stage1_loss, stage2_generator_loss, z_bpp)
+                              l1_loss, lmbda_at, mid_block_features, predict_eps, predict_x0, rate_bpp,
+                              sample_timesteps, stage1_loss, stage2_generator_loss, z_bpp)
 from onedc_lib.losses import rd
 from onedc_lib.models.distill_head import DistillationHead
 from onedc_lib.models.onedc import pad_to_multiple
@@ -288,6 +288,20 @@ def test_dmd_loss_gradient_moves_the_latent_toward_the_real_score(teacher, fake)
     out.loss.backward()
     assert all(grads(gen).values())
     assert none_have_grads(teacher) and none_have_grads(fake)
+
+
+def test_real_score_guidance_formula():
+    """eps = eps_uncond + s (eps_cond - eps_uncond), in the batched call (same token count) and in two calls."""
+    class TokenScaled(nn.Module):  # a "UNet" whose epsilon is x_t times the mean of its tokens
+        def forward(self, x_t, t, encoder_hidden_states):
+            return type("Out", (), {"sample": x_t * encoder_hidden_states.mean(dim=(1, 2)).view(-1, 1, 1, 1)})
+
+    x_t, t = torch.randn(2, 4, 8, 8), torch.tensor([20, 640])
+    cond = torch.full((2, 3, 8), 3.0)
+    for uncond in (torch.full((1, 3, 8), 1.0), torch.full((1, 1, 8), 1.0)):  # batched / two calls
+        eps = predict_eps(TokenScaled(), x_t, t, cond, uncond, cfg_scale=1.75)
+        torch.testing.assert_close(eps, x_t * (1.0 + 1.75 * (3.0 - 1.0)))
+    torch.testing.assert_close(predict_eps(TokenScaled(), x_t, t, cond, uncond, cfg_scale=1.0), x_t * 3.0)
 
 
 def test_dmd_guidance_needs_uncond(teacher, fake):
