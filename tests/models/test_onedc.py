@@ -74,9 +74,9 @@ def capture_entropy_output(model, monkeypatch):
     calls = []
     reconstruct = model.reconstruct
 
-    def recording(y_hat, z_semantic, height, width):
+    def recording(y_hat, z_semantic, height, width, captions=None):
         calls.append((y_hat.clone(), z_semantic.clone()))
-        return reconstruct(y_hat, z_semantic, height, width)
+        return reconstruct(y_hat, z_semantic, height, width, captions)
 
     monkeypatch.setattr(model, "reconstruct", recording)
     return calls
