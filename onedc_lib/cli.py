@@ -13,6 +13,7 @@ from onedc_lib import __version__
 
 EXIT_BAD_FILE = 1
 EXIT_USAGE = 2
+MODEL_HELP = "a bundled model (see `onedc models`), a model folder or a preset (default: the bundled default model)"
 
 
 def _fail(code: int, message: str) -> int:
@@ -251,6 +252,34 @@ def _metrics(args: argparse.Namespace) -> int:
     return 0
 
 
+def _models(args: argparse.Namespace) -> int:
+    """The bundled models (onedc_lib.bundle.model_infos), as text or one JSON list."""
+    from onedc_lib.bundle import model_infos
+    from onedc_lib.weights import DEFAULT_MODEL, bundled_dir
+
+    infos = model_infos()
+    if args.json:
+        print(json.dumps(infos))
+        return 0
+    if not infos:
+        print(f"no bundled models in {bundled_dir()}: the default, {DEFAULT_MODEL}, is the preset with seeded random "
+              "weights (UNTRAINED)")
+        return 0
+    print(f"{'name':14} {'preset':12} {'lambda':>7} {'z only':>6} {'MB':>6} {'dtype':8} {'model id':32}  description")
+    for m in infos:
+        print(f"{m['name'] + (' *' if m['default'] else ''):14} {m['preset']:12} {m['lmbda']:>7g} "
+              f"{'yes' if m['z_only'] else 'no':>6} {m['bytes'] / 1e6:>6.2f} {m['dtype']:8} {m['model_id']:32}  "
+              f"{m['description']}")
+    print(f"* the default model; {bundled_dir()}")
+    return 0
+
+
+def _bundle(args: argparse.Namespace) -> int:
+    from onedc_lib.bundle import run_from_args
+
+    return run_from_args(args)
+
+
 def _prepare(args: argparse.Namespace) -> int:
     from onedc_lib.data.prepare import run_from_args
 
@@ -280,6 +309,12 @@ def _eval_command(args: argparse.Namespace, metrics: list[str], qualities: list[
 
 def _eval(args: argparse.Namespace) -> int:
     """One codec (a OneDC model list or a baseline's sweep) over a folder of images: onedc_lib.eval.runner."""
+    if args.model:
+        if args.codec not in (None, "onedc"):
+            return _fail(EXIT_USAGE, f"--model selects OneDC models; it does not go with --codec {args.codec}")
+        args.codec = f"onedc:{args.model}"
+    elif args.codec is None:
+        return _fail(EXIT_USAGE, "eval needs --codec or --model")
     metrics = [m for item in args.metrics for m in item.split(",") if m]
     try:
         qualities = ([int(q) for item in args.qualities for q in item.split(",") if q]
@@ -347,15 +382,13 @@ def _parser() -> argparse.ArgumentParser:
         command = commands.add_parser(name, help=what, description=what[0].upper() + what[1:] + ".")
         command.add_argument("input", metavar="IN", help=inputs)
         command.add_argument("-o", "--output", metavar="OUT", required=True, help=outputs)
-        command.add_argument("--model", metavar="PRESET_OR_PATH",
-                             help="a preset name or a model folder (default: the model shipped with onedc)")
+        command.add_argument("--model", metavar="NAME", help=MODEL_HELP)
         command.set_defaults(run=run)
     demo = commands.add_parser("demo", help="compress and decompress the sample photographs",
                                description="Compress and decompress the sample photographs (shipped with "
                                            "scikit-image) with a model; write the .odc files, the reconstructions "
                                            "and results.json (bpp from the files, PSNR, times).")
-    demo.add_argument("--model", metavar="PRESET_OR_PATH",
-                      help="a preset name or a model folder (default: the model shipped with onedc)")
+    demo.add_argument("--model", metavar="NAME", help=MODEL_HELP)
     demo.add_argument("--out", metavar="DIR", default="out/demo", help="output folder (default: out/demo)")
     demo.set_defaults(run=_demo)
     bdrate = commands.add_parser("bdrate", help="BD-rate of one results file relative to another",
@@ -404,8 +437,10 @@ def _parser() -> argparse.ArgumentParser:
                     "reconstructions, a per-image CSV and a summary JSON (means per rate point, FID/KID, metric "
                     "protocol, versions, device, commit) that `onedc bdrate` and `onedc plot` read. Rows already "
                     "in the CSV are kept (resume). Metric backbones: python -m onedc_lib.eval.weights.")
-    evaluation.add_argument("--codec", required=True, metavar="C",
+    evaluation.add_argument("--codec", metavar="C",
                             help="onedc:<model or path>[,...], jpeg, webp, avif, jxl or hevc")
+    evaluation.add_argument("--model", metavar="NAME[,NAME...]",
+                            help="OneDC models, one rate point each (= --codec onedc:NAME,...); " + MODEL_HELP)
     evaluation.add_argument("--images", required=True, metavar="DIR", help="folder of images (recursive)")
     evaluation.add_argument("--out", required=True, metavar="DIR", help="output folder")
     evaluation.add_argument("--results", metavar="DIR", help="folder for the CSV and JSON (default: --out)")
@@ -421,6 +456,22 @@ def _parser() -> argparse.ArgumentParser:
     evaluation.add_argument("--threads", type=int, metavar="N", help="torch CPU threads")
     evaluation.add_argument("--no-resume", action="store_true", help="redo rows already in the CSV")
     evaluation.set_defaults(run=_eval)
+    models = commands.add_parser("models", help="list the bundled models",
+                                 description="List the models shipped in the package (onedc_lib/weights, or "
+                                             "$ONEDC_BUNDLED_DIR): name, preset, lambda, z-only, size, dtype, model "
+                                             "id, description; * marks the default. --model NAME selects one in "
+                                             "compress, decompress, demo and eval.")
+    models.add_argument("--json", action="store_true", help="print one JSON list of objects")
+    models.set_defaults(run=_models)
+    bundle = commands.add_parser("bundle", help="bundle a trained model folder into the package",
+                                 description="Copy a trained model folder (config.json + model.safetensors) into "
+                                             "onedc_lib/weights/NAME: float16 where it decodes within 45 dB of "
+                                             "float32, tensors shared between models stored once, provenance.json "
+                                             "(commit, preset, overrides, training runs, data manifest sha256).")
+    from onedc_lib.bundle import add_arguments as _bundle_arguments
+
+    _bundle_arguments(bundle)
+    bundle.set_defaults(run=_bundle)
     prepare = commands.add_parser("prepare", help="build the nano training set from offline photographs",
                                   description="Build the nano training set: Debian's wallpaper photographs "
                                               "(apt-get download, no install) and scikit-image's, as PNGs with a "

@@ -2,6 +2,9 @@
 and the separately distributed parts (SD-2.1 VAE). Safetensors or weights_only torch loads, never the hub.
 
 A model folder of ours holds `config.json` (the ModelConfig) and `model.safetensors` (the whole OneDC state_dict).
+A bundled model (`onedc_lib.bundle`) may keep part of its tensors in shared files that `config.json` lists under
+"shared" (the frozen VAE and base UNet are the same in every nano model and are stored once), and may store them
+in float16; they load into the float32 model, whose id is computed from the loaded values.
 """
 from __future__ import annotations
 
@@ -17,7 +20,13 @@ from .bitstream import atomic_write
 from .config import config_from_dict, config_to_dict, load_config
 
 BUNDLED_DIR = Path(__file__).parent / "weights"
+BUNDLED_DIR_ENV = "ONEDC_BUNDLED_DIR"  # another folder of bundled models (tests, a private model zoo)
 DEFAULT_MODEL = "nano_q3"
+
+
+def bundled_dir() -> Path:
+    """Where bundled models live: $ONEDC_BUNDLED_DIR when set, else onedc_lib/weights/ inside the package."""
+    return Path(os.environ.get(BUNDLED_DIR_ENV) or BUNDLED_DIR)
 
 
 class WeightsError(ValueError):
@@ -79,7 +88,16 @@ def load_model_folder(folder: str | os.PathLike):
     except (ValueError, KeyError, TypeError) as error:
         raise WeightsError(f"{config_path} is not a valid model config ({error})") from None
     model = OneDC(config)
-    _load_strict(model, _read_safetensors(folder / "model.safetensors"), f"{folder}/model.safetensors")
+    tensors = _read_safetensors(folder / "model.safetensors")
+    for entry in meta.get("shared", []):
+        shared = _read_safetensors(folder / entry["file"])
+        overlap = tensors.keys() & shared.keys()
+        if overlap:
+            raise WeightsError(f"{folder}: {entry['file']} repeats tensors of model.safetensors "
+                               f"({sorted(overlap)[0]}, ...)")
+        tensors.update(shared)
+    _load_strict(model, tensors, f"{folder}/model.safetensors" + (" with its shared files" if meta.get("shared")
+                                                                  else ""))
     saved_id = meta.get("model_id")
     if saved_id is not None and saved_id != model.model_id.hex():
         raise WeightsError(
@@ -90,15 +108,18 @@ def load_model_folder(folder: str | os.PathLike):
     return model.eval()
 
 
-def bundled_models() -> list[str]:
-    return sorted(p.name for p in BUNDLED_DIR.glob("*") if (p / "config.json").is_file())
+def bundled_models(folder: str | os.PathLike | None = None) -> list[str]:
+    """Names of the bundled models: folders of `folder` (default bundled_dir()) with a config.json, except names
+    starting with "." or "_" (temporary folders, shared tensor files)."""
+    folder = Path(folder) if folder is not None else bundled_dir()
+    return sorted(p.name for p in folder.glob("*") if p.name[:1] not in "._" and (p / "config.json").is_file())
 
 
 def load_model(name_or_path: str | None = None):
     """None: the default bundled model. Else a bundled model name, a model folder, or a preset name (random)."""
     name = name_or_path or DEFAULT_MODEL
-    if (BUNDLED_DIR / name / "config.json").is_file():
-        return load_model_folder(BUNDLED_DIR / name)
+    if name in bundled_models():
+        return load_model_folder(bundled_dir() / name)
     if Path(name).is_dir():
         return load_model_folder(name)
     from .config import preset_names

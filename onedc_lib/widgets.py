@@ -54,12 +54,12 @@ def _rate_rank(name: str) -> tuple:
 def available_models(preset: str = "nano", models=()) -> list[ModelChoice]:
     """The rate ladder of a model family (see the module docstring), or of the `models` given."""
     from .config import preset_names
-    from .weights import BUNDLED_DIR, bundled_models
+    from .weights import bundled_models
 
     if models:
         choices = []
         for name in models:
-            trained = (BUNDLED_DIR / name / "config.json").is_file() or (Path(name) / "config.json").is_file()
+            trained = name in bundled_models() or (Path(name) / "config.json").is_file()
             if not trained and name not in preset_names():
                 raise ValueError(f"unknown model {name!r}: not a bundled model ({', '.join(bundled_models()) or 'none'}"
                                  f"), not a model folder, not a preset")

@@ -34,9 +34,9 @@ def run(capsys, *argv) -> tuple[int, str, str]:
 def test_help(capsys, argv):
     code, out, _ = run(capsys, *argv, "--help")
     assert code == 0 and out.startswith("usage: onedc")
-    for word in {(): ["info", "compress", "decompress"], ("info",): ["FILE", "--json"],
-                 ("compress",): ["IN", "-o OUT", "--model PRESET_OR_PATH"],
-                 ("decompress",): ["IN", "-o OUT", "--model PRESET_OR_PATH"]}[tuple(argv)]:
+    for word in {(): ["info", "compress", "decompress", "models", "bundle"], ("info",): ["FILE", "--json"],
+                 ("compress",): ["IN", "-o OUT", "--model NAME", "onedc models"],
+                 ("decompress",): ["IN", "-o OUT", "--model NAME", "onedc models"]}[tuple(argv)]:
         assert word in out
 
 
