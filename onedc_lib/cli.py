@@ -142,8 +142,11 @@ def _run_jobs(args: argparse.Namespace, suffixes: set[str], out_suffix: str, wor
 def _compress(args: argparse.Namespace) -> int:
     from onedc_lib.image_io import IMAGE_SUFFIXES
 
-    def work(model, src, dst):
-        c = model.compress_file(src, dst)
+    from onedc_lib.data.folders import image_caption
+
+    def work(model, src, dst):  # text-guided models write the caption into the file; the others ignore it
+        caption = args.caption if args.caption is not None else image_caption(src)
+        c = model.compress_file(src, dst, caption)
         return f"{src} -> {dst}: {c.container.height}x{c.container.width}, {c.num_bytes} bytes, {c.bpp:.4f} bpp"
 
     return _run_jobs(args, IMAGE_SUFFIXES, ".odc", work)
@@ -383,6 +386,10 @@ def _parser() -> argparse.ArgumentParser:
         command.add_argument("input", metavar="IN", help=inputs)
         command.add_argument("-o", "--output", metavar="OUT", required=True, help=outputs)
         command.add_argument("--model", metavar="NAME", help=MODEL_HELP)
+        if name == "compress":
+            command.add_argument("--caption", metavar="TEXT",
+                                 help="the caption a text-guided model (codec.guidance: text) sends in the file "
+                                      "(default: <image>.txt beside the image, else the shipped nano caption)")
         command.set_defaults(run=run)
     demo = commands.add_parser("demo", help="compress and decompress the sample photographs",
                                description="Compress and decompress the sample photographs (shipped with "
