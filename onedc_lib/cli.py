@@ -277,6 +277,12 @@ def _models(args: argparse.Namespace) -> int:
     return 0
 
 
+def _eval_nano(args: argparse.Namespace) -> int:
+    from onedc_lib.eval.nano import run_from_args
+
+    return run_from_args(args)
+
+
 def _bundle(args: argparse.Namespace) -> int:
     from onedc_lib.bundle import run_from_args
 
@@ -479,6 +485,15 @@ def _parser() -> argparse.ArgumentParser:
 
     _bundle_arguments(bundle)
     bundle.set_defaults(run=_bundle)
+    nano = commands.add_parser("eval-nano", help="the nano results: bundled models and baselines on the nano test set",
+                               description="Evaluate every bundled nano model (one curve for the models that code y, "
+                                           "one for z-only) and JPEG, WebP, AVIF, JPEG XL and HEVC-intra on the nano "
+                                           "test photographs (onedc prepare) into results/nano/, then regenerate "
+                                           "figures/ from results/ (RD figure, BD-rate tables). Resumable.")
+    from onedc_lib.eval.nano import add_arguments as _nano_arguments
+
+    _nano_arguments(nano)
+    nano.set_defaults(run=_eval_nano)
     prepare = commands.add_parser("prepare", help="build the nano training set from offline photographs",
                                   description="Build the nano training set: Debian's wallpaper photographs "
                                               "(apt-get download, no install) and scikit-image's, as PNGs with a "

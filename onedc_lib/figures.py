@@ -13,6 +13,9 @@ What is recognised under results/ (recursively, by content, not by name):
     figures/tables/rd_<folder>.md|csv      every rate point: bpp, metrics, times
     figures/tables/bdrate_<folder>.md|csv  BD-rate (%) of each codec against the anchor codec, per metric;
                                            "n/a" with the reason where a curve has < 4 points or no overlap
+    figures/tables/bdrate_onedc_<folder>.md|csv   where the folder has OneDC curves (4+ models) and classical
+                                           codecs: each OneDC curve against every classical codec (DISTS, LPIPS,
+                                           PSNR, MS-SSIM)
   Folders whose summaries were computed on the same images (the sha256 the runner records) are also plotted
   together, as `<folder>_<folder>` (e.g. OneDC in results/samples beside the codecs in results/baselines).
 * speed reports (`onedc_lib.eval.timing`, `{"kind": "speed", ...}`):
@@ -38,6 +41,7 @@ from pathlib import Path
 __all__ = ["Outputs", "regenerate"]
 
 ANCHORS = ("jpeg", "webp", "hevc", "avif", "jxl")  # the default anchor: the first of these present
+BD_METRICS = ("dists", "lpips", "psnr", "ms_ssim")  # OneDC against each classical codec (issue 7: the first three)
 MANIFEST = "MANIFEST.json"
 
 
@@ -216,7 +220,7 @@ def _is_untrained(summary: dict) -> bool:
 
 
 def _rd(writer: _Writer, dataset: str, paths: list[Path], anchor: str | None, metrics) -> None:
-    from .eval.bdrate import bd_rate, higher_is_better, load_curve
+    from .eval.bdrate import load_curve
     from .plotting import rd_curves
 
     summaries = {p: _load_json(p) for p in paths}
@@ -249,33 +253,42 @@ def _rd(writer: _Writer, dataset: str, paths: list[Path], anchor: str | None, me
     writer.table(f"rd_{dataset}", rows, columns, order, "figures._rd", f"Rate-distortion points: {dataset}", note)
 
     names = {curves[p].name: p for p in order}
+    note = ("Negative = fewer bits than the anchor at equal quality (pchip, overlap of the two curves only; "
+            "onedc_lib.eval.bdrate).")
+    onedc = [n for n, p in names.items() if summaries[p].get("kind") == "onedc" and len(summaries[p]["points"]) >= 4]
+    baselines = [n for n, p in names.items() if summaries[p].get("kind") == "baseline"]
+    if onedc and baselines:  # each OneDC curve against every classical codec
+        bd_metrics = [m for m in BD_METRICS if m in wanted] or wanted
+        rows = [_bd_row(curves[names[o]], curves[names[b]], bd_metrics) for o in onedc for b in baselines]
+        writer.table(f"bdrate_onedc_{dataset}", rows, ["codec", "anchor", *bd_metrics], order, "figures._rd",
+                     f"BD-rate (%) of OneDC against each classical codec: {dataset}", note)
     chosen = anchor if anchor in names else next((a for a in ANCHORS if a in names), None)
     if chosen is None:
         writer.outputs.notes.append(f"{dataset}: no anchor codec ({anchor or ', '.join(ANCHORS)}); no BD-rate table")
         return
-    base = curves[names[chosen]]
-    bd_rows = []
-    for name, p in names.items():
-        if name == chosen:
-            continue
-        row = {"codec": name, "anchor": chosen}
-        for m in wanted:
-            xa, ya = base.points(m) if m in base.metrics else ((), ())
-            xb, yb = curves[p].points(m) if m in curves[p].metrics else ((), ())
-            if min(len(xa), len(xb)) < 4:
-                row[m] = f"n/a ({min(len(xa), len(xb))} points)"
-                continue
-            try:
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore")
-                    row[m] = bd_rate(xa, ya, xb, yb, higher_is_better=higher_is_better(m))
-            except ValueError as error:
-                row[m] = f"n/a ({str(error).split(':')[0][:60]})"
-        bd_rows.append(row)
+    bd_rows = [_bd_row(curves[p], curves[names[chosen]], wanted) for name, p in names.items() if name != chosen]
     writer.table(f"bdrate_{dataset}", bd_rows, ["codec", "anchor", *wanted], order, "figures._rd",
-                 f"BD-rate (%) against {chosen}: {dataset}",
-                 "Negative = fewer bits than the anchor at equal quality (pchip, overlap of the two curves only; "
-                 "onedc_lib.eval.bdrate).")
+                 f"BD-rate (%) against {chosen}: {dataset}", note)
+
+
+def _bd_row(test, base, metrics) -> dict:
+    """{"codec", "anchor", metric: BD-rate % of the test curve against the anchor curve, or "n/a (why)"}."""
+    from .eval.bdrate import bd_rate, higher_is_better
+
+    row = {"codec": test.name, "anchor": base.name}
+    for m in metrics:
+        xa, ya = base.points(m) if m in base.metrics else ((), ())
+        xb, yb = test.points(m) if m in test.metrics else ((), ())
+        if min(len(xa), len(xb)) < 4:
+            row[m] = f"n/a ({min(len(xa), len(xb))} points)"
+            continue
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                row[m] = bd_rate(xa, ya, xb, yb, higher_is_better=higher_is_better(m))
+        except ValueError as error:
+            row[m] = f"n/a ({str(error).split(':')[0][:60]})"
+    return row
 
 
 def _speed(writer: _Writer, path: Path) -> None:

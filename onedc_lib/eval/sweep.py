@@ -4,8 +4,9 @@
     summaries = rd_sweep("samples", ["onedc", "jpeg", "webp"], out_dir="out/eval_rd")   # -> results/samples/
     rd_table(summaries); rd_figure(summaries)
 
-Datasets: "samples" (the scikit-image photographs shipped with the library, written as PNG first), or any folder
-of images (its folder name is the dataset name). Codecs: a baseline name (`eval.baselines.BASELINES`), `onedc`
+Datasets: "samples" (the scikit-image photographs shipped with the library, written as PNG first), "nano" (the
+nano test photographs that `onedc prepare` writes to out/nano_data/test, checked against nano_manifest.json), or
+any folder of images (its folder name is the dataset name). Codecs: a baseline name (`eval.baselines.BASELINES`), `onedc`
 (the rate ladder of the `preset` family: bundled trained models, else the family's presets with seeded random
 weights, marked untrained in the summary; presets that build the same untrained model, as nano q1..q5 do, are
 evaluated once), or an explicit `onedc:<model>,<model>,...` (evaluated as given).
@@ -16,17 +17,41 @@ the lowest and highest rate point of each codec, the metrics whose weights are p
 """
 from __future__ import annotations
 
+import json
 import math
 import warnings
 from pathlib import Path
 
-__all__ = ["dataset_folder", "expand_codecs", "rd_figure", "rd_sweep", "rd_table"]
+__all__ = ["dataset_folder", "expand_codecs", "nano_test_folder", "rd_figure", "rd_sweep", "rd_table"]
+
+NANO_DATA = "out/nano_data"  # where `onedc prepare` writes the nano photographs (train/, val/, test/)
 
 
-def dataset_folder(images: str, out_dir, max_side: int = 0, max_images: int = 0, smoke: bool = False
-                   ) -> tuple[str, Path]:
+def nano_test_folder(data_dir=NANO_DATA) -> Path:
+    """data_dir/test, checked against the committed nano_manifest.json: exactly its test photographs, same bytes."""
+    from ..data.prepare import REFERENCE_MANIFEST
+    from .weights import sha256_file
+
+    folder = Path(data_dir) / "test"
+    how = f"build it with `onedc prepare --out {data_dir}`"
+    expected = {Path(f["file"]).name: f["sha256"] for f in json.loads(Path(REFERENCE_MANIFEST).read_text())["files"]
+                if f["split"] == "test"}
+    if not folder.is_dir():
+        raise FileNotFoundError(f"no nano test photographs in {folder}: {how}")
+    found = {p.name: p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".")}
+    wrong = sorted(set(expected) ^ set(found)) + sorted(n for n in expected.keys() & found.keys()
+                                                        if sha256_file(found[n]) != expected[n])
+    if wrong:
+        raise ValueError(f"{folder} is not the nano test split of nano_manifest.json ({', '.join(wrong[:3])}"
+                         f"{', ...' if len(wrong) > 3 else ''} missing, extra or changed): {how}")
+    return folder
+
+
+def dataset_folder(images: str, out_dir, max_side: int = 0, max_images: int = 0, smoke: bool = False,
+                   data_dir=NANO_DATA) -> tuple[str, Path]:
     """(dataset name, folder of images). "samples": the sample photographs written as PNG under out_dir;
-    a folder: used as it is unless max_side / max_images / smoke ask for a shrunk copy under out_dir."""
+    "nano": the nano test photographs (data_dir/test, checked by nano_test_folder); a folder: used as it is
+    unless max_side / max_images / smoke ask for a shrunk copy under out_dir."""
     from ..data.samples import SAMPLES, sample_image
     from ..image_io import save_image
     from ..widgets import load_demo_image
@@ -35,8 +60,9 @@ def dataset_folder(images: str, out_dir, max_side: int = 0, max_images: int = 0,
     if images == "samples":
         name, sources = "samples", [(n, n) for n in SAMPLES]
     else:
-        folder = Path(images)
-        name, sources = folder.name, [(n, str(p)) for n, p in list_images(folder)]
+        folder = nano_test_folder(data_dir) if images == "nano" else Path(images)
+        name = "nano" if images == "nano" else folder.name
+        sources = [(n, str(p)) for n, p in list_images(folder)]
         if not (max_side or max_images or smoke):
             return name, folder
     if max_images:
@@ -113,8 +139,10 @@ def rd_sweep(images: str = "samples", codecs=("onedc",), preset: str = "nano",
              out_dir="out/eval_rd", results_dir="results", metrics=("psnr", "ms_ssim", "lpips", "dists"),
              fid: bool = False,
              max_side: int = 0, max_images: int = 0, device: str = "cpu", smoke: bool = False,
-             progress: bool = True, cache_dir=None, overrides: dict | None = None) -> dict:
-    """Runs every codec over the dataset; returns {codec tag: summary} (the JSON each run wrote)."""
+             progress: bool = True, cache_dir=None, overrides: dict | None = None, fid_min_patches: int = 2,
+             data_dir=NANO_DATA) -> dict:
+    """Runs every codec over the dataset; returns {codec tag: summary} (the JSON each run wrote).
+    fid_min_patches: the runner's (FID/KID reported missing, uncomputed, below it); data_dir: for "nano"."""
     from ..notebook import output_dir
     from .runner import evaluate
 
@@ -123,7 +151,7 @@ def rd_sweep(images: str = "samples", codecs=("onedc",), preset: str = "nano",
                          "(onedc_lib.weights.save_model) and pass its folder as onedc:<folder>")
 
     out_dir = Path(out_dir)
-    name, folder = dataset_folder(images, out_dir, max_side, max_images, smoke)
+    name, folder = dataset_folder(images, out_dir, max_side, max_images, smoke, data_dir)
     results = output_dir(Path(results_dir) / name if results_dir else "", out_dir / "results" / name, smoke)
     metrics = list(metrics)
     notes = []
@@ -136,7 +164,8 @@ def rd_sweep(images: str = "samples", codecs=("onedc",), preset: str = "nano",
     for spec, qualities in expand_codecs(codecs, preset, smoke):
         summary = evaluate(spec, folder, out_dir / "runs" / name, metrics=metrics, fid=fid, device=device,
                            qualities=qualities, results_dir=results, progress=progress and not smoke,
-                           cache_dir=cache_dir, command=f"onedc_lib.eval.sweep.rd_sweep({images!r}, {spec!r})")
+                           cache_dir=cache_dir, fid_min_patches=fid_min_patches,
+                           command=f"onedc_lib.eval.sweep.rd_sweep({images!r}, {spec!r})")
         summary["results_file"] = str(results / f"{summary['codec']}.json")
         summaries[summary["codec"]] = summary
     return summaries
