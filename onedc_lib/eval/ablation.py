@@ -49,8 +49,9 @@ def train_variants(preset: str, lmbdas, out_dir, *, variants=None, steps: int = 
                    lpips: str = "", smoke: bool = False) -> dict[str, dict[float, Path]]:
     """Stage I of every variant at every lambda -> {variant: {lambda: model folder}}.
 
-    A variant's model folder that exists already is reused (re-running the notebook evaluates again only). The
-    folders are linked as out_dir/models/<variant>_l<lambda>, the names the results use."""
+    A variant's model folder that exists already is reused (re-running the notebook evaluates again only), an
+    interrupted run resumes. The folders are linked as out_dir/models/<variant>_l<lambda>, the names the results
+    use."""
     from ..training.run import run_stage
 
     out_dir = Path(out_dir)
@@ -70,7 +71,8 @@ def train_variants(preset: str, lmbdas, out_dir, *, variants=None, steps: int = 
                 started = time.perf_counter()
                 run_stage(1, preset, run_dir, steps=steps or None, stage0=stage0 or None, data=data or None,
                           overrides={**(overrides or {}), **VARIANTS[variant], "loss.lmbda": float(lmbda)},
-                          seed=seed, threads=threads or None, device=device, lpips=lpips or None, smoke=smoke)
+                          seed=seed, threads=threads or None, device=device, lpips=lpips or None, smoke=smoke,
+                          resume="auto")  # an interrupted run goes on from its newest checkpoint
                 print(f"{name}: stage I in {time.perf_counter() - started:.0f} s", flush=True)
             link = out_dir / "models" / name
             link.parent.mkdir(parents=True, exist_ok=True)
