@@ -3,17 +3,24 @@
 The decoder's mid-block self-attention runs at latent resolution over all positions; at full attention its
 memory grows with the square of the pixel count (a 2048x2048 image: 65536 positions, 16 GiB of scores per
 head in fp32). The release computes it in 16x16-latent tiles, and so do we.
+
+The rest of the decoder is convolutional, but its activations at full resolution are large (SD's VAE: 128
+channels, 5.9 GB in fp32 for a 4096x2816 image), so a latent larger than `decode_tile` is decoded in overlapping
+tiles blended linearly (`tiled_decode`). Every tile normalises with the same GroupNorm statistics, gathered over
+the whole latent in a first pass, so tiles do not differ in brightness or colour and no seam shows.
 """
+import contextlib
+import math
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from diffusers import AutoencoderKL
-from diffusers.loaders.single_file_utils import convert_ldm_vae_checkpoint
-from safetensors.torch import load_file
 from torch import nn
 
 from ..config import VAEConfig
+
+DECODE_TILE = 128  # latent pixels (1024 image pixels): images up to 1024 x 1024 decode whole
 
 
 class WindowedAttnProcessor:
@@ -57,6 +64,8 @@ class VAE(nn.Module):
         self.autoencoder = AutoencoderKL(**cfg.autoencoder) if autoencoder is None else autoencoder
         self.scaling_factor = cfg.scaling_factor
         self.sample_posterior = cfg.sample_posterior
+        self.attention_window = cfg.attention_window
+        self.decode_tile = DECODE_TILE  # a decoding setting, not part of the model (files do not depend on it)
         for attn in self.autoencoder.decoder.mid_block.attentions:
             if attn is not None:
                 attn.set_processor(WindowedAttnProcessor(cfg.attention_window))
@@ -80,10 +89,14 @@ class VAE(nn.Module):
             return cls(cfg, AutoencoderKL.from_pretrained(folder, local_files_only=True))
         vae = cls(cfg)
         if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
             state_dict = load_file(path)
         else:
             state_dict = torch.load(path, map_location="cpu", weights_only=True)
         if not any(key.startswith("decoder.up_blocks.") for key in state_dict):
+            from diffusers.loaders.single_file_utils import convert_ldm_vae_checkpoint  # slow import: only here
+
             state_dict = convert_ldm_vae_checkpoint(state_dict, vae.autoencoder.config)
         vae.autoencoder.load_state_dict(state_dict, strict=True)
         return vae
@@ -97,7 +110,157 @@ class VAE(nn.Module):
         latent = posterior.sample(generator) if sample else posterior.mode()
         return latent * self.scaling_factor
 
-    def decode(self, latent: torch.Tensor, clamp: bool = True) -> torch.Tensor:
-        """Latent (scaled) -> image; clamped to [-1, 1] unless a loss wants the raw output."""
-        image = self.autoencoder.decode(latent / self.scaling_factor).sample
+    def decode(self, latent: torch.Tensor, clamp: bool = True, tile: int | None = None) -> torch.Tensor:
+        """Latent (scaled) -> image; clamped to [-1, 1] unless a loss wants the raw output.
+
+        Without gradients, a latent larger than `tile` latent pixels (default `self.decode_tile`) on either side
+        is decoded in tiles (`tiled_decode`), so peak memory is bounded by the tile, not by the image."""
+        tile = self.decode_tile if tile is None else tile
+        check_tiling(tile, self.attention_window)
+        if torch.is_grad_enabled() or max(latent.shape[-2:]) <= tile:
+            image = self.autoencoder.decode(latent / self.scaling_factor).sample
+        else:
+            image = self.tiled_decode(latent, tile)
         return image.clamp(-1, 1) if clamp else image
+
+    @torch.no_grad()
+    def tiled_decode(self, latent: torch.Tensor, tile: int, overlap: int | None = None) -> torch.Tensor:
+        """Decode tile x tile latent pieces that overlap by `overlap` (default: one attention window) and blend
+        them with linear ramps over the overlap (the weights sum to 1 everywhere).
+
+        Tile origins are multiples of the attention window, so the windowed attention sees the same windows as
+        a whole decode. A first pass over the tiles (each normalising with its own statistics) gathers every
+        GroupNorm's statistics over the whole latent, each tile contributing its share without the overlaps; the
+        second pass normalises every tile with them, so tiles agree in brightness and colour. (Repeating the
+        first pass with the pooled statistics does not converge to a whole decode's: measured worse.)"""
+        overlap = self.attention_window if overlap is None else overlap
+        check_tiling(tile, self.attention_window, overlap)
+        scale = _upsampling(self.autoencoder)
+        height, width = latent.shape[-2:]
+        boxes = [(r, c) for r in _spans(height, tile, overlap) for c in _spans(width, tile, overlap)]
+        z = latent / self.scaling_factor
+        out = None
+        with _SharedGroupNorm(self.autoencoder.decoder) as norms:
+            for r, c in boxes:
+                norms.tile = (r.stop - r.start, c.stop - c.start)
+                norms.core = (r.core_start - r.start, r.core_stop - r.start,
+                              c.core_start - c.start, c.core_stop - c.start)
+                self.autoencoder.decode(z[..., r.start:r.stop, c.start:c.stop])
+            norms.freeze()
+            for r, c in boxes:
+                piece = self.autoencoder.decode(z[..., r.start:r.stop, c.start:c.stop]).sample
+                if out is None:
+                    out = piece.new_zeros(*piece.shape[:2], height * scale, width * scale)
+                weight = r.ramp(scale, piece)[:, None] * c.ramp(scale, piece)[None, :]
+                out[..., r.start * scale:r.stop * scale, c.start * scale:c.stop * scale] += piece * weight
+        return out
+
+
+def check_tiling(tile: int, window: int, overlap: int | None = None) -> None:
+    """Tiles and overlaps are whole attention windows (so that windows line up); a tile holds two overlaps."""
+    overlap = window if overlap is None else overlap
+    if not isinstance(tile, int) or isinstance(tile, bool) or tile <= 0 or tile % window:
+        raise ValueError(f"VAE decode tile must be a positive multiple of the attention window ({window}) in latent "
+                         f"pixels (8 image pixels each), got {tile!r}")
+    if not isinstance(overlap, int) or overlap <= 0 or overlap % window:
+        raise ValueError(f"VAE decode overlap must be a positive multiple of the attention window ({window}), "
+                         f"got {overlap!r}")
+    if tile < 2 * overlap + window:
+        raise ValueError(f"VAE decode tile {tile} is too small for an overlap of {overlap} latent pixels: at least "
+                         f"{2 * overlap + window}")
+
+
+class _Span:
+    """One tile along one axis, in latent pixels: [start, stop), its own share [core_start, core_stop) (which
+    tiles partition the axis), and the overlaps it shares with the previous and the next tile."""
+
+    def __init__(self, start: int, stop: int, core_start: int, core_stop: int, before: int, after: int):
+        self.start, self.stop, self.core_start, self.core_stop = start, stop, core_start, core_stop
+        self.before, self.after = before, after
+
+    def ramp(self, scale: int, like: torch.Tensor) -> torch.Tensor:
+        """Blending weights along the axis at image resolution: rising over the overlap with the previous tile,
+        falling over the overlap with the next (mirror images, so two neighbours sum to 1)."""
+        n = (self.stop - self.start) * scale
+        weight = torch.ones(n, dtype=like.dtype, device=like.device)
+        for length, at_start in ((self.before * scale, True), (self.after * scale, False)):
+            if length:
+                rise = (torch.arange(length, dtype=torch.float64) + 0.5) / length
+                rise = rise.to(like.dtype).to(like.device)
+                if at_start:
+                    weight[:length] = rise
+                else:
+                    weight[n - length:] = 1 - rise
+        return weight
+
+
+def _spans(size: int, tile: int, overlap: int) -> list[_Span]:
+    stride = tile - overlap
+    count = max(1, math.ceil((size - overlap) / stride))
+    starts = [i * stride for i in range(count)]
+    stops = [min(s + tile, size) for s in starts]
+    spans = []
+    for i, (start, stop) in enumerate(zip(starts, stops)):
+        before = stops[i - 1] - start if i else 0
+        after = stop - starts[i + 1] if i + 1 < count else 0
+        # the core of a tile: from the middle of the overlap before it to the middle of the overlap after it
+        spans.append(_Span(start, stop, start + before // 2, stop - after + after // 2, before, after))
+    return spans
+
+
+def _upsampling(autoencoder: AutoencoderKL) -> int:
+    return 2 ** (len(autoencoder.config.block_out_channels) - 1)
+
+
+class _SharedGroupNorm(contextlib.AbstractContextManager):
+    """For the duration, every GroupNorm of `module` either records its input's statistics over `core` (a box
+    in the latent pixels of a tile of size `tile`, scaled to the layer's resolution) while normalising as usual,
+    or, after `freeze()`, normalises with the recorded statistics (mean and variance per sample and group)."""
+
+    def __init__(self, module: nn.Module):
+        self.norms = [m for m in module.modules() if isinstance(m, nn.GroupNorm)]
+        self.sums: dict[nn.GroupNorm, list] = {}
+        self.stats: dict[nn.GroupNorm, tuple[torch.Tensor, torch.Tensor]] | None = None
+        self.tile: tuple[int, int] | None = None
+        self.core: tuple[int, int, int, int] | None = None
+
+    def __enter__(self):
+        for norm in self.norms:
+            norm.forward = self._forward_of(norm)  # an instance attribute shadows the class's forward
+        return self
+
+    def __exit__(self, *exc):
+        for norm in self.norms:
+            del norm.forward
+
+    def freeze(self) -> None:
+        """Statistics recorded so far -> the ones every tile uses from now on."""
+        self.stats = {}
+        for norm, (total, squares, count) in self.sums.items():
+            mean = total / count
+            self.stats[norm] = (mean, (squares / count - mean.square()).clamp_min(0))
+
+    def _forward_of(self, norm: nn.GroupNorm):
+        def forward(x: torch.Tensor) -> torch.Tensor:
+            groups = x.unflatten(1, (norm.num_groups, -1))  # B, G, C/G, H, W
+            if self.stats is None:
+                self._record(norm, groups)
+                return F.group_norm(x, norm.num_groups, norm.weight, norm.bias, norm.eps)
+            mean, var = self.stats[norm]
+            shape = (*mean.shape, 1, 1, 1)
+            inv = (var + norm.eps).rsqrt().view(shape).to(x.dtype)
+            normed = ((groups - mean.view(shape).to(x.dtype)) * inv).flatten(1, 2)
+            return normed * norm.weight.view(1, -1, 1, 1) + norm.bias.view(1, -1, 1, 1)
+        return forward
+
+    def _record(self, norm: nn.GroupNorm, groups: torch.Tensor) -> None:
+        """Sum and sum of squares (float64) per sample and group over the core, and the element count."""
+        f = groups.shape[-2] // self.tile[0]  # this layer's pixels per latent pixel
+        top, bottom, left, right = (edge * f for edge in self.core)
+        core = groups[..., top:bottom, left:right].double()
+        total, squares = core.sum((2, 3, 4)), core.square().sum((2, 3, 4))
+        count = core[0, 0].numel()
+        if norm in self.sums:
+            previous = self.sums[norm]
+            total, squares, count = total + previous[0], squares + previous[1], count + previous[2]
+        self.sums[norm] = [total, squares, count]
