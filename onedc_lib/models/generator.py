@@ -46,6 +46,8 @@ class OneStepGenerator(nn.Module):
         unet.vae_reduction = ReductionBlock(ctrl_ch, unet.config.out_channels)
         self.unet = unet
         self.timestep = cfg.timestep
+        self.schedule = dict(num_train_timesteps=cfg.num_train_timesteps, beta_start=cfg.beta_start,
+                             beta_end=cfg.beta_end)
         with torch.device("cpu"):  # a plain number, also when the module is built on the meta device
             table = sd15_alphas_cumprod(cfg.num_train_timesteps, cfg.beta_start, cfg.beta_end)
         self.alpha_bar = float(table[cfg.timestep])
@@ -64,6 +66,23 @@ class OneStepGenerator(nn.Module):
         x_t = self.unet.vae_reduction(ctrl)
         eps = self.unet(ctrl, self.timestep, encoder_hidden_states=tokens).sample
         return GeneratorOutput(eps_to_x0(x_t, eps, self.alpha_bar), eps, x_t)
+
+    def sample(self, ctrl: torch.Tensor, tokens: torch.Tensor, steps: int) -> torch.Tensor:
+        """x0 from `steps` UNet passes of a DDIM sampler (eta 0, trailing spacing: t = 999 first) started from
+        vae_reduction's pseudo x_t, SD-1.5's scaled-linear schedule. One step is exactly `forward`'s x0; more
+        steps cost `steps` UNet passes (the benchmark's multi-step comparison: what decoding in one step saves)."""
+        from diffusers.schedulers.scheduling_ddim import DDIMScheduler  # not needed by one-step decoding
+
+        if not isinstance(steps, int) or steps < 1:
+            raise ValueError(f"steps must be a positive int, got {steps!r}")
+        scheduler = DDIMScheduler(**self.schedule, beta_schedule="scaled_linear", clip_sample=False,
+                                  set_alpha_to_one=True, timestep_spacing="trailing")
+        scheduler.set_timesteps(steps)
+        x = self.unet.vae_reduction(ctrl)
+        for t in scheduler.timesteps:
+            eps = self.unet(ctrl, t, encoder_hidden_states=tokens).sample
+            x = scheduler.step(eps, t, x).prev_sample
+        return x
 
     @contextmanager
     def lora_disabled(self):

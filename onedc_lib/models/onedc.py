@@ -53,6 +53,30 @@ class CompressedImage:
         return bitstream.write_container(self.container)
 
 
+@dataclass
+class DecodeOptions:
+    """How decompress runs the image path (h_sem, g_s, the generator, the VAE decoder). Speed and memory only:
+    bitstreams never depend on these, and the entropy path stays float64 without autocast whatever is set.
+
+    channels_last: NHWC activations (oneDNN's and cuDNN's faster convolutions); results differ from NCHW by
+    float rounding only. dtype: autocast dtype of the image path; None = bfloat16 on CUDA, float32 elsewhere
+    (CPUs without bf16 matrix units are slower in bf16). compile_backend: torch.compile the generator and the
+    VAE decoder with this backend on first use (e.g. "inductor"; None = eager). vae_tile: see VAE.decode."""
+
+    channels_last: bool = True
+    dtype: torch.dtype | None = None
+    compile_backend: str | None = None
+    vae_tile: int | None = None  # None: the VAE's decode_tile
+
+    def autocast_dtype(self, device: torch.device) -> torch.dtype:
+        if self.dtype is not None:
+            return self.dtype
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+
+
+REFERENCE_DECODING = DecodeOptions(channels_last=False, dtype=torch.float32)  # the plain path (tests compare)
+
+
 class OneDCOutput(NamedTuple):
     """Training/evaluation forward: reconstruction in [0, 1] and the codec's own output (rate, aux terms)."""
 
@@ -79,6 +103,8 @@ class OneDC(nn.Module):
         self.tables = odc_tables()
         self.untrained_parts: tuple[str, ...] = ("codec", "generator", "vae")  # cleared by the weight loaders
         self._model_id: bytes | None = None
+        self.decode_options = DecodeOptions()
+        self._compiled_with: str | None = None
 
     # ------------------------------------------------------------------ identity
     @property
@@ -127,12 +153,26 @@ class OneDC(nn.Module):
 
     def reconstruct(self, y_hat: torch.Tensor, z_semantic: torch.Tensor, height: int, width: int,
                     captions: list[str] | None = None) -> torch.Tensor:
-        """y_hat and z_semantic (and the captions of a text-guided model) -> image in [0, 1], height x width."""
-        c_map, tokens = self.codec.semantic(z_semantic)
-        ctrl = self.codec.synthesis(y_hat, c_map)
-        x0 = self.generator(ctrl, self.guidance(tokens, captions)).x0
-        image = self.vae.decode(x0)
-        return ((image[..., :height, :width] + 1) / 2).clamp(0, 1)
+        """y_hat and z_semantic (and the captions of a text-guided model) -> image in [0, 1], height x width,
+        computed as `self.decode_options` say."""
+        options = self.decode_options
+        self._compile_decoder(options.compile_backend)
+        layout = torch.channels_last if options.channels_last else torch.contiguous_format
+        dtype = options.autocast_dtype(y_hat.device)
+        with torch.autocast(y_hat.device.type, dtype=dtype, enabled=dtype != torch.float32):
+            c_map, tokens = self.codec.semantic(z_semantic)
+            ctrl = self.codec.synthesis(y_hat, c_map)
+            x0 = self.generator(ctrl.contiguous(memory_format=layout), self.guidance(tokens, captions)).x0
+            image = self.vae.decode(x0.contiguous(memory_format=layout), tile=options.vae_tile)
+        return ((image[..., :height, :width].float() + 1) / 2).clamp(0, 1).contiguous()
+
+    def _compile_decoder(self, backend: str | None) -> None:
+        """torch.compile the generator and the VAE decoder in place (their state_dicts and hooks stay)."""
+        if backend is None or backend == self._compiled_with:
+            return
+        self.generator.compile(backend=backend)
+        self.vae.autoencoder.decoder.compile(backend=backend)
+        self._compiled_with = backend
 
     def forward(self, x: torch.Tensor, captions: list[str] | None = None) -> OneDCOutput:
         h, w = x.shape[-2:]

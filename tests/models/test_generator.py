@@ -117,3 +117,21 @@ def test_sd15_loads_release_layout_strictly(tmp_path, release_manifest):
     with torch.no_grad():
         out = generator(torch.randn(1, 320, 8, 8), torch.randn(1, 1, 768))
     assert [t.shape for t in out] == [(1, 4, 8, 8)] * 3 and all(t.isfinite().all() for t in out)
+
+
+def test_sample_in_one_step_is_the_one_step_x0_and_more_steps_run_the_unet_more(tiny):
+    g, generator = tiny
+    ctrl, tokens = g.inputs["sample"], g.inputs["encoder_hidden_states"]
+    calls = []
+    hook = generator.unet.register_forward_pre_hook(lambda *_: calls.append(1))
+    with torch.no_grad():
+        one = generator(ctrl, tokens).x0
+        calls.clear()
+        torch.testing.assert_close(generator.sample(ctrl, tokens, 1), one, atol=1e-5, rtol=1e-5)
+        assert len(calls) == 1
+        calls.clear()
+        four = generator.sample(ctrl, tokens, 4)
+    hook.remove()
+    assert len(calls) == 4 and four.shape == one.shape and torch.isfinite(four).all()
+    with pytest.raises(ValueError, match="steps"):
+        generator.sample(ctrl, tokens, 0)

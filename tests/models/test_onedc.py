@@ -353,3 +353,54 @@ def test_z_only_rate_of_the_spec():
     """Spec section 7: a 768x768 image has 144 blocks, 252 bytes of z."""
     assert bitstream.z_num_bytes(768, 768) == 252
     assert bitstream.z_num_bytes(1, 1) == 2
+
+
+# ---------------------------------------------------------------------------------------------------- fast decoding
+
+def decoded_with(model, data: bytes, options) -> torch.Tensor:
+    saved = model.decode_options
+    model.decode_options = options
+    try:
+        return model.decompress(data)
+    finally:
+        model.decode_options = saved
+
+
+def psnr01(a: torch.Tensor, b: torch.Tensor) -> float:
+    mse = (a - b).square().mean().item()
+    return math.inf if mse == 0 else 10 * math.log10(1 / mse)
+
+
+def test_fast_decoding_matches_the_reference_path_and_leaves_files_alone(model, coffee, coffee_file):
+    from onedc_lib.models.onedc import REFERENCE_DECODING, DecodeOptions
+
+    assert model.decode_options == DecodeOptions() and DecodeOptions().channels_last
+    fast = model.decompress(coffee_file)
+    reference = decoded_with(model, coffee_file, REFERENCE_DECODING)
+    assert psnr01(fast, reference) > 45
+    assert model.compress(coffee).to_bytes() == coffee_file  # encoding does not depend on decoding settings
+    assert DecodeOptions().autocast_dtype(torch.device("cuda")) == torch.bfloat16
+    assert DecodeOptions().autocast_dtype(torch.device("cpu")) == torch.float32
+
+
+def test_tiled_vae_decoding_of_a_file(model):
+    """384 x 448 px = a 48 x 56 latent; 48-px tiles (the smallest with the 16-px window) make 1 x 2 tiles."""
+    from onedc_lib.models.onedc import DecodeOptions
+
+    data = model.compress(photo("astronaut", 384, 448)).to_bytes()
+    whole = model.decompress(data)
+    tiled = decoded_with(model, data, DecodeOptions(vae_tile=48))
+    assert tiled.shape == whole.shape and not torch.equal(tiled, whole)
+    assert psnr01(tiled, whole) > 30  # random weights (see tests/models/test_vae.py for the seams)
+
+
+def test_compiled_decoder_decodes_alike():
+    """torch.compile with the eager backend (dynamo's graph capture, no code generation: fast on CPU)."""
+    from onedc_lib.models.onedc import DecodeOptions
+
+    model = build_model("nano_q3")
+    data = model.compress(noise(64, 64)).to_bytes()
+    reference = model.decompress(data)
+    model.decode_options = DecodeOptions(compile_backend="eager")
+    assert psnr01(model.decompress(data), reference) > 45
+    assert model._compiled_with == "eager"
