@@ -17,7 +17,8 @@ A bundled model is a `weights.load_model_folder` folder:
 
 float16: floating tensors within float16's range are stored in float16 when the bundled model decodes a sample
 photograph within FP16_MIN_PSNR dB of the float32 source (each model decoding its own file); otherwise float32 is
-kept and the check's numbers say why. The model id (and so the id in every file it writes) is computed from the
+kept and the check's numbers say why (with both models' PSNR against the photograph and bpp: whether the rate
+point moved; `--dtype float16` bundles float16 anyway, with those numbers recorded). The model id (and so the id in every file it writes) is computed from the
 float32 values the bundled tensors load into, and the bundle checks that a file it writes carries that id.
 
 Writes are atomic: shared files are written whole under their final names, the model folder is written as
@@ -86,6 +87,7 @@ def _fp16_check(source, bundled, x=None) -> dict:
     decoded = {name: m.decompress(files[name]) for name, m in (("float32", source), ("bundled", bundled))}
     return {"image": f"{name}, {x.shape[-2]}x{x.shape[-1]}",
             "psnr_db": psnr(decoded["float32"], decoded["bundled"]),
+            "psnr_to_image_float32": psnr(x, decoded["float32"]), "psnr_to_image_bundled": psnr(x, decoded["bundled"]),
             "bpp_float32": 8 * len(files["float32"]) / pixels, "bpp_bundled": 8 * len(files["bundled"]) / pixels,
             "min_psnr_db": FP16_MIN_PSNR}
 
@@ -333,8 +335,10 @@ def run_from_args(args: argparse.Namespace) -> int:
         print(f"onedc: {e}", file=sys.stderr)
         return 2
     check = p["fp16_check"]
-    shown = "" if check is None else (f", {CHECK_IMAGE}: {check['psnr_db']:.2f} dB against float32, "
-                                      f"{check['bpp_float32']:.4f} -> {check['bpp_bundled']:.4f} bpp")
+    shown = "" if check is None else (f"; check on {check['image']}: {check['psnr_db']:.2f} dB against float32 "
+                                      f"(PSNR to the image {check['psnr_to_image_float32']:.2f} -> "
+                                      f"{check['psnr_to_image_bundled']:.2f} dB, {check['bpp_float32']:.4f} -> "
+                                      f"{check['bpp_bundled']:.4f} bpp)")
     print(f"bundled {p['name']}: model id {p['model_id']}, {p['dtype']}{shown}; {p['bytes'] / 1e6:.2f} MB, "
           f"all bundled models {p['bundle_bytes'] / 1e6:.2f} MB (limit {MAX_BUNDLE_BYTES / 1e6:.0f} MB)")
     if p["bundle_bytes"] > MAX_BUNDLE_BYTES:
