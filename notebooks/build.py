@@ -232,7 +232,9 @@ reconstructions, per-image CSV and a summary JSON per codec (metric protocol, ve
 `results/<dataset>/`. `onedc` is the rate ladder of the `preset` family (bundled models, else random-weight
 presets, marked untrained in the summaries; presets that build the same untrained model are run once). The
 classical codecs on the sample photographs are already in `results/baselines/` (whole sweeps); list them in
-`codecs` for another dataset. Figures and tables are made from these files by `50_figures_tables`, which also
+`codecs` for another dataset. `images="nano"` is the nano test split (out/nano_data/test, checked against
+nano_manifest.json): `onedc eval-nano` (`onedc_lib.eval.nano`) runs it with every bundled nano model and all
+baselines into `results/nano/`. Figures and tables are made from these files by `50_figures_tables`, which also
 plots together the folders evaluated on the same images. The defaults run in minutes on a CPU.
 """,
     "parameters": """
@@ -241,7 +243,7 @@ overrides: dict = {}  # not supported here (the runner loads models by name): ev
 smoke: bool = False  # CI: one 64x96 crop, two rate points per codec, provisioned metrics only, results in out_dir
 out_dir: str = "out/notebooks/20_eval_rd"  # bitstreams and reconstructions (not committed)
 results_dir: str = "results"  # CSV + summary JSON go to <results_dir>/<dataset>/ (committed)
-images: str = "samples"  # "samples" (the photographs shipped with the library) or a folder of images
+images: str = "samples"  # "samples" (the photographs shipped with the library), "nano" (its test split) or a folder
 codecs: list = ["onedc"]  # also "jpeg", "webp", "avif", "jxl", "hevc", "onedc:<model>,<model>,..."
 metrics: list = ["psnr", "ms_ssim", "lpips", "dists"]  # the baselines' metrics (results/baselines)
 fid: bool = False  # FID/KID on 256-px patches (the runner's protocol)
