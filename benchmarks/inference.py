@@ -1,41 +1,35 @@
-"""CPU wall times of OneDC compress / decompress (random weights), per component, and model sizes.
+"""Inference speed and memory of OneDC (random weights): per component, at several sizes, against multi-step
+decoding, and the start-up of a whole `onedc decompress` process.
 
-    python benchmarks/inference.py [--sd15] [--json results/inference.json] [--repeats 5] [--height 512 --width 768]
-                                   [--threads N] [--no-macs]
+    python benchmarks/inference.py [--sizes 512x768,1408x2048,2816x4096] [--repeats 3] [--threads 1]
+                                   [--device cpu|cuda] [--sd15] [--steps 4,20] [--startup-runs 5]
+                                   [--out results/speed] [--no-macs]
 
-Models: nano (`build_model("nano_q3")`, always) and sd15 (`build_model("sd15")`, full size, ~1.4 B parameters,
-~5.6 GB fp32; only with --sd15). Weights are seeded random: speed does not depend on the values, but the y stream's
-size does, so the bytes printed are not rates of a trained model.
+For each size (H x W) of the nano model (`build_model("nano_q3")`; with --sd15 also sd15 at the first size, one
+run): one warm-up at the first size, then the median of --repeats round trips (one at sizes above 2 Mpx) of the
+real `OneDC.compress` / `OneDC.decompress` with per-component wall times (onedc_lib.eval.timing: vae_enc, g_a,
+h_enc+z, prior_f64 (float64 h_dec + four-step prior), rans+rest; h_sem+g_s, unet, vae_dec) and the peak memory of
+each side (CPU: the process's RSS, sampled; CUDA: torch.cuda.max_memory_allocated). Decoding runs as
+`model.decode_options` says (channels_last, bf16 autocast on CUDA, tiled VAE above 1024 px); --reference adds a
+decode with the plain path (NCHW, float32) at the first size for comparison.
 
-What is timed: the real `OneDC.compress` (image tensor -> CompressedImage) and `OneDC.decompress` (file bytes ->
-image tensor), with timers wrapped around the components they call (instance-level wrappers, nothing else changed):
-  encode:  vae_enc       VAE encoder (posterior mean, x 0.18215)
-           g_a           codec.analysis (patch embedding, UNet2DModel feature extractor, tail -> y, sem)
-           h_enc+z       codec.hyper_analysis + FSQ
-           prior_f64     the entropy parameters in float64: h_dec + the four-step prior (codec.hyper_synthesis,
-                         codec.encode_steps)
-           rans+rest     the rest: scale -> table index, rANS encode, z packing, container, padding
-  decode:  prior_f64     float64 h_dec + four-step prior (codec.hyper_synthesis, codec.decode_steps without the
-                         symbol decoding inside it)
-           rans+rest     the rest: the incremental rANS decode of each step's symbols, container parsing, z unpacking
-           h_sem+g_s     codec.semantic + codec.synthesis
-           unet          the one-step generator (vae_reduction + UNet at t = 999 + eps -> x0)
-           vae_dec       VAE decoder (windowed mid-block attention), crop, clamp
-The model id (SHA-256 over every weight, computed once per model and cached) is computed before the timed runs and
-reported on its own. nano: one warm-up, then the median of --repeats runs per entry. sd15: one warm-up at 128x192
-(first-call allocator / oneDNN set-up), then a single run at the full size (minutes on 2 cores).
+At the first size the generator also runs as a k-step DDIM sampler (--steps) on the same inputs: the decode time
+with k UNet passes, and its ratio to the one-step decode. Start-up: `onedc decompress` of a 64x96 file with the
+default model as a whole process (median of --startup-runs), with OMP_NUM_THREADS=1 and with the environment as it
+is, and the heavy modules the process imports (python -X importtime).
 
-GMACs per component (--no-macs to skip) are counted with torch's FlopCounterMode (MACs = FLOPs / 2) on the
-meta device, so they cost no memory (the prior's count is that of encode_steps; decode_steps runs the same convs).
+Writes OUT/NAME.json (everything, with the machine, its load (uptime) and the git commit) and OUT/NAME.md (the
+tables); NAME defaults to inference_<device type>. Speed does not depend on the weights' values; the y stream's size does,
+so bytes are not a trained model's rates.
 """
 from __future__ import annotations
 
 import argparse
-import gc
 import json
 import os
 import platform
 import statistics
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -44,134 +38,165 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from onedc_lib.config import load_config
-from onedc_lib.eval.timing import (  # the timing machinery lives in the library
+from onedc_lib.bitstream import atomic_write  # noqa: E402
+from onedc_lib.eval.timing import (  # noqa: E402  (the machinery lives in the library)
     DECODE_PARTS,
     ENCODE_PARTS,
-    MACS_OF_PART,
     component_gmacs,
     make_image,
     model_sizes,
+    multistep_decode,
+    startup_time,
     timed_round_trip,
 )
-from onedc_lib.models.onedc import OneDC
-from onedc_lib.weights import build_model
+from onedc_lib.models.onedc import REFERENCE_DECODING  # noqa: E402
+from onedc_lib.weights import build_model  # noqa: E402
+
+LARGE = 2_000_000  # pixels above which one round trip is timed instead of --repeats
 
 
-def bench(preset: str, height: int, width: int, repeats: int, warmup_size: tuple[int, int] | None) -> dict:
-    print(f"\n[{preset}] building (random weights) ...", flush=True)
-    start = time.perf_counter()
-    model = build_model(preset)
-    build_s = time.perf_counter() - start
-    start = time.perf_counter()
-    _ = model.model_id  # cached: hashing every weight is a one-time cost per model
-    model_id_s = time.perf_counter() - start
-    print(f"[{preset}] built in {build_s:.1f} s, model id in {model_id_s:.1f} s", flush=True)
-    x = make_image(height, width)
-    if warmup_size is not None:
-        timed_round_trip(model, make_image(*warmup_size))
-    else:
-        timed_round_trip(model, x)
-    runs = []
-    for i in range(repeats):
-        runs.append(timed_round_trip(model, x))
-        r = runs[-1]
-        print(f"[{preset}] run {i + 1}/{repeats}: encode {r['encode']['total']:.3f} s "
-              f"(cpu {r['cpu_s']['encode']:.3f}), decode {r['decode']['total']:.3f} s (cpu {r['cpu_s']['decode']:.3f}),"
-              f" load {r['loadavg_1min'][0]:.1f}", flush=True)
+def uptime() -> str:
+    return subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
+
+
+def median_of(runs: list[dict]) -> dict:
     median = {side: {k: statistics.median(r[side][k] for r in runs) for k in runs[0][side]}
               for side in ("encode", "decode")}
-    result = {"preset": preset, "height": height, "width": width, "repeats": repeats, "build_s": build_s,
-              "model_id_s": model_id_s, "median_s": median, "runs": runs, "bytes": runs[0]["bytes"],
-              "bpp": runs[0]["bpp"], "params": model_sizes(model)}
-    del model
-    gc.collect()
-    return result
+    median["peak_mb"] = {side: max(r["memory"][side]["peak_mb"] for r in runs) for side in ("encode", "decode")}
+    return median
 
 
-# ---------------------------------------------------------------------------------------------------------- report
+def bench_sizes(preset: str, sizes: list[tuple[int, int]], repeats: int, device: str, steps: list[int],
+                reference: bool, macs: bool) -> dict:
+    model = build_model(preset).to(device)
+    _ = model.model_id
+    timed_round_trip(model, make_image(*sizes[0]).to(device))  # warm-up (allocator, oneDNN primitives)
+    out = {"preset": preset, "model_id": model.model_id.hex(), "decode_options": repr(model.decode_options),
+           "params": model_sizes(model), "sizes": {}}
+    for height, width in sizes:
+        x = make_image(height, width).to(device)
+        n = 1 if height * width > LARGE else repeats
+        runs = []
+        for i in range(n):
+            runs.append(timed_round_trip(model, x))
+            r = runs[-1]
+            print(f"[{preset} {height}x{width}] run {i + 1}/{n}: encode {r['encode']['total']:.3f} s "
+                  f"(peak {r['memory']['encode']['peak_mb']:.0f} MB), decode {r['decode']['total']:.3f} s "
+                  f"(peak {r['memory']['decode']['peak_mb']:.0f} MB); {uptime()}", flush=True)
+        entry = {"height": height, "width": width, "runs": runs, "median": median_of(runs),
+                 "bytes": runs[0]["bytes"], "bpp": runs[0]["bpp"]}
+        if macs:
+            entry["gmacs"] = component_gmacs(preset, height, width)
+        if (height, width) == sizes[0]:
+            if steps:
+                entry["multistep"] = multistep_decode(model, x, steps, one_step=runs[len(runs) // 2])
+                print(f"[{preset} {height}x{width}] multi-step: {json.dumps(entry['multistep'])}", flush=True)
+            if reference:
+                fast_options, model.decode_options = model.decode_options, REFERENCE_DECODING
+                try:
+                    ref_runs = [timed_round_trip(model, x) for _ in range(n)]
+                finally:
+                    model.decode_options = fast_options
+                entry["reference_decode"] = median_of(ref_runs)["decode"]
+                print(f"[{preset} {height}x{width}] reference path decode: "
+                      f"{entry['reference_decode']['total']:.3f} s", flush=True)
+        out["sizes"][f"{height}x{width}"] = entry
+    return out
 
-def print_sizes(sizes_by_model: dict[str, dict[str, int]]) -> None:
-    names = list(sizes_by_model)
-    print("\nParameters per module (M)")
-    print(f"  {'module':<62}" + "".join(f"{n:>12}" for n in names))
-    for key in next(iter(sizes_by_model.values())):
-        print(f"  {key:<62}" + "".join(f"{sizes_by_model[n][key] / 1e6:>12.3f}" for n in names))
+
+def markdown(report: dict) -> str:
+    lines = [f"# OneDC inference on {report['machine']['device']} ({report['machine']['processor']}, "
+             f"{report['machine']['torch_threads']} torch threads)", "",
+             f"Load: `{report['machine']['uptime_at_start']}` at the start, `{report['uptime_at_end']}` at the end "
+             "(another process trains on one of the cores). Random weights. Seconds: median of the runs.", ""]
+    for name, result in report["models"].items():
+        for side, parts in (("encode", ENCODE_PARTS), ("decode", DECODE_PARTS)):
+            sizes = list(result["sizes"])
+            lines += [f"## {name} {side}", "", "| component | " + " | ".join(sizes) + " |",
+                      "|---|" + "---:|" * len(sizes)]
+            for part in (*parts, "total"):
+                cells = [f"{result['sizes'][s]['median'][side][part]:.3f}" for s in sizes]
+                lines.append(f"| {part} | " + " | ".join(cells) + " |")
+            cells = [f"{result['sizes'][s]['median']['peak_mb'][side]:.0f}" for s in sizes]
+            lines += ["| peak memory (MB) | " + " | ".join(cells) + " |", ""]
+        first = next(iter(result["sizes"].values()))
+        if "multistep" in first:
+            lines += [f"## {name}: one step against k-step sampling ({first['height']}x{first['width']})", "",
+                      "| generator | UNet s | decode s | decode / one-step decode |", "|---|---:|---:|---:|"]
+            for key, m in first["multistep"].items():
+                ratio = m.get("decode_ratio_vs_one_step", 1.0)
+                lines.append(f"| {key.replace('_', ' ')} | {m['unet_s']:.3f} | {m['decode_s']:.3f} | {ratio:.1f} |")
+            lines.append("")
+        if "reference_decode" in first:
+            lines += [f"Reference decode path (NCHW, float32) at {first['height']}x{first['width']}: "
+                      f"{first['reference_decode']['total']:.3f} s (unet {first['reference_decode']['unet']:.3f}, "
+                      f"vae_dec {first['reference_decode']['vae_dec']:.3f}).", ""]
+    for label, s in report.get("startup", {}).items():
+        lines += [f"Start-up, `onedc decompress` of a 64x96 file ({label}): median {s['median_s']:.2f} s of "
+                  f"{len(s['runs_s'])} runs; heavy modules imported: {', '.join(s['heavy_modules_imported']) or 'none'}"
+                  f"; top-level imports (s): " + ", ".join(f"{k} {v:.2f}" for k, v in s["top_level_import_s"].items()),
+                  ""]
+    return "\n".join(lines)
 
 
-def print_times(results: dict[str, dict], macs: dict[str, dict[str, float]]) -> None:
-    for side, parts in (("encode", ENCODE_PARTS), ("decode", DECODE_PARTS)):
-        print(f"\n{side} wall time (s; nano: median of repeats, sd15: one run)")
-        header = f"  {'component':<12}"
-        for name, r in results.items():
-            header += f"{name + ' s':>12}{'share':>7}"
-            if name in macs:
-                header += f"{'GMACs':>9}"
-        print(header)
-        for part in parts + ("total",):
-            line = f"  {part:<12}"
-            for name, r in results.items():
-                t = r["median_s"][side][part]
-                line += f"{t:>12.3f}{100 * t / r['median_s'][side]['total']:>6.0f}%"
-                if name in macs:
-                    m = macs[name]
-                    keys = MACS_OF_PART.get(part)
-                    if part == "total":
-                        keys = [k for p in parts for k in MACS_OF_PART[p]]
-                    line += f"{sum(m[k] for k in keys):>9.2f}"
-            print(line)
+def parse_sizes(text: str) -> list[tuple[int, int]]:
+    sizes = []
+    for item in text.split(","):
+        try:
+            height, width = (int(v) for v in item.lower().split("x"))
+        except ValueError:
+            raise SystemExit(f"--sizes: {item!r} is not HEIGHTxWIDTH") from None
+        sizes.append((height, width))
+    return sizes
 
 
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--sd15", action="store_true", help="also the full-size sd15 model (slow, ~6 GB RAM)")
-    parser.add_argument("--json", type=Path, help="write the numbers here")
-    parser.add_argument("--repeats", type=int, default=5, help="nano runs (median); sd15 always runs once")
-    parser.add_argument("--height", type=int, default=512)
-    parser.add_argument("--width", type=int, default=768)
+    parser.add_argument("--sizes", default="512x768,1408x2048,2816x4096", help="HxW[,HxW...] for nano")
+    parser.add_argument("--repeats", type=int, default=3, help="round trips per size up to 2 Mpx (median)")
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--sd15", action="store_true", help="also sd15 at the first size (one run; ~6 GB RAM)")
+    parser.add_argument("--steps", default="4,20", help="k of the k-step comparison ('' for none)")
+    parser.add_argument("--reference", action="store_true", help="also decode with the plain path at the first size")
+    parser.add_argument("--startup-runs", type=int, default=5, help="0: skip the start-up measurement")
+    parser.add_argument("--out", type=Path, default=Path("results/speed"))
+    parser.add_argument("--name", help="file stem in OUT (default: inference_<device type>)")
     parser.add_argument("--no-macs", action="store_true", help="skip the GMAC count")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
+    from onedc_lib.notebook import device_info
 
-    machine = {"platform": platform.platform(), "processor": platform.processor(), "cpu_count": os.cpu_count(),
-               "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
-               "loadavg_at_start": os.getloadavg()}
-    print(f"{machine['platform']}, {machine['cpu_count']} cpus, torch {machine['torch']} "
-          f"({machine['torch_threads']} threads); image {args.height}x{args.width} (HxW)")
-
-    presets = {"nano": "nano_q3"}
+    machine = {**device_info(args.device), "platform": platform.platform(), "processor": platform.processor(),
+               "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(), "uptime_at_start": uptime()}
+    print(f"{machine['platform']}, {machine['cpu_count']} cpus, {machine['torch_threads']} threads; "
+          f"{machine['uptime_at_start']}", flush=True)
+    sizes = parse_sizes(args.sizes)
+    steps = [int(k) for k in args.steps.split(",") if k]
+    start = time.perf_counter()
+    report = {"format": 1, "kind": "inference", "machine": machine, "models": {}}
+    report["models"]["nano"] = bench_sizes("nano_q3", sizes, args.repeats, args.device, steps, args.reference,
+                                           not args.no_macs)
     if args.sd15:
-        presets["sd15"] = "sd15"
-    macs = {}
-    if not args.no_macs:
-        for name, preset in presets.items():
-            macs[name] = component_gmacs(preset, args.height, args.width)
-    results = {}
-    for name, preset in presets.items():
-        if name == "sd15":
-            results[name] = bench(preset, args.height, args.width, 1, warmup_size=(128, 192))
-        else:
-            results[name] = bench(preset, args.height, args.width, args.repeats, warmup_size=None)
-
-    sizes = {name: r["params"] for name, r in results.items()}
-    if "sd15" not in sizes:  # sizes of the full model cost nothing on the meta device
-        with torch.device("meta"):
-            sizes["sd15"] = model_sizes(OneDC(load_config("sd15")))
-    print_sizes(sizes)
-    print_times(results, macs)
-    for name, r in results.items():
-        print(f"\n{name}: {r['bytes']} bytes ({r['bpp']:.4f} bpp, random weights), build {r['build_s']:.1f} s, "
-              f"model id {r['model_id_s']:.1f} s")
-
-    out = {"machine": machine, "height": args.height, "width": args.width, "results": results,
-           "params": sizes, "gmacs": macs}
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(out, indent=1))
-        print(f"\nwrote {args.json}")
-    return out
+        report["models"]["sd15"] = bench_sizes("sd15", sizes[:1], 1, args.device, [], False, not args.no_macs)
+    if args.startup_runs:
+        report["startup"] = {"OMP_NUM_THREADS=1": startup_time(args.startup_runs, env={"OMP_NUM_THREADS": "1"}),
+                             "environment as is": startup_time(args.startup_runs)}
+    report["uptime_at_end"] = uptime()
+    report["wall_s"] = time.perf_counter() - start
+    try:
+        from onedc_lib.eval.runner import git_commit
+        report["git_commit"] = git_commit()
+    except ImportError:
+        report["git_commit"] = None
+    stem = args.name or f"inference_{torch.device(args.device).type}"
+    args.out.mkdir(parents=True, exist_ok=True)
+    atomic_write(args.out / f"{stem}.json", (json.dumps(report, indent=1) + "\n").encode())
+    text = markdown(report)
+    atomic_write(args.out / f"{stem}.md", (text + "\n").encode())
+    print("\n" + text)
+    return report
 
 
 if __name__ == "__main__":

@@ -30,6 +30,10 @@ import io
 import json
 import os
 import statistics
+import subprocess
+import sys
+import tempfile
+import threading
 import time
 import warnings
 from contextlib import contextmanager
@@ -37,8 +41,9 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["DECODE_PARTS", "ENCODE_PARTS", "GROUPS", "Timers", "component_gmacs", "instrumented", "make_image",
-           "model_sizes", "run_speed", "speed_figure", "speed_report", "speed_table", "timed_round_trip"]
+__all__ = ["DECODE_PARTS", "ENCODE_PARTS", "GROUPS", "PeakMemory", "Timers", "component_gmacs", "instrumented",
+           "make_image", "model_sizes", "multistep_decode", "run_speed", "speed_figure", "speed_report", "speed_table",
+           "startup_time", "timed_round_trip"]
 
 ENCODE_PARTS = ("vae_enc", "g_a", "h_enc+z", "prior_f64", "rans+rest")
 DECODE_PARTS = ("prior_f64", "rans+rest", "h_sem+g_s", "unet", "vae_dec")
@@ -159,6 +164,54 @@ class Timers:
         return timed
 
 
+class PeakMemory:
+    """Peak memory of one call: on CUDA torch's max_memory_allocated (tensors only), elsewhere the process's
+    resident set size sampled every `interval` seconds by a thread (RSS: the whole process, weights included).
+    Use as `with PeakMemory(device) as peak: ...` and read peak.bytes; peak.base is the value at the start."""
+
+    def __init__(self, device, interval: float = 0.002):
+        self.device = torch.device(device)
+        self.interval = interval
+        self.base = self.bytes = 0
+        self._stop = threading.Event()
+
+    @staticmethod
+    def rss() -> int:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+    def _sample(self) -> None:
+        while not self._stop.wait(self.interval):
+            self.bytes = max(self.bytes, self.rss())
+
+    def __enter__(self):
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            torch.cuda.reset_peak_memory_stats(self.device)
+            self.base = self.bytes = torch.cuda.memory_allocated(self.device)
+        else:
+            self.base = self.bytes = self.rss()
+            self._stop.clear()
+            self._thread = threading.Thread(target=self._sample, daemon=True)
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            self.bytes = torch.cuda.max_memory_allocated(self.device)
+        else:
+            self._stop.set()
+            self._thread.join()
+            self.bytes = max(self.bytes, self.rss())
+        return False
+
+    def as_dict(self) -> dict:
+        kind = "cuda_max_memory_allocated" if self.device.type == "cuda" else "rss"
+        return {"kind": kind, "peak_mb": self.bytes / 2**20, "start_mb": self.base / 2**20,
+                "added_mb": (self.bytes - self.base) / 2**20}
+
+
 @contextmanager
 def instrumented(model, timers: Timers):
     """Instance attributes shadow the methods for the duration; the generator is a module, timed by hooks."""
@@ -206,16 +259,18 @@ def instrumented(model, timers: Timers):
 
 
 def timed_round_trip(model, x: torch.Tensor) -> dict:
-    """One compress + one decompress; per-component seconds, 'rans+rest' = total minus the timed components."""
-    sync = _synchronizer(next(model.parameters()).device)
+    """One compress + one decompress; per-component seconds, 'rans+rest' = total minus the timed components,
+    and the peak memory of each side (PeakMemory)."""
+    device = next(model.parameters()).device
+    sync = _synchronizer(device)
     enc, dec = Timers(sync), Timers(sync)
     load_before = os.getloadavg()[0]
-    with instrumented(model, enc):
+    with instrumented(model, enc), PeakMemory(device) as encode_memory:
         start, cpu = enc.now(), time.process_time()
         compressed = model.compress(x)
         encode_total, encode_cpu = enc.now() - start, time.process_time() - cpu
     data = compressed.to_bytes()
-    with instrumented(model, dec):
+    with instrumented(model, dec), PeakMemory(device) as decode_memory:
         start, cpu = dec.now(), time.process_time()
         x_hat = model.decompress(data)
         decode_total, decode_cpu = dec.now() - start, time.process_time() - cpu
@@ -234,8 +289,75 @@ def timed_round_trip(model, x: torch.Tensor) -> dict:
         # CPU seconds of this process (all threads) and the 1-minute load average: other processes on the
         # machine show up as wall >> cpu / threads, or as a load above this process's thread count
         "cpu_s": {"encode": encode_cpu, "decode": decode_cpu},
+        "memory": {"encode": encode_memory.as_dict(), "decode": decode_memory.as_dict()},
         "loadavg_1min": [load_before, os.getloadavg()[0]],
     }
+
+
+def multistep_decode(model, x: torch.Tensor, steps=(4, 20), one_step: dict | None = None) -> dict:
+    """Decode time if the same generator ran as a k-step sampler (OneStepGenerator.sample): the measured
+    one-step decode with its generator time replaced by k steps' (measured on the same ctrl and tokens).
+    `one_step`: a timed_round_trip result for x (else one is run)."""
+    one_step = one_step or timed_round_trip(model, x)
+    inputs = []
+    hook = model.generator.register_forward_pre_hook(lambda module, args: inputs.append(args))
+    try:
+        model.decompress(model.compress(x).to_bytes())
+    finally:
+        hook.remove()
+    ctrl, tokens = inputs[-1]
+    sync = _synchronizer(ctrl.device)
+    decode = one_step["decode"]
+    result = {"one_step": {"unet_s": decode["unet"], "decode_s": decode["total"]}}
+    for k in steps:
+        with torch.no_grad():
+            sync()
+            start = time.perf_counter()
+            model.generator.sample(ctrl, tokens, k)
+            sync()
+        unet = time.perf_counter() - start
+        total = decode["total"] - decode["unet"] + unet
+        result[f"{k}_steps"] = {"unet_s": unet, "decode_s": total, "decode_ratio_vs_one_step": total / decode["total"]}
+    return result
+
+
+HEAVY_MODULES = ("compressai", "lpips", "pyiqa", "torchmetrics", "DISTS_pytorch", "diffusers.pipelines",
+                 "onedc_lib.eval.metrics", "onedc_lib.training", "matplotlib", "pandas")
+
+
+def startup_time(runs: int = 5, model: str | None = None, env: dict | None = None) -> dict:
+    """Whole-process time of `onedc decompress` of a small file (64x96) with `model` (default: the default
+    model): median of `runs`, and which of HEAVY_MODULES the process imported (python -X importtime)."""
+    from ..weights import load_model
+
+    with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        source = Path(tmp) / "small.odc"
+        compressed = load_model(model).compress(make_image(64, 96))
+        source.write_bytes(compressed.to_bytes())
+        command = [sys.executable, "-m", "onedc_lib.cli", "decompress", str(source), "-o", str(Path(tmp) / "d.png")]
+        if model:
+            command += ["--model", model]
+        environment = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2]), **(env or {})}
+        times = []
+        for _ in range(runs):
+            start = time.perf_counter()
+            subprocess.run(command, check=True, capture_output=True, env=environment)
+            times.append(time.perf_counter() - start)
+        trace = subprocess.run([sys.executable, "-X", "importtime", *command[1:]], check=True, capture_output=True,
+                               env=environment, text=True).stderr
+    imported = {line.rsplit("|", 1)[-1].strip() for line in trace.splitlines() if line.startswith("import time:")}
+    cumulative = {}
+    for line in trace.splitlines():
+        parts = line.split("|")
+        if line.startswith("import time:") and len(parts) == 3 and parts[1].strip().isdigit():
+            name = parts[2].rstrip()
+            if not name.startswith("  "):  # top-level imports of the CLI process
+                cumulative[name.strip()] = int(parts[1]) / 1e6
+    return {"median_s": statistics.median(times), "runs_s": times, "env": dict(env or {}),
+            "heavy_modules_imported": sorted(m for m in imported if m.split(".")[0] in HEAVY_MODULES
+                                             or any(m.startswith(h) for h in HEAVY_MODULES)),
+            "top_level_import_s": dict(sorted(cumulative.items(), key=lambda kv: -kv[1])[:12])}
 
 
 def make_image(height: int, width: int) -> torch.Tensor:
