@@ -22,7 +22,7 @@ median of --repeats, *_best the fastest repeat (less sensitive to other load on 
 
 ideal_bits is the exact cross-entropy -sum log2 P(symbol | N(0, s)) with P the N(0, s) mass of
 [symbol - 1/2, symbol + 1/2] at the symbol's own scale (float64, log-space tails). Size overhead is
-bytes / (ideal_bits / 8) - 1. Fixed costs: the bytes of 0-, 1- and 2-symbol streams (symbols 0 at s = 1), each
+bytes / (ideal_bits / 8) - 1. Fixed costs: the bytes of 0-, 1-, 2- and 3-symbol streams (symbols 0 at s = 1), each
 coded in a subprocess because compressai's coder writes out of its buffer on tiny streams (here it crashed on 0
 and 1 symbols). Also reported for ours (under "onedc"."extra"): 4 tiles on one thread and on all cores.
 """
@@ -175,8 +175,8 @@ def _stream_bytes(name: str, n: int):
 
 
 def fixed_costs() -> dict:
-    """Bytes of 0-, 1- and 2-symbol streams (symbols 0 at s = 1) for each coder; None: the coder crashed."""
-    return {name: {str(n): _stream_bytes(name, n) for n in (0, 1, 2)} for name in CODERS}
+    """Bytes of 0-, 1-, 2- and 3-symbol streams (symbols 0 at s = 1) for each coder; None: the coder crashed."""
+    return {name: {str(n): _stream_bytes(name, n) for n in (0, 1, 2, 3)} for name in CODERS}
 
 
 # ---------------------------------------------------------------------------------------------------------- main
@@ -205,8 +205,8 @@ def run(repeats: int, quick: bool) -> dict:
         cases[case] = results
         print_case(case, results)
     costs = fixed_costs()
-    print("\nfixed cost (bytes of a 0- / 1- / 2-symbol stream; None: the coder crashed): " +
-          ", ".join(f"{name} {c['0']} / {c['1']} / {c['2']}" for name, c in costs.items()))
+    print("\nfixed cost (bytes of a 0- / 1- / 2- / 3-symbol stream; None: the coder crashed): " +
+          ", ".join(f"{name} " + " / ".join(str(v) for v in c.values()) for name, c in costs.items()))
     return {"cases": cases, "fixed_cost_bytes": costs,
             "machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
                         "repeats": repeats}}

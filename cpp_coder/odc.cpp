@@ -1,6 +1,10 @@
-// odc mode (STREAMS.md "odc mode"): tiles of two interleaved 32-bit rANS states, byte-wise renormalisation.
+// odc mode (STREAMS.md "odc mode", stream version 2): tiles of two interleaved 32-bit rANS states, byte-wise
+// renormalisation.
 //
-// stream = u8 T | u32 LE length of tiles 0..T-2 | tile 0 | ... ; tile = x0 (u32 LE) | x1 (u32 LE) | bytes
+// stream = tile (one tile) or 00 | u8 T | u32 LE length of tiles 0..T-2 | tile 0 | ... (T in [2, 255]);
+// tile = x0 | x1 | bytes, each state as its 3 or 4 significant bytes, most significant first ("drained": the
+// decoder reads a state as it renormalises, x = 0 then x = x << 8 | byte while x < L). The first byte of a tile
+// is never 00 (a state has 3 significant bytes or more), which tells the two stream layouts apart.
 // Item j of a tile (escape bins and raw fields included) uses state j & 1. Lower bound L = 2^23; every state
 // (initial, between items, final) lies in [L, 2^31).
 //
@@ -12,16 +16,16 @@
 // (moving the bytes already written) when fewer than `2 x symbols still to encode + 16` bytes are free. Every
 // item starts with at least two free bytes (its speculative store needs them). So it never writes out of bounds.
 //
-// Decoder: the initial states must lie in [L, 2^31) (open() rejects anything else); then x >> 16 is in
+// Decoder: the initial states are read by renormalisation from 0, so they lie in [L, 2^31); then x >> 16 is in
 // [2^7, 2^15), so after an item x = freq (x >> 16) + cum - start lies in [2^7, 2^31) and at most two bytes bring
 // it back to [L, 2^31), for any stream. All reads are bounds-checked: the fast loops run while two bytes per
 // symbol they decode are left (a normal item reads at most two); escapes use checked reads. The last few bytes
 // of a tile are decoded from a zero-padded copy, and reading into its padding is a truncated stream. Nothing
 // it allocates depends on the stream's content.
 //
-// The hot loops avoid branches on renormalisation (cmov / adc), swaps (2x unrolled: the two states alternate
-// by position) and reloads through pointers that may alias the output, and keep the states in registers (the
-// rare paths work on copies). Measured (benchmarks/entropy_coder.py): with a random table per symbol the
+// The hot loops avoid branches on renormalisation (cmov / adc; a rare second byte is a predictable branch),
+// swaps (2x unrolled: the two states alternate by position) and reloads through pointers that may alias the
+// output, and keep the states in registers (the rare paths work on copies). Measured (benchmarks/entropy_coder.py): with a random table per symbol the
 // decoder waits on the bucket lookups' cache misses; with few tables it runs at about 5 instructions a cycle.
 #include <algorithm>
 #include <atomic>
@@ -37,7 +41,6 @@ namespace onedc {
 namespace {
 
 constexpr uint32_t kL = 1u << 23;         // state lower bound
-constexpr uint32_t kStateEnd = 1u << 31;  // states lie in [kL, kStateEnd)
 constexpr int kMaxTiles = 255;
 constexpr size_t kItemBytes = 2;     // bytes an item emits (encoder) or reads (decoder) at most
 constexpr size_t kEscapeSlack = 16;  // bytes kept free before an escape (it needs at most 5 x 2)
@@ -51,17 +54,6 @@ inline void store_u32le(uint8_t* p, uint32_t x) {
     p[1] = uint8_t(x >> 8);
     p[2] = uint8_t(x >> 16);
     p[3] = uint8_t(x >> 24);
-}
-
-// p[0] << 8 | p[1]: the next two bytes of a tile, the first one high.
-inline uint32_t load_u16be(const uint8_t* p) {
-#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
-    uint16_t w;
-    std::memcpy(&w, p, 2);
-    return __builtin_bswap16(w);
-#else
-    return uint32_t(p[0]) << 8 | uint32_t(p[1]);
-#endif
 }
 
 // ---------------------------------------------------------------------------------------------------------
@@ -134,14 +126,14 @@ int escape_items(const EncView& ev, int64_t v, EncBin* items) {
     return cnt;
 }
 
-// One tile's buffer: [pre bytes][8 bytes for the states][cap bytes, written downwards from the end].
+// One tile's buffer: [8 bytes for the states][cap bytes, written downwards from the end].
 struct TileBuf {
     std::unique_ptr<uint8_t[]> mem;
-    size_t pre = 0, cap = 0;
+    size_t cap = 0;
     uint8_t* begin = nullptr;  // after encoding: x0 | x1 | bytes
     size_t size = 0;
     Status status;
-    uint8_t* body() const { return mem.get() + pre + 8; }
+    uint8_t* body() const { return mem.get() + 8; }
 };
 
 // Escaped bin v of symbol i (i symbols are still to encode after it). Grows the buffer first when fewer than
@@ -153,8 +145,8 @@ __attribute__((noinline)) size_t encode_escape(const EncView& ev, int64_t v, siz
     if (w < kItemBytes * i + kEscapeSlack) {
         const size_t used = o.cap - w;
         const size_t cap = std::max(2 * o.cap, used + kItemBytes * i + 4 * kEscapeSlack);
-        std::unique_ptr<uint8_t[]> mem(new uint8_t[o.pre + 8 + cap]);
-        std::memcpy(mem.get() + o.pre + 8 + (cap - used), o.body() + w, used);
+        std::unique_ptr<uint8_t[]> mem(new uint8_t[8 + cap]);
+        std::memcpy(mem.get() + 8 + (cap - used), o.body() + w, used);
         o.mem = std::move(mem);
         o.cap = cap;
         w = cap - used;
@@ -179,7 +171,14 @@ struct Range {
     size_t n;
 };
 
-// Encodes the ranges (in order) into one tile, leaving o.pre free bytes in front of it. Items run in reverse;
+// Drained state x in [L, 2^31): its 3 (x < 2^24) or 4 significant bytes, most significant first; returns the count.
+inline size_t drain(uint32_t x, uint8_t* p) {
+    const size_t n = x < (1u << 24) ? 3 : 4;
+    for (size_t i = 0; i < n; ++i) p[i] = static_cast<uint8_t>(x >> (8 * (n - 1 - i)));
+    return n;
+}
+
+// Encodes the ranges (in order) into one tile. Items run in reverse;
 // `a` always holds the state of the next item to encode at a symbol boundary, and the loop is unrolled by two
 // symbols so that the roles of a and b swap by position instead of by moves (an escape hands the states back
 // in the same roles).
@@ -189,7 +188,7 @@ Status encode_tile(const Tables& t, const std::vector<Range>& ranges, TileBuf& o
     size_t total = 0;
     for (const Range& r : ranges) total += r.n;
     o.cap = kItemBytes * total + total / 32 + 128;  // >= 2 x symbols + 2; escapes grow it
-    o.mem.reset(new uint8_t[o.pre + 8 + o.cap]);
+    o.mem.reset(new uint8_t[8 + o.cap]);
     uint8_t* base = o.body();
     size_t w = o.cap;         // free bytes; the bytes written are [w, cap)
     uint32_t a = kL, b = kL;
@@ -251,11 +250,13 @@ Status encode_tile(const Tables& t, const std::vector<Range>& ranges, TileBuf& o
         }
     }
     // After the last (reverse) item the next state is in a, so item 0 used b: x0 = b, x1 = a.
-    uint8_t* const begin = base + w - 8;
-    store_u32le(begin, b);
-    store_u32le(begin + 4, a);
+    uint8_t head[8];
+    size_t h = drain(b, head);
+    h += drain(a, head + h);
+    uint8_t* const begin = base + w - h;  // the 8 bytes in front of the body hold them
+    std::memcpy(begin, head, h);
     o.begin = begin;
-    o.size = 8 + (o.cap - w);
+    o.size = h + (o.cap - w);
     return Status{};
 }
 
@@ -355,28 +356,32 @@ inline Step fast_symbol(const Tables& t, uint32_t T, uint32_t& x, uint32_t& y, B
         in = w;
         return Step::kSlow;
     }
-    // x' = f + d with f = freq (x >> 16), d = cum - start, in [2^7, 2^31): below L one byte comes in, below
-    // 2^15 two (both candidates are built from one two-byte load; q moves by the count). The empty asm keeps
-    // the compiler from re-associating f + d into (f + cum) - start (one more step on the chain).
+    // x' = f + d with f = freq (x >> 16), d = cum - start, in [2^7, 2^31): below L one byte comes in (cmov /
+    // adc), below 2^15 a second one. The second byte is rare (freq < 2^8 and a small x >> 16: well under 0.1%
+    // of the items of our tables), so it takes a branch: one byte without a branch and a predictable test is
+    // shorter on the state's dependency chain than building and selecting both candidates (measured: 5-15%
+    // faster decoding). The empty asm keeps the compiler from re-associating f + d into (f + cum) - start (one
+    // more step on the chain).
     const uint32_t f = (e & 0xFFFFu) * (x >> 16);
     uint32_t d = cum - (e >> 16);
     __asm__("" : "+r"(d));
     const uint32_t next = f + d;
-    const uint32_t pair = load_u16be(in.base + in.q);
-    const uint32_t one = (next << 8) | (pair >> 8);
-    const uint32_t two = (next << 16) | pair;
+    const uint32_t one = (next << 8) | in.base[in.q];
 #if defined(__GNUC__) && defined(__x86_64__)
     uint32_t xn = next;
-    __asm__("cmpl %[L], %[n]\n\tcmovbl %[one], %[x]\n\tadcq $0, %[q]\n\t"
-            "cmpl %[L2], %[n]\n\tcmovbl %[two], %[x]\n\tadcq $0, %[q]"
+    __asm__("cmpl %[L], %[n]\n\tcmovbl %[one], %[x]\n\tadcq $0, %[q]"
             : [x] "+&r"(xn), [q] "+r"(in.q)
-            : [n] "r"(next), [one] "r"(one), [two] "r"(two), [L] "i"(kL), [L2] "i"(kL >> 8)
+            : [n] "r"(next), [one] "r"(one), [L] "i"(kL)
             : "cc");
-    x = xn;
 #else
-    in.q += (next < kL) + (next < (kL >> 8));
-    x = next < (kL >> 8) ? two : next < kL ? one : next;
+    in.q += next < kL;
+    uint32_t xn = next < kL ? one : next;
 #endif
+    if (__builtin_expect(xn < kL, 0)) {
+        xn = (xn << 8) | in.base[in.q];
+        ++in.q;
+    }
+    x = xn;
     out = static_cast<int32_t>(dv.value[j] + sel);  // in int32 (Tables::build checks the offset)
     return Step::kOk;
 }
@@ -549,14 +554,12 @@ Status odc_encode(const Tables& t, const int32_t* symbols, const int32_t* indexe
         }
         return r;
     };
-    if (T == 1) {  // the tile is written in place, with one byte in front of it for the header
+    if (T == 1) {  // the stream is the tile, written in place
         TileBuf tb;
-        tb.pre = 1;
         s = encode_tile(t, ranges(0), tb);
         if (!s.ok()) return s;
-        tb.begin[-1] = 1;
-        out.begin = tb.begin - 1;
-        out.size = tb.size + 1;
+        out.begin = tb.begin;
+        out.size = tb.size;
         out.mem = std::move(tb.mem);
         return Status{};
     }
@@ -568,7 +571,7 @@ Status odc_encode(const Tables& t, const int32_t* symbols, const int32_t* indexe
             bufs[k].status = Status::error(std::string("odc encode: ") + ex.what());
         }
     });
-    size_t total = 1 + 4 * (T - 1);
+    size_t total = 2 + 4 * (T - 1);
     for (size_t k = 0; k < T; ++k) {
         if (!bufs[k].status.ok()) return bufs[k].status;
         if (k + 1 < T && bufs[k].size > 0xFFFFFFFFu)
@@ -577,6 +580,7 @@ Status odc_encode(const Tables& t, const int32_t* symbols, const int32_t* indexe
     }
     out.mem.reset(new uint8_t[total]);
     uint8_t* w = out.mem.get();
+    *w++ = 0;
     *w++ = static_cast<uint8_t>(T);
     for (size_t k = 0; k + 1 < T; ++k, w += 4) store_u32le(w, static_cast<uint32_t>(bufs[k].size));
     for (size_t k = 0; k < T; ++k) {
@@ -603,10 +607,14 @@ Status OdcDecoder::open(std::shared_ptr<const Tables> tables, const uint8_t* dat
     threads_ = std::max(threads, 1);
     failed_ = true;
     if (size == 0) return Status::error("odc stream: empty");
-    const size_t T = data[0];
-    if (T == 0) return Status::error("odc stream: tile count 0");
-    const size_t header = 1 + 4 * (T - 1);
-    if (size < header) return Status::error("odc stream: truncated tile table");
+    size_t T = 1, header = 0;  // one tile: the stream is the tile (its first byte is not 00)
+    if (data[0] == 0) {
+        if (size < 2) return Status::error("odc stream: truncated tile table");
+        T = data[1];
+        if (T < 2) return Status::error("odc stream: a tiled stream has 2 to 255 tiles, got " + std::to_string(T));
+        header = 2 + 4 * (T - 1);
+        if (size < header) return Status::error("odc stream: truncated tile table");
+    }
     if (!borrow) {
         impl_->data.assign(data, data + size);
         data = impl_->data.data();
@@ -615,16 +623,15 @@ Status OdcDecoder::open(std::shared_ptr<const Tables> tables, const uint8_t* dat
     impl_->lanes.clear();
     size_t pos = header;
     for (size_t k = 0; k < T; ++k) {
-        const size_t len = k + 1 < T ? load_u32le(d + 1 + 4 * k) : size - pos;
+        const size_t len = k + 1 < T ? load_u32le(d + 2 + 4 * k) : size - pos;
         if (len > size - pos)
             return Status::error("odc stream: tile " + std::to_string(k) + " extends past the end");
-        if (len < 8)
-            return Status::error("odc stream: tile " + std::to_string(k) + " has invalid length " +
-                                 std::to_string(len) + " (at least 8)");
-        const uint32_t x0 = load_u32le(d + pos), x1 = load_u32le(d + pos + 4);
-        if (x0 < kL || x0 >= kStateEnd || x1 < kL || x1 >= kStateEnd)
-            return Status::error("odc stream: tile " + std::to_string(k) + " starts with an impossible state");
-        impl_->lanes.push_back(Lane{x0, x1, Bytes{d + pos + 8, 0, len - 8}});
+        // the drained states: read as the decoder renormalises, so they end in [L, 2^31)
+        Bytes in{d + pos, 0, len};
+        uint32_t x0 = 0, x1 = 0;
+        if (!in.renorm(x0) || !in.renorm(x1))
+            return Status::error("odc stream: tile " + std::to_string(k) + " ends inside its initial states");
+        impl_->lanes.push_back(Lane{x0, x1, Bytes{d + pos + in.q, 0, len - in.q}});
         pos += len;
     }
     failed_ = false;

@@ -9,8 +9,8 @@ the file itself has no per-step byte boundaries. With the model that wrote the f
 step (exactly as `OneDC.decompress` does, symbols CRC checked) and each step's symbols and table indexes are
 kept. Per step we then report
   * `coded_bytes`: the bytes of that step's symbols coded ALONE with the same coder and tables
-    (`GaussianCoder.encode`, one tile) minus the fixed framing of an empty stream (1 tile-count byte + 8 state
-    bytes). They are exact sizes of real streams; their sum differs from the y section by that framing, by
+    (`GaussianCoder.encode`, one tile) minus the fixed framing of an empty stream (the two drained
+    states, 6 bytes). They are exact sizes of real streams; their sum differs from the y section by that framing, by
     the section's tiling, and by the rANS state flush of each separate stream (a few bytes);
   * `estimated_bits`: the model's rate function (`entropy.rate.gaussian_bits`, eval mode) on the same residuals
     and scales: what training optimises. It uses the continuous Gaussian; the coder uses 16-bit tables picked by

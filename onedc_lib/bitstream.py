@@ -19,14 +19,14 @@ from dataclasses import dataclass
 from onedc_lib.entropy import release_format
 
 MAGIC = b"\x89ODC\r\n\x1a\n"  # PNG-style: a high-bit byte, CR LF, ^Z and LF expose text-mode mangling
-VERSION = 1
+VERSION = 2  # 2: the odc y stream of STREAMS.md version 2 (drained states, no tile byte for one tile)
 MODEL_ID_BYTES = 16
 TABLE_HASH_BYTES = 8
 MAX_SIDE = 1 << 16  # pixels per side
 MAX_PIXELS = 1 << 28  # 16384 x 16384
 MAX_SECTIONS = 16
 MAX_FILE_BYTES = 1 << 30
-SECTION_HAS_SYMBOLS_CRC = 0x01  # the only section flag of version 1
+SECTION_HAS_SYMBOLS_CRC = 0x01  # the only section flag
 
 _FIXED = struct.Struct(">8sBB16s8sIIB")  # magic, version, flags, model id, table hash, height, width, count
 _ENTRY = struct.Struct(">4sBII")  # tag, section flags, payload length, payload CRC32

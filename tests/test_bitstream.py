@@ -45,7 +45,7 @@ def error(data: bytes, **kwargs) -> str:
 def test_layout_and_sizes():
     c = sample()
     data = bitstream.write_container(c)
-    assert data.startswith(b"\x89ODC\r\n\x1a\n\x01\x00" + MODEL_ID + TABLE_HASH)
+    assert data.startswith(b"\x89ODC\r\n\x1a\n\x02\x00" + MODEL_ID + TABLE_HASH)
     assert data[34:43] == (120).to_bytes(4, "big") + (180).to_bytes(4, "big") + b"\x03"
     assert data[43:47] == b"z\0\0\0"
     assert c.header_bytes == 47 + 13 + 17 + 13
@@ -133,9 +133,11 @@ def test_bad_magic():
 
 def test_wrong_version():
     data = bitstream.write_container(sample())
-    assert error(data[:8] + b"\x03" + data[9:]) == "unsupported format version 3 (this onedc reads version 1)"
-    with pytest.raises(BitstreamError, match="version 2"):
-        Container(MODEL_ID, TABLE_HASH, 1, 1, (), version=2)
+    for version in (1, 3):  # 1: the odc y stream before drained states
+        assert error(data[:8] + bytes([version]) + data[9:]) == \
+            f"unsupported format version {version} (this onedc reads version 2)"
+    with pytest.raises(BitstreamError, match="version 3"):
+        Container(MODEL_ID, TABLE_HASH, 1, 1, (), version=3)
 
 
 def test_wrong_model_or_tables():
@@ -230,7 +232,7 @@ def test_unknown_flags():
     c = sample()
     data = bitstream.write_container(c)
     assert error(patched(data, 9, b"\x01", c.header_bytes - 4)) == (
-        "unsupported header flags 0x01 (version 1 defines none)")
+        "unsupported header flags 0x01 (version 2 defines none)")
     assert error(patched(data, 43 + 4, b"\x02", c.header_bytes - 4)) == "unsupported flags 0x02 in section 'z'"
 
 

@@ -14,7 +14,6 @@ RELEASE_FLAG = 0x01
 RELEASE_LOWER = 1 << 23
 RELEASE_MAX_CHUNKS = 16
 ODC_LOWER = 1 << 23  # state lower bound; byte-wise renormalisation keeps x in [2^23, 2^31)
-ODC_UPPER = 1 << 31
 ODC_MAX_TILES = 255
 ODC_INT32_MIN, ODC_INT32_MAX = -(1 << 31), (1 << 31) - 1
 
@@ -178,7 +177,7 @@ def _odc_encode_tile(items) -> bytes:
             out.append(x & 0xFF)
             x >>= 8
         states[j & 1] = ((x // freq) << 16) + (x % freq) + start
-    head = states[0].to_bytes(4, "little") + states[1].to_bytes(4, "little")
+    head = b"".join(x.to_bytes(4 if x >= 1 << 24 else 3, "big") for x in states)  # drained: significant bytes
     return head + bytes(reversed(out))
 
 
@@ -205,35 +204,33 @@ def odc_encode(tables: CodingTables, symbols, indexes, tiles: int = 1, segments=
         parts = [_tile_part(a, b, t, tiles) for a, b in bounds]
         pick = np.concatenate([np.arange(a, b) for a, b in parts]) if parts else np.zeros(0, np.int64)
         bodies.append(_odc_encode_tile(_odc_items(tables, symbols[pick], indexes[pick])))
+    if tiles == 1:
+        return bodies[0]
     lengths = b"".join(len(body).to_bytes(4, "little") for body in bodies[:-1])
-    return bytes([tiles]) + lengths + b"".join(bodies)
+    return bytes([0, tiles]) + lengths + b"".join(bodies)
 
 
 class _TileDecoder:
     """Decoding state of one tile; items continue across segments."""
 
     def __init__(self, data: bytes):
-        if len(data) < 8:
-            raise ValueError(f"corrupt y stream: a tile of {len(data)} bytes (at least 8)")
-        self.data = data
-        self.states = [int.from_bytes(data[0:4], "little"), int.from_bytes(data[4:8], "little")]
-        if not all(ODC_LOWER <= x < ODC_UPPER for x in self.states):
-            raise ValueError("corrupt y stream: a tile starts with an impossible state")
-        self.pos = 8
-        self.j = 0
+        self.data, self.pos, self.j = data, 0, 0
+        self.states = [self._renormalise(0), self._renormalise(0)]  # drained: read as renormalisation from 0
+
+    def _renormalise(self, x: int) -> int:
+        while x < ODC_LOWER:
+            if self.pos >= len(self.data):
+                raise ValueError("corrupt y stream: it ends before the last symbol")
+            x = (x << 8) | self.data[self.pos]
+            self.pos += 1
+        return x
 
     def item(self, cdf: list[int]) -> int:
         """Decode one item whose bins are `cdf`; returns the bin."""
         x = self.states[self.j & 1]
         cum = x & 0xFFFF
         v = bisect.bisect_right(cdf, cum) - 1
-        x = (cdf[v + 1] - cdf[v]) * (x >> 16) + cum - cdf[v]
-        while x < ODC_LOWER:
-            if self.pos >= len(self.data):
-                raise ValueError("corrupt y stream: it ends before the last symbol")
-            x = (x << 8) | self.data[self.pos]
-            self.pos += 1
-        self.states[self.j & 1] = x
+        self.states[self.j & 1] = self._renormalise((cdf[v + 1] - cdf[v]) * (x >> 16) + cum - cdf[v])
         self.j += 1
         return v
 
@@ -276,13 +273,14 @@ class OdcDecoder:
         data = bytes(data)
         if not data:
             raise ValueError("corrupt y stream: empty")
-        tiles = data[0]
-        if not 1 <= tiles <= ODC_MAX_TILES:
-            raise ValueError(f"corrupt y stream: {tiles} tiles")
-        head = 1 + 4 * (tiles - 1)
+        tiles, head = 1, 0  # one tile: the stream is the tile, whose first byte is never 0
+        if data[0] == 0:
+            if len(data) < 2 or data[1] < 2:
+                raise ValueError("corrupt y stream: a tiled stream has 2 to 255 tiles")
+            tiles, head = data[1], 2 + 4 * (data[1] - 1)
         if len(data) < head:
             raise ValueError("corrupt y stream: tile table truncated")
-        lengths = [int.from_bytes(data[1 + 4 * t : 5 + 4 * t], "little") for t in range(tiles - 1)]
+        lengths = [int.from_bytes(data[2 + 4 * t : 6 + 4 * t], "little") for t in range(tiles - 1)]
         if sum(lengths) > len(data) - head:
             raise ValueError("corrupt y stream: tile lengths exceed the stream")
         lengths.append(len(data) - head - sum(lengths))

@@ -154,38 +154,46 @@ def test_release_skip_index_and_flag_byte():
 
 
 def test_odc_header_corruption():
+    """Tiled streams: 00, the tile count (2..255), the lengths of all tiles but the last."""
     coder = GaussianCoder()
     stream = coder.encode(np.arange(40), np.full(40, 200), tiles=3)
     indexes = np.full(40, 200)
-    with pytest.raises(ValueError, match="tile count 0"):
-        coder.decode(b"\0" + stream[1:], indexes)
+    assert stream[:2] == b"\0\x03"
+    for tiles in (0, 1):
+        with pytest.raises(ValueError, match="2 to 255 tiles"):
+            coder.decode(stream[:1] + bytes([tiles]) + stream[2:], indexes)
+    with pytest.raises(ValueError, match="truncated tile table"):
+        coder.decode(b"\0", indexes)
     for tiles in (2, 4, 255):  # a different tile count misreads the table
         with pytest.raises(ValueError):
-            coder.decode(bytes([tiles]) + stream[1:], indexes)
-    for length in (0, 7, 2**32 - 1):  # tile 0 length: too short, past the end
-        bad = stream[:1] + length.to_bytes(4, "little") + stream[5:]
-        with pytest.raises(ValueError, match="length|past the end"):
+            coder.decode(stream[:1] + bytes([tiles]) + stream[2:], indexes)
+    for length in (0, 5, 2**32 - 1):  # tile 0 length: too short for its states, past the end
+        bad = stream[:2] + length.to_bytes(4, "little") + stream[6:]
+        with pytest.raises(ValueError, match="initial states|past the end"):
             coder.decode(bad, indexes)
-    first = int.from_bytes(stream[1:5], "little")
+    first = int.from_bytes(stream[2:6], "little")
     for length in (first - 1, first + 1):  # a tile boundary one byte off misplaces the tiles
-        bad = stream[:1] + length.to_bytes(4, "little") + stream[5:]
+        bad = stream[:2] + length.to_bytes(4, "little") + stream[6:]
         with pytest.raises(ValueError):
             coder.decode(bad, indexes)
 
 
-def test_odc_impossible_initial_states():
-    """Both states of a tile start in [2^23, 2^31); anything else is rejected before decoding (by both decoders).
-    Tile lengths need not be even (bytes, not 16-bit words)."""
+def test_odc_initial_states_are_drained():
+    """A tile's states are read as the decoder renormalises (x = x << 8 | byte from 0 while x < 2^23), so they
+    always start in [2^23, 2^31): 3 bytes below 2^24, else 4. Both decoders read them alike. Tile lengths need
+    not be even."""
     coder = GaussianCoder()
+    decoders = (coder.decode, lambda data, idx: reference.odc_decode(coder.tables, data, idx))
     indexes = np.full(40, 200)
     stream = coder.encode(np.arange(40) - 20, indexes)
-    for at in (1, 5):
-        for state in (0, (1 << 23) - 1, 1 << 31, (1 << 32) - 1):
-            bad = stream[:at] + state.to_bytes(4, "little") + stream[at + 4 :]
-            with pytest.raises(ValueError, match="impossible state"):
-                coder.decode(bad, indexes)
-            with pytest.raises(ValueError, match="impossible state"):
-                reference.odc_decode(coder.tables, bad, indexes)
+    for decode in decoders:
+        for cut in range(7):  # inside the states
+            with pytest.raises(ValueError):
+                decode(stream[:cut], indexes)
+        assert decode(b"\x80\0\0" * 2, []).size == 0  # both states 2^23: the empty stream
+        for states in (b"\x80\0\0\x80\0\x01", b"\x7f\xff\xff\xff" * 2):  # states that are not 2^23 at the end
+            with pytest.raises(ValueError):
+                decode(states, [])
     odd = [len(coder.encode([s], [100])) for s in range(-8, 9)]
     assert any(n % 2 for n in odd)
     for s in range(-8, 9):
