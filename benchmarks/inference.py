@@ -67,11 +67,11 @@ def median_of(runs: list[dict]) -> dict:
 
 
 def bench_sizes(preset: str, sizes: list[tuple[int, int]], repeats: int, device: str, steps: list[int],
-                reference: bool, macs: bool) -> dict:
-    model = build_model(preset).to(device)
+                reference: bool, macs: bool, overrides: dict | None = None) -> dict:
+    model = build_model(preset, **(overrides or {})).to(device)
     _ = model.model_id
     timed_round_trip(model, make_image(*sizes[0]).to(device))  # warm-up (allocator, oneDNN primitives)
-    out = {"preset": preset, "model_id": model.model_id.hex(), "decode_options": repr(model.decode_options),
+    out = {"preset": preset, "overrides": dict(overrides or {}), "model_id": model.model_id.hex(), "decode_options": repr(model.decode_options),
            "params": model_sizes(model), "sizes": {}}
     for height, width in sizes:
         x = make_image(height, width).to(device)
@@ -85,7 +85,7 @@ def bench_sizes(preset: str, sizes: list[tuple[int, int]], repeats: int, device:
                   f"(peak {r['memory']['decode']['peak_mb']:.0f} MB); {uptime()}", flush=True)
         entry = {"height": height, "width": width, "runs": runs, "median": median_of(runs),
                  "bytes": runs[0]["bytes"], "bpp": runs[0]["bpp"]}
-        if macs:
+        if macs and not overrides:
             entry["gmacs"] = component_gmacs(preset, height, width)
         if (height, width) == sizes[0]:
             if steps:
@@ -110,6 +110,8 @@ def markdown(report: dict) -> str:
              f"Load: `{report['machine']['uptime_at_start']}` at the start, `{report['uptime_at_end']}` at the end "
              "(another process trains on one of the cores). Random weights. Seconds: median of the runs.", ""]
     for name, result in report["models"].items():
+        if result.get("overrides"):
+            lines += [f"{name} with overrides: `{json.dumps(result['overrides'])}`", ""]
         for side, parts in (("encode", ENCODE_PARTS), ("decode", DECODE_PARTS)):
             sizes = list(result["sizes"])
             lines += [f"## {name} {side}", "", "| component | " + " | ".join(sizes) + " |",
@@ -163,7 +165,17 @@ def main(argv=None) -> dict:
     parser.add_argument("--out", type=Path, default=Path("results/speed"))
     parser.add_argument("--name", help="file stem in OUT (default: inference_<device type>)")
     parser.add_argument("--no-macs", action="store_true", help="skip the GMAC count")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="nano config override (dotted key, YAML value), e.g. generator.unet.attention_head_dim=2")
     args = parser.parse_args(argv)
+    import yaml
+
+    overrides = {}
+    for item in args.set:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise SystemExit(f"--set: {item!r} is not KEY=VALUE")
+        overrides[key] = yaml.safe_load(value)
     if args.threads:
         torch.set_num_threads(args.threads)
     from onedc_lib.notebook import device_info
@@ -177,7 +189,7 @@ def main(argv=None) -> dict:
     start = time.perf_counter()
     report = {"format": 1, "kind": "inference", "machine": machine, "models": {}}
     report["models"]["nano"] = bench_sizes("nano_q3", sizes, args.repeats, args.device, steps, args.reference,
-                                           not args.no_macs)
+                                           not args.no_macs, overrides)
     if args.sd15:
         report["models"]["sd15"] = bench_sizes("sd15", sizes[:1], 1, args.device, [], False, not args.no_macs)
     if args.startup_runs:
