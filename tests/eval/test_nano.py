@@ -49,8 +49,8 @@ def folders(tmp_path_factory):
     out = {}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        for seed, (preset, lmbda) in enumerate((("nano_q2", 7.4), ("nano_q5", 1.8), ("nano_q1", 12.2),
-                                                ("nano_q4", 2.9), ("nano_zonly", 12.2))):
+        for seed, (preset, lmbda) in enumerate((("nano_q2", 1.5), ("nano_q5", 0.15), ("nano_q1", 3.0),
+                                                ("nano_q4", 0.35), ("nano_zonly", 3.0))):
             model = build_model(preset, seed=seed)
             assert model.config.loss.lmbda == lmbda
             out[preset] = str(save_model(model, root / preset))
