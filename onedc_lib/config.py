@@ -142,6 +142,9 @@ class TrainConfig:
     grad_clip: float = 5.0  # max global gradient norm per optimiser
     stage1_lr: float = 5e-5
     stage1_steps: int = 400_000
+    # Stage I: parameters of the OneDC model whose dotted names start with one of these stay frozen (the z-only
+    # model fine-tunes the decoder side of a low-rate model: its encoder, codec.enc and codec.hyper_enc, is kept)
+    freeze: tuple[str, ...] = ()
     stage2_lr: float = 1e-6  # generator: LoRA, conv_in, vae_reduction (codec frozen)
     stage2_critic_lr: float = 1e-6  # fake score UNet + GAN classifier
     stage2_steps: int = 1_000_000

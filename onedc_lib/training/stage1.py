@@ -15,6 +15,7 @@ initialised randomly, with a warning. `--init MODEL_DIR` starts from a whole mod
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 import warnings
 from dataclasses import dataclass
@@ -72,11 +73,15 @@ def build_onedc(config: ModelConfig, pretrained: Pretrained) -> OneDC:
         model = load_model_folder(pretrained.init_model)
         if model.config != config:
             # The loss / train settings may differ (that is what a new stage changes); the architecture may not.
-            arch = ("codec", "generator", "vae")
-            if any(getattr(model.config, k) != getattr(config, k) for k in arch):
+            # z_only is no architecture (same modules, spec section 7): the z-only model starts from a y model.
+            loaded = dataclasses.replace(model.config, codec=dataclasses.replace(model.config.codec,
+                                                                                  z_only=config.codec.z_only))
+            differ = [k for k in ("codec", "generator", "vae") if getattr(loaded, k) != getattr(config, k)]
+            if differ:
                 raise ValueError(f"{pretrained.init_model} has a different architecture than preset "
-                                 f"{config.name!r}")
+                                 f"{config.name!r} ({', '.join(differ)} differ)")
             model.config = config
+            model.codec.cfg = config.codec
             model.weights_changed()
         model.random_parts = []
         return model.train()
@@ -96,6 +101,23 @@ def build_onedc(config: ModelConfig, pretrained: Pretrained) -> OneDC:
     model.untrained_parts = ("codec",)
     model.weights_changed()
     return model.train()
+
+
+def freeze_parameters(model: nn.Module, prefixes) -> int:
+    """Parameters named `prefix` or `prefix.*` stop training (train.freeze); returns how many values froze.
+    A prefix that names no parameter is an error: a typo would otherwise train everything silently."""
+    named = dict(model.named_parameters())
+    frozen = 0
+    for prefix in prefixes:
+        matched = [p for name, p in named.items() if name == prefix or name.startswith(prefix + ".")]
+        if not matched:
+            raise ValueError(f"train.freeze: no parameter of the model is named {prefix!r} or {prefix!r}.* "
+                             f"(top-level modules: {', '.join(sorted({n.split('.')[0] for n in named}))})")
+        for p in matched:
+            if p.requires_grad:
+                frozen += p.numel()
+            p.requires_grad_(False)
+    return frozen
 
 
 def build_tokenizer(config: ModelConfig, pretrained: Pretrained) -> MaskGITTokenizer:
@@ -220,6 +242,7 @@ class Stage1Task(loop.Task):
         # Stage I trains the codec, the generator's LoRA / conv_in / vae_reduction (peft froze the base) and the
         # head; the VAE is frozen by construction.
         model.codec.requires_grad_(True)
+        freeze_parameters(model, config.train.freeze)
         head.requires_grad_(bool(config.loss.distill_weight))  # unused without distillation (DDP needs it frozen)
         if config.train.gradient_checkpointing:
             loop.enable_gradient_checkpointing(model)
