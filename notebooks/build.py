@@ -348,6 +348,49 @@ seed: int = 0
     ],
 }
 
+NOTEBOOKS["40_zonly_extreme"] = {
+    "title": """
+# 40 · The extreme z-only model: train, then real files at 14 bits per 64x64 block
+
+The z-only model sends no y: every step's y_hat is the prior's predicted mean, and the file holds z alone, 14 bits
+per 64x64 block, plus the container (spec section 7). It is fine-tuned from a low-rate model (`init`) with stage I
+and its encoder side frozen (the preset's `train.freeze`: `codec.enc`, `codec.hyper_enc`); the rate term is zero, so
+L1 + LPIPS + distillation train the decoder side on z alone. Then the test images go through real `.odc` files
+(`onedc_lib.eval.zonly`): bpp from the file sizes next to z's 14 bits per block, PSNR / LPIPS / DISTS, and
+`results/<dataset>/` files (the runner's CSV + summary JSON, and `zonly_<tag>.csv|json` with each file taken apart).
+""",
+    "parameters": """
+preset: str = "nano_zonly"  # a z-only preset (codec.z_only, train.freeze); sd15_zonly on GPUs
+overrides: dict = {}  # dotted config overrides, e.g. {"train.stage1_lr": 1e-4}
+smoke: bool = False  # CI: 2 steps on 64-px crops, then one 64x96 image; results in out_dir
+out_dir: str = "out/notebooks/40_zonly_extreme"  # the run (model/ at the end), files and reconstructions
+init: str = "onedc_lib/weights/nano_q1"  # the low-rate model folder it starts from (bundled, or notebook 11's)
+stage0: str = "out/notebooks/10_train_stage0_nano"  # nano: the distillation tokenizer; empty: weights / random
+weights: dict = {}  # local pretrained files by option name (sd15): {"tokenizer": ...}
+""" + TRAIN + """images: str = "nano"  # test images: "nano" (the test split of `onedc prepare`), "samples", a folder
+results_dir: str = "results"  # <results_dir>/<dataset>/: the runner's CSV + JSON and zonly_<tag>.csv|json
+metrics: list = ["psnr", "lpips", "dists"]
+max_side: int = 0  # shrink the test images first (0: as they are)
+max_images: int = 0  # the first N images only (0: all)
+""" + COMMON,
+    "cells": [
+        ("code", "from onedc_lib.eval.zonly import zonly_eval\n" + TRAIN_IMPORTS),
+        ("code", "env = setup(threads=threads, out_dir=out_dir, device=device)"),
+        ("md", "## Train\n\nStage I from `init`, the encoder side frozen, y not sent."),
+        ("code", _train_call(1, "stage0=stage0, init=init, weights=weights,\n                      ")),
+        *TRAIN_SHOW,
+        ("md", ("## Real files\n\nEach test image compressed to a file and decoded; `bpp` is the file's size, "
+                "`bpp_z` the 14 bits per block alone, `container_bytes` the header and section table.")),
+        ("code", ("report = zonly_eval(model_dir, images=images, out_dir=out_dir, results_dir=results_dir, "
+                  "metrics=metrics,\n                    max_side=max_side, max_images=max_images, device=device, "
+                  "smoke=smoke)")),
+        ("code", "report.table()"),
+        ("code", "report.summary"),
+        ("code", "report.figure()"),
+        ("code", "report.files"),
+    ],
+}
+
 NOTEBOOKS["50_figures_tables"] = {
     "title": """
 # 50 · Every figure and table, from results/

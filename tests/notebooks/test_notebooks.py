@@ -21,7 +21,7 @@ REPO = Path(__file__).resolve().parents[2]
 NOTEBOOK_DIR = REPO / "notebooks"
 NOTEBOOKS = sorted(p.stem for p in NOTEBOOK_DIR.glob("*.ipynb"))
 EXPECTED = ["00_demo_compress", "01_bitstream_anatomy", "10_train_stage0_nano", "11_train_stage1", "12_train_stage2",
-            "20_eval_rd", "21_eval_speed", "30_ablation_guidance", "50_figures_tables"]
+            "20_eval_rd", "21_eval_speed", "30_ablation_guidance", "40_zonly_extreme", "50_figures_tables"]
 PNG = b"\x89PNG\r\n\x1a\n"
 
 
@@ -309,7 +309,7 @@ def train_out(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("notebook_training")
 
 
-def _check_run(nb, run: Path, names: list[str]) -> None:
+def _check_run(nb, run: Path, names: list[str], figures: int = 2) -> None:
     """log.csv rows for the smoke steps with finite losses, sample images, a figure of each and the summary."""
     import csv
 
@@ -320,7 +320,7 @@ def _check_run(nb, run: Path, names: list[str]) -> None:
         assert [int(r["step"]) for r in rows] == [1, 2]
         assert all(_finite(float(v)) for r in rows for k, v in r.items() if k.endswith("loss") and v)
         assert (folder / "samples" / "step_00000002.png").read_bytes().startswith(PNG)
-    assert len(_outputs(nb, "image/png")) == 2 and _outputs(nb, "text/html")  # curves, samples; summary
+    assert len(_outputs(nb, "image/png")) == figures and _outputs(nb, "text/html")  # curves, samples, ...; summary
 
 
 def test_10_train_stage0_nano(run_notebook, train_out):
@@ -351,3 +351,42 @@ def test_12_train_stage2(run_notebook, train_out):
     provenance = json.loads((train_out / "s2" / "model" / "config.json").read_text())["provenance"]
     assert provenance["stage"] == 2 and provenance["random_init"] == []  # codec from 11, teacher from 10
     assert str(train_out / "s2" / "model") in "".join(_outputs(nb, "text/plain")[-1])
+
+
+def test_40_zonly_extreme(run_notebook, train_out, tmp_path):
+    """Fine-tunes 11's model as z-only (encoder frozen), then real files: z = 14 bits per 64x64 block."""
+    from safetensors.torch import load_file
+
+    if not (train_out / "s1" / "model").is_dir():
+        pytest.skip("needs the model of the 11 smoke run (run the whole module)")
+    committed = _snapshot(REPO / "results" / "samples")  # the dataset it evaluates
+    init = train_out / "s1" / "model"
+    nb, _ = run_notebook("40_zonly_extreme", tmp_path, init=str(init), stage0=str(train_out / "s0"),
+                         images="samples")
+    _check_run(nb, tmp_path, [""], figures=3)  # curves, samples, original vs z-only
+    config = json.loads((tmp_path / "model" / "config.json").read_text())["config"]
+    assert config["codec"]["z_only"] and config["train"]["freeze"] == ["codec.enc", "codec.hyper_enc"]
+    before, after = load_file(str(init / "model.safetensors")), load_file(str(tmp_path / "model" / "model.safetensors"))
+    for prefix, trained in (("codec.enc.", False), ("codec.hyper_enc.", False), ("codec.dec.", True)):
+        keys = [k for k in before if k.startswith(prefix)]
+        assert keys and any(not before[k].equal(after[k]) for k in keys) == trained, prefix
+    results = tmp_path / "results" / "samples"
+    summary = json.loads((results / "zonly_onedc-model.json").read_text())
+    assert summary["z_bits_per_block"] == 14 and summary["images"] == 1
+    import csv
+
+    with open(results / "zonly_onedc-model.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    for row in rows:
+        h, w, file_bytes = int(row["height"]), int(row["width"]), int(row["file_bytes"])
+        blocks = -(-h // 64) * -(-w // 64)
+        assert (h, w, int(row["blocks"]), int(row["z_bits"])) == (64, 96, blocks, 14 * blocks)
+        assert int(row["z_bytes"]) == -(-14 * blocks // 8)
+        assert int(row["z_bytes"]) + int(row["container_bytes"]) + int(row["other_bytes"]) == file_bytes
+        assert (tmp_path / "runs" / "samples" / row["file"]).stat().st_size == file_bytes
+        assert float(row["bpp"]) == pytest.approx(8 * file_bytes / (h * w), rel=1e-6)
+        assert float(row["bpp_z"]) == pytest.approx(14 * blocks / (h * w), rel=1e-6)
+        assert _finite(float(row["psnr"]))
+    assert summary["mean"]["bpp"] == pytest.approx(float(rows[0]["bpp"]))
+    assert _snapshot(REPO / "results" / "samples") == committed  # smoke runs never write into results/
+
