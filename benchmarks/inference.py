@@ -6,7 +6,7 @@ decoding, and the start-up of a whole `onedc decompress` process.
                                    [--out results/speed] [--no-macs]
 
 For each size (H x W) of the nano model (`build_model("nano_q3")`; with --sd15 also sd15 at the first size, one
-run): one warm-up at the first size, then the median of --repeats round trips (one at sizes above 2 Mpx) of the
+run): one warm-up (at the first size, at most 512x768), then the median of --repeats round trips (one at sizes above 2 Mpx) of the
 real `OneDC.compress` / `OneDC.decompress` with per-component wall times (onedc_lib.eval.timing: vae_enc, g_a,
 h_enc+z, prior_f64 (float64 h_dec + four-step prior), rans+rest; h_sem+g_s, unet, vae_dec) and the peak memory of
 each side (CPU: the process's RSS, sampled; CUDA: torch.cuda.max_memory_allocated). Decoding runs as
@@ -70,7 +70,8 @@ def bench_sizes(preset: str, sizes: list[tuple[int, int]], repeats: int, device:
                 reference: bool, macs: bool, overrides: dict | None = None) -> dict:
     model = build_model(preset, **(overrides or {})).to(device)
     _ = model.model_id
-    timed_round_trip(model, make_image(*sizes[0]).to(device))  # warm-up (allocator, oneDNN primitives)
+    warmup = (min(sizes[0][0], 512), min(sizes[0][1], 768))
+    timed_round_trip(model, make_image(*warmup).to(device))  # warm-up (allocator, oneDNN primitives)
     out = {"preset": preset, "overrides": dict(overrides or {}), "model_id": model.model_id.hex(), "decode_options": repr(model.decode_options),
            "params": model_sizes(model), "sizes": {}}
     for height, width in sizes:
