@@ -63,6 +63,7 @@ def median_of(runs: list[dict]) -> dict:
     median = {side: {k: statistics.median(r[side][k] for r in runs) for k in runs[0][side]}
               for side in ("encode", "decode")}
     median["peak_mb"] = {side: max(r["memory"][side]["peak_mb"] for r in runs) for side in ("encode", "decode")}
+    median["cpu_s"] = {side: statistics.median(r["cpu_s"][side] for r in runs) for side in ("encode", "decode")}
     return median
 
 
@@ -106,10 +107,12 @@ def bench_sizes(preset: str, sizes: list[tuple[int, int]], repeats: int, device:
 
 
 def markdown(report: dict) -> str:
-    lines = [f"# OneDC inference on {report['machine']['device']} ({report['machine']['processor']}, "
-             f"{report['machine']['torch_threads']} torch threads)", "",
-             f"Load: `{report['machine']['uptime_at_start']}` at the start, `{report['uptime_at_end']}` at the end "
-             "(another process trains on one of the cores). Random weights. Seconds: median of the runs.", ""]
+    machine = report["machine"]
+    lines = [f"# OneDC inference on {machine['device']} ({machine.get('gpu') or machine.get('cpu')}, "
+             f"{machine['torch_threads']} torch threads)", "",
+             f"Load: `{machine['uptime_at_start']}` at the start, `{report['uptime_at_end']}` at the end "
+             "(other processes share the 2 cores: wall times are inflated by the load; the CPU seconds of the "
+             "process are not). Random weights. Seconds: median of the runs (wall clock per component).", ""]
     for name, result in report["models"].items():
         if result.get("overrides"):
             lines += [f"{name} with overrides: `{json.dumps(result['overrides'])}`", ""]
@@ -120,8 +123,10 @@ def markdown(report: dict) -> str:
             for part in (*parts, "total"):
                 cells = [f"{result['sizes'][s]['median'][side][part]:.3f}" for s in sizes]
                 lines.append(f"| {part} | " + " | ".join(cells) + " |")
+            cells = [f"{result['sizes'][s]['median']['cpu_s'][side]:.3f}" for s in sizes]
+            lines.append("| CPU s of the process (all parts) | " + " | ".join(cells) + " |")
             cells = [f"{result['sizes'][s]['median']['peak_mb'][side]:.0f}" for s in sizes]
-            lines += ["| peak memory (MB) | " + " | ".join(cells) + " |", ""]
+            lines += ["| peak memory (RSS or CUDA allocated, MB) | " + " | ".join(cells) + " |", ""]
         first = next(iter(result["sizes"].values()))
         if "multistep" in first:
             lines += [f"## {name}: one step against k-step sampling ({first['height']}x{first['width']})", "",
