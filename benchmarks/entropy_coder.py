@@ -11,7 +11,9 @@ Cases (symbols are integers drawn with a per-symbol scale s):
 
 Coders, all single-threaded, each timed on a full encode and a full decode call (inputs prepared outside the
 timer), the coders interleaved within each repeat (the machine may be shared); enc_msym_s / dec_msym_s are the
-median of --repeats, *_best the fastest repeat (less sensitive to other load on the machine):
+median of --repeats, *_best the fastest repeat. The single-threaded calls are timed in the calling thread's CPU
+time (time.thread_time: all three coders run in it), so time the thread spends descheduled on a loaded machine
+does not count; only the all-cores variant of ours is timed on the wall clock:
   onedc         GaussianCoder (odc mode, our tables odc_tables(), 1 tile, 1 thread); indexes from
                 odc_tables().scale_to_index(s) (nearest of the 256 table scales in log space)
   compressai    compressai.ans.RansEncoder.encode_with_indexes / RansDecoder.decode_with_indexes, given OUR odc
@@ -137,9 +139,10 @@ def constriction_setup(symbols, scales):
 CODERS = {"onedc": onedc_setup, "compressai": compressai_setup, "constriction": constriction_setup}
 
 
-def time_coders(setups: dict, symbols: np.ndarray, repeats: int) -> dict:
+def time_coders(setups: dict, symbols: np.ndarray, repeats: int, wall: tuple = ()) -> dict:
     """Median encode and decode times of every coder, the coders interleaved in each repeat so that a change of
-    machine load hits them alike; one warm-up call each first (page faults, caches). -> {name: (enc, dec, bytes)}"""
+    machine load hits them alike; one warm-up call each first (page faults, caches). Thread CPU time, except for
+    the coders named in `wall` (multi-threaded: wall clock). -> {name: (enc, dec, best enc, best dec, bytes)}"""
     data = {}
     for name, (encode, decode, size) in setups.items():
         data[name] = encode()
@@ -147,12 +150,13 @@ def time_coders(setups: dict, symbols: np.ndarray, repeats: int) -> dict:
     times = {name: ([], []) for name in setups}
     for _ in range(repeats):
         for name, (encode, decode, _) in setups.items():
-            start = time.perf_counter()
+            clock = time.perf_counter if name in wall else time.thread_time
+            start = clock()
             encode()
-            middle = time.perf_counter()
+            middle = clock()
             decode(data[name])
             times[name][0].append(middle - start)
-            times[name][1].append(time.perf_counter() - middle)
+            times[name][1].append(clock() - middle)
     return {name: (statistics.median(times[name][0]), statistics.median(times[name][1]), min(times[name][0]),
                    min(times[name][1]), setups[name][2](data[name])) for name in setups}
 
@@ -191,7 +195,7 @@ def run(repeats: int, quick: bool) -> dict:
         setups = {name: setup(symbols, scales) for name, setup in CODERS.items()}
         setups["onedc_tiles4_threads1"] = onedc_setup(symbols, scales, 4, 1)
         setups["onedc_tiles4_all_cores"] = onedc_setup(symbols, scales, 4, 0)
-        timed = time_coders(setups, symbols, repeats)
+        timed = time_coders(setups, symbols, repeats, wall=("onedc_tiles4_all_cores",))
         results, extra = {}, {}
         for name, (t_enc, t_dec, best_enc, best_dec, size) in timed.items():
             n = len(symbols)

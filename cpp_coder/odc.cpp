@@ -25,8 +25,14 @@
 //
 // The hot loops avoid branches on renormalisation (cmov / adc; a rare second byte is a predictable branch),
 // swaps (2x unrolled: the two states alternate by position) and reloads through pointers that may alias the
-// output, and keep the states in registers (the rare paths work on copies). Measured (benchmarks/entropy_coder.py): with a random table per symbol the
-// decoder waits on the bucket lookups' cache misses; with few tables it runs at about 5 instructions a cycle.
+// output, and keep the states in registers (the rare paths work on copies). Measured (benchmarks/entropy_coder.py
+// and a C++ harness, AMD Zen 5): a fast symbol is about 42 instructions; with one table the loop is close to
+// both its issue limit and the two states' dependency chains, with a random table per symbol the bucket loads
+// miss L1 (the buckets of all 256 tables take ~600 KB). Tried and not kept: 4 or 8 interleaved states (+5-15%
+// with a random table per symbol, nothing with few; they would need a larger fixed cost), buckets sized for a
+// 0.5-2% or 6-8% fallback instead of 4% (slower: more memory, or more fallbacks; the fallback takes 1.4-3.3% of
+// the benchmark's symbols), 16-byte buckets holding the value, hoisting the index check out of the loop,
+// reading the bytes as a 32-bit word.
 #include <algorithm>
 #include <atomic>
 #include <climits>
