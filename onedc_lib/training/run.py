@@ -20,7 +20,8 @@ import sys
 from contextlib import contextmanager
 from pathlib import Path
 
-__all__ = ["SMOKE", "run_stage", "stage_arguments", "training_curves", "training_samples", "training_summary"]
+__all__ = ["SMOKE", "read_log", "run_stage", "stage_arguments", "training_curves", "training_samples",
+           "training_summary"]
 
 STAGES = {0: "onedc_lib.training.stage0", 1: "onedc_lib.training.stage1", 2: "onedc_lib.training.stage2"}
 # smoke=True (CI): a few steps on tiny crops, every step logged and sampled
