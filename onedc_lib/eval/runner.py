@@ -173,8 +173,12 @@ class _OneDC(_Codec):
 
 
 def _model_label(name: str) -> str:
+    """A bundled name or preset as it is; a folder by its name, a training run's OUT/model by its run's name."""
     path = Path(name)
-    return path.name if (os.sep in name or path.is_dir()) else name
+    if not (os.sep in name or path.is_dir()):
+        return name
+    path = path.resolve()
+    return path.parent.name if path.name == "model" and (path.parent / "log.csv").is_file() else path.name
 
 
 def parse_codec(codec_spec: str, qualities=None, device="cpu") -> _Codec:

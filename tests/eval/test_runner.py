@@ -254,3 +254,14 @@ def test_codec_and_folder_errors(tmp_path):
         list_images(tmp_path)
     (tmp_path / "a.jpg").unlink()
     assert [n for n, _ in list_images(tmp_path)] == ["a", "sub/b"]
+
+
+def test_model_labels_name_a_training_run_by_its_folder(tmp_path):
+    from onedc_lib.eval.runner import _model_label
+
+    run = tmp_path / "zonly_run"
+    (run / "model").mkdir(parents=True)
+    assert _model_label(str(run / "model")) == "model"  # a folder called model, no run around it
+    (run / "log.csv").write_text("step,loss\n")
+    assert _model_label(str(run / "model")) == "zonly_run"  # OUT/model of the training loop
+    assert _model_label(str(run)) == "zonly_run" and _model_label("nano_q3") == "nano_q3"

@@ -371,11 +371,12 @@ def test_40_zonly_extreme(run_notebook, train_out, tmp_path):
         keys = [k for k in before if k.startswith(prefix)]
         assert keys and any(not before[k].equal(after[k]) for k in keys) == trained, prefix
     results = tmp_path / "results" / "samples"
-    summary = json.loads((results / "zonly_onedc-model.json").read_text())
+    tag = f"onedc-{tmp_path.name}"  # the runner names a training run's model/ by the run's folder
+    summary = json.loads((results / f"zonly_{tag}.json").read_text())
     assert summary["z_bits_per_block"] == 14 and summary["images"] == 1
     import csv
 
-    with open(results / "zonly_onedc-model.csv", newline="") as f:
+    with open(results / f"zonly_{tag}.csv", newline="") as f:
         rows = list(csv.DictReader(f))
     for row in rows:
         h, w, file_bytes = int(row["height"]), int(row["width"]), int(row["file_bytes"])
