@@ -186,6 +186,7 @@ def fixed_costs() -> dict:
 # ---------------------------------------------------------------------------------------------------------- main
 
 def run(repeats: int, quick: bool) -> dict:
+    load_before = os.getloadavg()[0]  # the machine may be shared: its 1-minute load before and after
     rng = np.random.default_rng(2024)
     cases = {}
     for case, make in CASES.items():
@@ -213,7 +214,7 @@ def run(repeats: int, quick: bool) -> dict:
           ", ".join(f"{name} " + " / ".join(str(v) for v in c.values()) for name, c in costs.items()))
     return {"cases": cases, "fixed_cost_bytes": costs,
             "machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
-                        "repeats": repeats}}
+                        "repeats": repeats, "load_average_1min": [load_before, os.getloadavg()[0]]}}
 
 
 def print_case(case: str, results: dict) -> None:
