@@ -15,6 +15,7 @@ from safetensors import safe_open
 from onedc_lib import bundle as B
 from onedc_lib.bitstream import read_container
 from onedc_lib.cli import main
+from onedc_lib.config import load_config
 from onedc_lib.weights import BUNDLED_DIR, WeightsError, build_model, bundled_models, load_model, save_model
 
 CHECK = torch.rand(1, 3, 32, 48, generator=torch.Generator().manual_seed(1))
@@ -65,13 +66,20 @@ def test_bundle_loads_writes_its_id_and_records_provenance(source, dest, tmp_pat
     assert meta["dtype"] == "float16" and meta["shared"] and meta["model_id"] == p["model_id"]
     assert _dtypes(folder / "model.safetensors") <= {"F16", "I64"}
     assert all(_dtypes(folder / e["file"]) == {"F16"} for e in meta["shared"])
+    keys = []
+    for path in [folder / "model.safetensors", *(folder / e["file"] for e in meta["shared"])]:
+        with safe_open(path, "pt") as f:
+            keys += list(f.keys())
+    assert {k.split(".")[0] for k in keys} == {"codec", "generator", "vae"}  # inference parts only
+    assert any("lora_A" in k for k in keys) and len(keys) == len(set(keys))  # LoRA kept apart (not merged), once
 
     model = load_model("tiny")
     assert model.model_id.hex() == p["model_id"] != p["source_model_id"]  # float16 values: another model
     assert read_container(model.compress(CHECK).to_bytes()).model_id == model.model_id
     assert bundled_models() == ["tiny"]
 
-    assert p["preset"] == "nano_q3" and p["overrides"] == {} and p["lmbda"] == 4.6 and p["z_only"] is False
+    lmbda = load_config("nano_q3").loss.lmbda
+    assert p["preset"] == "nano_q3" and p["overrides"] == {} and p["lmbda"] == lmbda and p["z_only"] is False
     assert p["training"] == {"task": "stage1", "step": 20, "stage": 1}
     manifest = B.Path(B.__file__).parent / "data" / "nano_manifest.json"
     assert p["data_manifest"]["sha256"] == hashlib.sha256(manifest.read_bytes()).hexdigest()
@@ -133,7 +141,8 @@ def test_models_command_and_model_option(source, dest, tmp_path, capsys):
     assert "bundled nano_q3" in capsys.readouterr().out
     assert main(["models", "--json"]) == 0
     (info,) = json.loads(capsys.readouterr().out)
-    assert info["name"] == "nano_q3" and info["lmbda"] == 4.6 and info["z_only"] is False and info["default"]
+    assert info["name"] == "nano_q3" and info["lmbda"] == load_config("nano_q3").loss.lmbda
+    assert info["z_only"] is False and info["default"]
     assert info["bytes"] == B.bundle_bytes(dest) and info["preset"] == "nano_q3" and len(info["model_id"]) == 32
     assert main(["models"]) == 0
     assert "nano_q3 *" in capsys.readouterr().out
