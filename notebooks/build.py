@@ -344,6 +344,8 @@ seed: int = 0
         ("code", 'frame(result["points"])'),
         ("md", "## BD-rate against (c), percent (positive: more bits for the same quality)"),
         ("code", 'frame(result["bdrate"])'),
+        ("md", "How noisy: the same BD-rate on each test image alone (its own two-point curves)."),
+        ("code", 'frame(result["bdrate_per_image"])'),
         ("code", 'result["figure"]'),
     ],
 }

@@ -14,8 +14,8 @@ DISTS, LPIPS and FID; with two or three rates per variant the BD integral is the
                                 results_dir="results/ablation")
 
 Written: models and files under out_dir; under results_dir the runner's per-variant CSV + JSON, `points.csv`
-(one row per variant and lambda), `bdrate.csv` and `ablation.json` (all of it with the settings and provenance),
-and `rd_ablation.png`.
+(one row per variant and lambda), `bdrate.csv`, `bdrate_per_image.csv` (the BD-rates on each test image alone:
+how noisy the table is) and `ablation.json` (all of it with the settings and provenance), and `rd_ablation.png`.
 """
 from __future__ import annotations
 
@@ -27,7 +27,7 @@ import time
 import warnings
 from pathlib import Path
 
-__all__ = ["ANCHOR", "LABELS", "VARIANTS", "bd_table", "frame", "guidance_ablation", "rd_figure"]
+__all__ = ["ANCHOR", "LABELS", "VARIANTS", "bd_table", "frame", "guidance_ablation", "per_image_bd", "rd_figure"]
 
 VARIANTS = {
     "text": {"codec.guidance": "text", "loss.distill_weight": 0},
@@ -115,6 +115,38 @@ def bd_table(summaries: dict[str, dict], metrics=BD_METRICS, anchor: str = ANCHO
     return rows
 
 
+def per_image_bd(summaries: dict[str, dict], results_dir, metrics=("dists", "lpips"),
+                 anchor: str = ANCHOR) -> list[dict]:
+    """BD-rate (%) of each variant against the anchor on every test image alone (each image's own curves, from
+    the runner's per-image CSV rows): how much the pooled table depends on which few images were tested.
+    One row per variant, metric and image; None where that image's curves do not overlap."""
+    from .bdrate import bd_rate, higher_is_better
+
+    def rows(summary):
+        with open(Path(results_dir) / summary["csv"], newline="") as f:
+            return list(csv.DictReader(f))
+
+    anchor_rows = rows(summaries[anchor])
+    out = []
+    for variant, summary in summaries.items():
+        if variant == anchor:
+            continue
+        variant_rows = rows(summary)
+        for metric in metrics:
+            for name in summary["images"]["names"]:
+                a = [(float(r["bpp"]), float(r[metric])) for r in anchor_rows if r["name"] == name and r.get(metric)]
+                b = [(float(r["bpp"]), float(r[metric])) for r in variant_rows if r["name"] == name and r.get(metric)]
+                try:
+                    with warnings.catch_warnings():
+                        warnings.simplefilter("ignore")
+                        value = bd_rate(*zip(*a), *zip(*b), higher_is_better(metric), method="linear",
+                                        min_overlap=0)
+                except (ValueError, TypeError):
+                    value = None
+                out.append({"variant": variant, "metric": metric, "image": name, "bd_rate": value})
+    return out
+
+
 def rd_figure(summaries: dict[str, dict], metrics=("psnr", "lpips", "dists")):
     """RD curves of the variants (plotting.rd_curves), labelled (a), (b), (c)."""
     from ..plotting import rd_curves
@@ -181,9 +213,13 @@ def guidance_ablation(preset: str, lmbdas, test_images, out_dir, results_dir, *,
         for lmbda, point in zip(by_lmbda, summary["points"]):
             points.append({"variant": variant, "label": LABELS[variant], "lmbda": lmbda, "model": point["rate"],
                            **{k: point.get(k) for k in ("bpp", *metrics, "fid", "kid")}})
-    table = bd_table(summaries) if ANCHOR in summaries and len(summaries) > 1 else []
+    compared = ANCHOR in summaries and len(summaries) > 1
+    table = bd_table(summaries) if compared else []
+    per_image = per_image_bd(summaries, results_dir, [m for m in ("dists", "lpips") if m in metrics]) \
+        if compared else []
     atomic_write(results_dir / "points.csv", _csv_text(points).encode())
     atomic_write(results_dir / "bdrate.csv", _csv_text(table).encode())
+    atomic_write(results_dir / "bdrate_per_image.csv", _csv_text(per_image).encode())
     figure = rd_figure(summaries, metrics)
     figure.savefig(results_dir / "rd_ablation.png", dpi=80 if smoke else 150, bbox_inches="tight")
     result = json_safe({
@@ -192,7 +228,7 @@ def guidance_ablation(preset: str, lmbdas, test_images, out_dir, results_dir, *,
         "anchor": ANCHOR, "labels": LABELS, "steps": steps, "overrides": overrides or {}, "stage0": stage0,
         "data": data, "test_images": str(test_images), "seed": seed, "threads": threads, "smoke": smoke,
         "bd_method": "linear (polyline in log rate; two or three rates per variant)",
-        "points": points, "bdrate": table,
+        "points": points, "bdrate": table, "bdrate_per_image": per_image,
         "results": {v: Path(s["results_file"]).name for v, s in summaries.items()},
         "train_s": train_s, "elapsed_s": time.perf_counter() - started, "git_commit": git_commit(),
     })

@@ -268,7 +268,8 @@ def test_30_ablation_guidance(run_notebook, tmp_path):
     assert files and all("cap" in bitstream.read_file(f).section_names for f in files)  # the caption is sent
     assert (tmp_path / "results" / "rd_ablation.png").read_bytes().startswith(PNG)
     assert (tmp_path / "results" / "bdrate.csv").read_text().startswith("variant,label,anchor,bd_rate_dists")
-    assert _outputs(nb, "image/png") and len(_outputs(nb, "text/html")) == 2
+    assert (tmp_path / "results" / "bdrate_per_image.csv").is_file()
+    assert _outputs(nb, "image/png") and len(_outputs(nb, "text/html")) == 3
     assert _snapshot(REPO / "results" / "ablation") == committed  # smoke runs never write into results/
 
 
