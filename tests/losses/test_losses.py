@@ -180,10 +180,10 @@ def test_lpips_refuses_missing_or_wrong_weights(monkeypatch, tmp_path):
     monkeypatch.setenv("ONEDC_CACHE", str(tmp_path / "empty_cache"))  # nothing provisioned there
     with pytest.raises(LPIPSWeightsError, match="pretrained=False"):
         LPIPSLoss()
-    monkeypatch.setattr(rd, "_provisioned_vgg16", lambda: pytest.fail("weights were given"))
+    monkeypatch.setattr(rd, "_provisioned_backbone", lambda arch: pytest.fail("weights were given"))
     with pytest.raises(LPIPSWeightsError, match="not found"):
         LPIPSLoss(backbone_weights=tmp_path / "missing.pth")
-    with pytest.raises(LPIPSWeightsError, match="not a torchvision VGG16"):
+    with pytest.raises(LPIPSWeightsError, match="not a torchvision vgg16"):
         LPIPSLoss(backbone_weights={"features.0.weight": torch.zeros(64, 3, 3, 3)})
     with pytest.raises(ValueError):
         LPIPSLoss(backbone_weights={}, pretrained=False)
@@ -199,6 +199,30 @@ def test_lpips_with_provisioned_vgg16_weights():
     slight = loss((x + 0.02 * torch.randn_like(x)).clamp(0, 1), x)
     other = loss(torch.rand(1, 3, 64, 64), x)
     assert 0 < slight < other
+
+
+def test_lpips_alex_equals_the_lpips_metric_on_the_same_backbone():
+    """net='alex' (nano's training loss) is lpips' LPIPS-AlexNet itself: same numbers as the evaluation metric's
+    network when both hold the provisioned AlexNet; an unknown net is refused."""
+    import lpips
+
+    from onedc_lib.eval import weights as metric_weights
+
+    try:
+        loss = LPIPSLoss(net="alex")
+        features, _ = metric_weights.load_features_state_dict("alexnet")
+    except (LPIPSWeightsError, metric_weights.MetricWeightsError) as error:
+        pytest.skip(f"AlexNet weights not provisioned: {error}")
+    reference = lpips.LPIPS(net="alex", pretrained=True, pnet_rand=True, verbose=False).eval()
+    for name, param in reference.net.named_parameters():
+        _, index, kind = name.split(".")
+        param.data.copy_(features[f"features.{index}.{kind}"])
+    torch.manual_seed(0)
+    x, y = torch.rand(2, 3, 64, 64), torch.rand(2, 3, 64, 64)
+    torch.testing.assert_close(loss(y, x), reference(y * 2 - 1, x * 2 - 1).mean())
+    assert not any(isinstance(m, torch.nn.AvgPool2d) for m in loss.modules())  # pooling swap is VGG's only
+    with pytest.raises(ValueError, match="net must be one of"):
+        LPIPSLoss(net="squeeze")
 
 
 # ---------------------------------------------------------------------------------------------------- distillation

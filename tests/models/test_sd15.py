@@ -101,7 +101,9 @@ def test_zonly_preset_differs_only_by_z_only():
         assert getattr(zonly, part) == getattr(base, part), part
     assert dataclasses.replace(zonly.codec, z_only=False) == base.codec
     q1 = load_config("sd15_q1")
-    assert dataclasses.replace(zonly, name=q1.name, codec=q1.codec) == q1
+    # its training freezes the encoder side (train.freeze); nothing else differs from sd15_q1
+    assert zonly.train.freeze and all(p.startswith(("codec.enc", "codec.hyper_enc")) for p in zonly.train.freeze)
+    assert dataclasses.replace(zonly, name=q1.name, codec=q1.codec, train=q1.train) == q1
 
 
 def test_zonly_model_has_the_same_layout(sd15_meta):
