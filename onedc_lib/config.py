@@ -145,6 +145,9 @@ class TrainConfig:
     # Stage I: parameters of the OneDC model whose dotted names start with one of these stay frozen (the z-only
     # model fine-tunes the decoder side of a low-rate model: its encoder, codec.enc and codec.hyper_enc, is kept)
     freeze: tuple[str, ...] = ()
+    # Stage I: parameters made trainable besides the codec, LoRA, conv_in and vae_reduction (nano trains its
+    # generator's base UNet too: its teacher had minutes of training, not SD-1.5's); applied before `freeze`
+    unfreeze: tuple[str, ...] = ()
     stage2_lr: float = 1e-6  # generator: LoRA, conv_in, vae_reduction (codec frozen)
     stage2_critic_lr: float = 1e-6  # fake score UNet + GAN classifier
     stage2_steps: int = 1_000_000

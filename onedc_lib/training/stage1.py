@@ -103,21 +103,23 @@ def build_onedc(config: ModelConfig, pretrained: Pretrained) -> OneDC:
     return model.train()
 
 
-def freeze_parameters(model: nn.Module, prefixes) -> int:
-    """Parameters named `prefix` or `prefix.*` stop training (train.freeze); returns how many values froze.
-    A prefix that names no parameter is an error: a typo would otherwise train everything silently."""
+def freeze_parameters(model: nn.Module, prefixes, trainable: bool = False) -> int:
+    """Parameters named `prefix` or `prefix.*` stop training (train.freeze), or start (trainable=True,
+    train.unfreeze); returns how many values changed. A prefix that names no parameter is an error: a typo would
+    otherwise train everything (or nothing new) silently."""
     named = dict(model.named_parameters())
-    frozen = 0
+    option = "train.unfreeze" if trainable else "train.freeze"
+    changed = 0
     for prefix in prefixes:
         matched = [p for name, p in named.items() if name == prefix or name.startswith(prefix + ".")]
         if not matched:
-            raise ValueError(f"train.freeze: no parameter of the model is named {prefix!r} or {prefix!r}.* "
+            raise ValueError(f"{option}: no parameter of the model is named {prefix!r} or {prefix!r}.* "
                              f"(top-level modules: {', '.join(sorted({n.split('.')[0] for n in named}))})")
         for p in matched:
-            if p.requires_grad:
-                frozen += p.numel()
-            p.requires_grad_(False)
-    return frozen
+            if p.requires_grad != trainable:
+                changed += p.numel()
+            p.requires_grad_(trainable)
+    return changed
 
 
 def build_tokenizer(config: ModelConfig, pretrained: Pretrained) -> MaskGITTokenizer:
@@ -242,6 +244,7 @@ class Stage1Task(loop.Task):
         # Stage I trains the codec, the generator's LoRA / conv_in / vae_reduction (peft froze the base) and the
         # head; the VAE is frozen by construction.
         model.codec.requires_grad_(True)
+        freeze_parameters(model, config.train.unfreeze, trainable=True)
         freeze_parameters(model, config.train.freeze)
         head.requires_grad_(bool(config.loss.distill_weight))  # unused without distillation (DDP needs it frozen)
         if config.train.gradient_checkpointing:

@@ -69,3 +69,20 @@ def test_init_of_another_architecture_is_refused(low_rate_model):
     config = load_config("nano_zonly", {"codec.internal_ch": 96})
     with pytest.raises(ValueError, match="codec differ"):
         build_onedc(config, Pretrained(init_model=str(low_rate_model)))
+
+
+def test_unfreeze_trains_the_generator_base_and_freeze_still_wins():
+    from onedc_lib.training.stage1 import Stage1Task
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        plain = Stage1Task(load_config("nano", {"train.unfreeze": []}), lpips="off").model
+        task = Stage1Task(load_config("nano", {"train.unfreeze": ["generator.unet"],
+                                               "train.freeze": ["generator.unet.conv_out"]}), lpips="off")
+    base = lambda m: {n: p.requires_grad for n, p in m.generator.named_parameters() if "base_layer" in n}
+    assert base(plain) and not any(base(plain).values())  # peft's default: the base UNet frozen
+    assert all(base(task.model).values())
+    assert not any(p.requires_grad for n, p in task.model.generator.named_parameters() if "conv_out" in n)
+    assert not any(p.requires_grad for p in task.model.vae.parameters())
+    with pytest.raises(ValueError, match="train.unfreeze: no parameter"):
+        freeze_parameters(task.model, ["generator.unet2"], trainable=True)
