@@ -1,7 +1,8 @@
 """Bundling trained models into the package (onedc_lib/weights/<name>/), so that `onedc` works with no downloads,
 and listing what is bundled (`onedc models`).
 
-    python -m onedc_lib.bundle /work/runs/nano_q3/model --name nano_q3 --runs /work/runs/s0     # = onedc bundle
+    python -m onedc_lib.bundle runs/nano_q3/model --name nano_q3 --runs runs/s0     # = onedc bundle
+    onedc bundle runs/*/model --runs runs/s0        # several at once, each named after its preset
     onedc models --json
 
 A bundled model is a `weights.load_model_folder` folder:
@@ -310,8 +311,10 @@ def model_infos(dest=None) -> list[dict]:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("source", metavar="SRC_MODEL_DIR", help="a model folder written by training (weights.save_model)")
-    parser.add_argument("--name", required=True, help="the bundled name, e.g. nano_q3 (onedc --model NAME)")
+    parser.add_argument("sources", nargs="+", metavar="SRC_MODEL_DIR",
+                        help="model folders written by training (weights.save_model), e.g. runs/*/model")
+    parser.add_argument("--name", help="the bundled name (one source only; default: the model's preset, e.g. "
+                                       "nano_q3); `onedc --model NAME` selects it")
     parser.add_argument("--runs", nargs="+", default=[], metavar="DIR",
                         help="training run folders to record (log.csv; a stage-0 folder of parts counts too); "
                              "the source's parent is recorded when it is a run")
@@ -322,25 +325,45 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                                                       "$ONEDC_BUNDLED_DIR)")
 
 
+def _names(sources, name: str | None) -> list[str]:
+    """The bundled name of each source: `name` for a single source, else each model's preset (all different)."""
+    if name is not None:
+        if len(sources) != 1:
+            raise ValueError("--name names one model; with several sources each is named after its preset")
+        return [name]
+    names = []
+    for source in sources:
+        try:
+            names.append(json.loads((Path(source) / "config.json").read_text())["config"]["name"])
+        except (OSError, ValueError, KeyError) as e:
+            raise ValueError(f"{source}: no model config to name it by ({e}); give --name") from None
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    if repeated:
+        raise ValueError(f"several sources have the preset {', '.join(repeated)}: bundle them one by one with --name")
+    return names
+
+
 def run_from_args(args: argparse.Namespace) -> int:
-    """`onedc bundle`: one line of what was bundled; usage errors and unloadable models exit 2."""
+    """`onedc bundle`: one line per model bundled; usage errors and unloadable models exit 2."""
     import torch
 
     from .weights import WeightsError
 
     torch.set_num_threads(1)  # small models; keeps the check reproducible and the machine free
     try:
-        p = bundle(args.source, args.name, args.dest, args.runs, args.description, dtype=args.dtype)
+        for source, name in zip(args.sources, _names(args.sources, args.name)):
+            p = bundle(source, name, args.dest, args.runs, args.description, dtype=args.dtype)
+            check = p["fp16_check"]
+            shown = "" if check is None else (
+                f"; check on {check['image']}: {check['psnr_db']:.2f} dB against float32 (PSNR to the image "
+                f"{check['psnr_to_image_float32']:.2f} -> {check['psnr_to_image_bundled']:.2f} dB, "
+                f"{check['bpp_float32']:.4f} -> {check['bpp_bundled']:.4f} bpp)")
+            print(f"bundled {source} as {p['name']}: model id {p['model_id']}, {p['dtype']}{shown}; "
+                  f"{p['bytes'] / 1e6:.2f} MB, all bundled models {p['bundle_bytes'] / 1e6:.2f} MB "
+                  f"(limit {MAX_BUNDLE_BYTES / 1e6:.0f} MB)", flush=True)
     except (OSError, ValueError, WeightsError) as e:
         print(f"onedc: {e}", file=sys.stderr)
         return 2
-    check = p["fp16_check"]
-    shown = "" if check is None else (f"; check on {check['image']}: {check['psnr_db']:.2f} dB against float32 "
-                                      f"(PSNR to the image {check['psnr_to_image_float32']:.2f} -> "
-                                      f"{check['psnr_to_image_bundled']:.2f} dB, {check['bpp_float32']:.4f} -> "
-                                      f"{check['bpp_bundled']:.4f} bpp)")
-    print(f"bundled {p['name']}: model id {p['model_id']}, {p['dtype']}{shown}; {p['bytes'] / 1e6:.2f} MB, "
-          f"all bundled models {p['bundle_bytes'] / 1e6:.2f} MB (limit {MAX_BUNDLE_BYTES / 1e6:.0f} MB)")
     if p["bundle_bytes"] > MAX_BUNDLE_BYTES:
         print(f"onedc: warning: the bundled models exceed {MAX_BUNDLE_BYTES / 1e6:.0f} MB", file=sys.stderr)
     return 0

@@ -477,8 +477,9 @@ def _parser() -> argparse.ArgumentParser:
     models.add_argument("--json", action="store_true", help="print one JSON list of objects")
     models.set_defaults(run=_models)
     bundle = commands.add_parser("bundle", help="bundle a trained model folder into the package",
-                                 description="Copy a trained model folder (config.json + model.safetensors) into "
-                                             "onedc_lib/weights/NAME: float16 where it decodes within 45 dB of "
+                                 description="Copy trained model folders (config.json + model.safetensors) into "
+                                             "onedc_lib/weights/NAME (default NAME: the model's preset): float16 "
+                                             "where it decodes within 45 dB of "
                                              "float32, tensors shared between models stored once, provenance.json "
                                              "(commit, preset, overrides, training runs, data manifest sha256).")
     from onedc_lib.bundle import add_arguments as _bundle_arguments

@@ -137,8 +137,12 @@ def test_bad_bundles(source, dest):
 def test_models_command_and_model_option(source, dest, tmp_path, capsys):
     assert main(["models", "--json"]) == 0
     assert json.loads(capsys.readouterr().out) == []
-    assert main(["bundle", str(source), "--name", "nano_q3", "--dtype", "float32"]) == 0
-    assert "bundled nano_q3" in capsys.readouterr().out
+    assert main(["bundle", str(source), str(source), "--dtype", "float32"]) == 2
+    assert "several sources have the preset nano_q3" in capsys.readouterr().err
+    assert main(["bundle", str(source), str(source), "--name", "x"]) == 2
+    assert "--name names one model" in capsys.readouterr().err
+    assert main(["bundle", str(source), "--dtype", "float32"]) == 0  # named after its preset
+    assert f"bundled {source} as nano_q3" in capsys.readouterr().out
     assert main(["models", "--json"]) == 0
     (info,) = json.loads(capsys.readouterr().out)
     assert info["name"] == "nano_q3" and info["lmbda"] == load_config("nano_q3").loss.lmbda
