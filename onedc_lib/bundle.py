@@ -13,8 +13,10 @@ A bundled model is a `weights.load_model_folder` folder:
     provenance.json    where it came from: source folder and model id, git commit, preset and overrides, steps of
                        every training run, their last logged numbers, data manifest sha256, float16 check, date
     ../_shared/<sha256>.safetensors   every tensor group (same module, LoRA or not) of 128 KiB or more, named by
-                       the hash of its bytes: the frozen VAE and base UNet that all rate points of one stage 0
-                       share are stored once (six nano models in float16 are 49 MB apart, about 36 MB together)
+                       the hash of its bytes: what several models share is stored once (the VAE of one stage 0;
+                       the generator's base UNet where stage I keeps it frozen; the encoder side a z-only model
+                       keeps from its --init model). A nano model is 8.3 MB in float16, 0.5 MB of it the VAE, 2.5 MB
+                       the base UNet: six models fit in 40 MB only if they share the base UNet
 
 float16: floating tensors within float16's range are stored in float16 when the bundled model decodes a sample
 photograph within FP16_MIN_PSNR dB of the float32 source (each model decoding its own file); otherwise float32 is
