@@ -206,9 +206,9 @@ def test_stage2_trend_report(tmp_path):
     """First vs last fifth of a log's rows, against the expected direction of each stage-II quantity."""
     from onedc_lib.training.stage2 import trend_report
 
-    lines = ["step,critic/denoising,critic/classifier,critic/d_acc,generator/l1,generator/dmd"]
+    lines = ["step,critic/denoising,critic/classifier,critic/d_acc,generator/l1,generator/lpips,generator/dmd"]
     for step in range(1, 11):  # the generator logged every other row, as with generator_every > log_every
-        gen = f"{0.2 + 0.001 * step},{0.01 * step}" if step % 2 == 0 else ","
+        gen = f"{0.2 + 0.001 * step},{0.5 - 0.01 * step},{0.01 * step}" if step % 2 == 0 else ",,"
         lines.append(f"{step},{1.0 - 0.05 * step},{1.3 + 0.01 * step},{0.5},{gen}")
     (tmp_path / "log.csv").write_text("\n".join(lines) + "\n")
     report = trend_report(tmp_path / "log.csv")
@@ -216,7 +216,8 @@ def test_stage2_trend_report(tmp_path):
     assert report["critic/denoising"]["first"] == pytest.approx(0.925)
     assert report["critic/classifier"]["met"] is False  # rose: a critic that does not learn
     assert report["critic/d_acc"]["met"] is False  # flat at chance
-    assert report["generator/l1"]["met"] is True and report["generator/l1"]["rows_each"] == 1
+    assert report["generator/l1"]["met"] is True and report["generator/l1"]["rows_each"] == 1  # +4%
+    assert report["generator/lpips"]["met"] is True  # falling pixel terms are fine too
     assert report["generator/dmd"]["met"] is None and "generator/gan" not in report
 
 
