@@ -81,7 +81,7 @@ def _fp16_check(source, bundled, x=None) -> dict:
     """Both models compress and decompress the check image (x, [1, 3, H, W]; default the sample photograph);
     PSNR of one reconstruction against the other."""
     from .data.samples import sample_image
-    from .demo import psnr
+    from .eval.metrics import psnr
 
     name = "given image" if x is not None else f"{CHECK_IMAGE} (scikit-image)"
     x = sample_image(CHECK_IMAGE)[None] if x is None else x

@@ -170,10 +170,13 @@ def _demo(args: argparse.Namespace) -> int:
     except WeightsError as e:
         return _fail(EXIT_USAGE, str(e))
     rows = run_demo(model, args.out)
-    print(f"{'image':10} {'H x W':>10} {'bytes':>8} {'bpp':>8} {'PSNR':>7} {'enc s':>6} {'dec s':>6}")
+    scores = [k for k in ("psnr", "ms_ssim", "lpips", "dists") if k in rows[0]]
+    print(f"{'image':10} {'H x W':>10} {'bytes':>8} {'bpp':>8} " + " ".join(f"{k.upper():>7}" for k in scores)
+          + f" {'enc s':>6} {'dec s':>6}")
     for r in rows:
-        print(f"{r['name']:10} {r['height']:>4} x {r['width']:<4} {r['bytes']:>8} {r['bpp']:>8.4f} {r['psnr']:>7.2f} "
-              f"{r['enc_s']:>6.2f} {r['dec_s']:>6.2f}")
+        print(f"{r['name']:10} {r['height']:>4} x {r['width']:<4} {r['bytes']:>8} {r['bpp']:>8.4f} "
+              + " ".join(f"{r[k]:>7.{2 if k == 'psnr' else 4}f}" for k in scores)
+              + f" {r['enc_s']:>6.2f} {r['dec_s']:>6.2f}")
     print(f"files, reconstructions and results.json in {args.out}")
     return 0
 

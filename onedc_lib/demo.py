@@ -1,28 +1,39 @@
 """The main job: compress and decompress the sample photographs with a model, write the files, the
-reconstructions and a results table (bpp from the real files, PSNR; more metrics arrive with evaluation)."""
+reconstructions and a results table (bpp from the real files; PSNR, MS-SSIM, and LPIPS / DISTS where their
+weights are provisioned: `python -m onedc_lib.eval.weights`, which `make setup` runs)."""
 from __future__ import annotations
 
 import json
 import time
+import warnings
 from pathlib import Path
-
-import torch
 
 from .bitstream import atomic_write
 from .data.samples import SAMPLES, sample_image
 from .image_io import save_image
 
 
-def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
-    """PSNR on 8-bit values, as the evaluation protocol."""
-    a8, b8 = (a.clamp(0, 1) * 255).round(), (b.clamp(0, 1) * 255).round()
-    mse = torch.mean((a8 - b8) ** 2).item()
-    return float("inf") if mse == 0 else 10 * torch.log10(torch.tensor(255.0**2 / mse)).item()
+def demo_metrics():
+    """The evaluation's ImageMetrics: all four metrics, or PSNR and MS-SSIM (with a warning) when the LPIPS /
+    DISTS backbones are not provisioned. Returns (metrics, note on what is missing or None)."""
+    from .eval.metrics import ImageMetrics
+    from .eval.weights import MetricWeightsError
+
+    try:
+        return ImageMetrics(), None
+    except MetricWeightsError as error:
+        note = f"LPIPS and DISTS skipped: {error}"
+        warnings.warn(note, stacklevel=2)
+        return ImageMetrics(("psnr", "ms_ssim")), note
 
 
-def run_demo(model, out_dir: str | Path, names=tuple(SAMPLES)) -> list[dict]:
+def run_demo(model, out_dir: str | Path, names=tuple(SAMPLES), metrics=None) -> list[dict]:
+    """metrics: an ImageMetrics (default: `demo_metrics()`)."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    note = None
+    if metrics is None:
+        metrics, note = demo_metrics()
     rows = []
     for name in names:
         image = sample_image(name)
@@ -34,13 +45,14 @@ def run_demo(model, out_dir: str | Path, names=tuple(SAMPLES)) -> list[dict]:
         reconstruction = model.decompress_file(out_dir / f"{name}.odc", out_dir / f"{name}_decoded.png")[0]
         decode_s = time.perf_counter() - start
         file_bytes = (out_dir / f"{name}.odc").stat().st_size
+        scores = {k: v for k, v in metrics(image, reconstruction).items() if k in metrics.metrics}
         rows.append({
             "name": name, "height": image.shape[1], "width": image.shape[2], "bytes": file_bytes,
-            "bpp": 8 * file_bytes / (image.shape[1] * image.shape[2]), "psnr": psnr(image, reconstruction),
+            "bpp": 8 * file_bytes / (image.shape[1] * image.shape[2]), **scores,
             "enc_s": encode_s, "dec_s": decode_s, "licence": SAMPLES[name],
         })
         assert file_bytes == compressed.num_bytes
     summary = {"model": model.config.name, "model_id": model.model_id.hex(),
-               "untrained_parts": list(model.untrained_parts), "images": rows}
+               "untrained_parts": list(model.untrained_parts), "metrics_note": note, "images": rows}
     atomic_write(out_dir / "results.json", json.dumps(summary, indent=1).encode())
     return rows

@@ -3,7 +3,8 @@ import json
 import pytest
 
 from onedc_lib.data.samples import SAMPLES, sample_image
-from onedc_lib.demo import psnr, run_demo
+from onedc_lib.demo import run_demo
+from onedc_lib.eval.metrics import ImageMetrics
 from onedc_lib.weights import build_model
 
 
@@ -19,7 +20,7 @@ def test_samples_are_photographs_with_licences():
 
 def test_demo_writes_files_reconstructions_and_results(tmp_path):
     model = build_model("nano_q3")
-    rows = run_demo(model, tmp_path, names=("chelsea",))
+    rows = run_demo(model, tmp_path, names=("chelsea",), metrics=ImageMetrics(("psnr", "ms_ssim")))
     assert {p.name for p in tmp_path.iterdir()} == {"chelsea.png", "chelsea.odc", "chelsea_decoded.png",
                                                      "results.json"}
     row = rows[0]
@@ -28,9 +29,14 @@ def test_demo_writes_files_reconstructions_and_results(tmp_path):
     results = json.loads((tmp_path / "results.json").read_text())
     assert results["model_id"] == model.model_id.hex() and results["images"] == rows
     assert results["untrained_parts"] == ["codec", "generator", "vae"]
+    assert 5 < row["psnr"] < 60 and 0 < row["ms_ssim"] <= 1
 
 
-def test_psnr_on_8_bit_values():
-    a = sample_image("chelsea")
-    assert psnr(a, a) == float("inf")
-    assert psnr(a, (a + 1 / 255).clamp(0, 1)) == pytest.approx(48.13, abs=0.2)
+def test_demo_measures_lpips_and_dists_where_provisioned(tmp_path):
+    from onedc_lib.demo import demo_metrics
+
+    metrics, note = demo_metrics()
+    if note is not None:
+        pytest.skip(note)
+    rows = run_demo(build_model("nano_q3"), tmp_path, names=("coffee",), metrics=metrics)
+    assert 0 <= rows[0]["lpips"] <= 1.5 and 0 <= rows[0]["dists"] <= 1
