@@ -147,7 +147,7 @@ def test_stage1_overfits_one_image(tmp_path):
     from onedc_lib.training.stage1 import Stage1Task
 
     config = load_config("nano", {**TINY, "train.batch_size": 1, "train.stage1_lr": 5e-3, "train.warmup_steps": 5,
-                                  "loss.lmbda_warmup_steps": 0, "loss.lmbda": 0.05})
+                                  "loss.lmbda_warmup_steps": 0, "loss.lmbda": 0.05, "train.unfreeze": []})
     loop.seed_everything(0)
     task = _quiet(Stage1Task, config, lpips="off")
     image = _samples(1)[0][0][:, 200:264, 200:264]
