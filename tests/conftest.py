@@ -9,6 +9,18 @@ REPO = Path(__file__).resolve().parent.parent
 COMPAT_DIR = REPO.parent / "shared" / "compat"
 
 
+@pytest.fixture(scope="session", autouse=True)
+def one_thread():
+    """Every test runs torch on one thread: small tensors gain nothing from more, and on a busy machine OpenMP's
+    barriers make two threads many times slower than one. Tests that need other counts set them themselves."""
+    import torch
+
+    original = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(original)
+
+
 @pytest.fixture(scope="session")
 def compat_dir() -> Path:
     """The compatibility data beside the checkout (../shared/compat); tests that need it skip without it."""

@@ -21,14 +21,6 @@ from onedc_lib.weights import BUNDLED_DIR, WeightsError, build_model, bundled_mo
 CHECK = torch.rand(1, 3, 32, 48, generator=torch.Generator().manual_seed(1))
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    original = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(original)
-
-
 @pytest.fixture(scope="module")
 def source(tmp_path_factory):
     """A trained-model folder as stage I leaves it: OUT/model beside OUT/log.csv (random weights; tiny run)."""

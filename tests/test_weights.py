@@ -16,16 +16,6 @@ from onedc_lib.weights import (
 )
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Small images gain nothing from more threads, and on a busy machine OpenMP's barriers make two threads
-    many times slower than one."""
-    original = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(original)
-
-
 @pytest.fixture(scope="module")
 def model():
     return build_model("nano_q3")

@@ -22,15 +22,6 @@ from onedc_lib.data.transforms import (BatchCollate, StepBatchSampler, TrainTran
 from onedc_lib.image_io import ImageError
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny tensors gain nothing from threads, and the machine is shared."""
-    original = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(original)
-
-
 def smooth(height: int, width: int, seed: int = 0) -> np.ndarray:
     """A uint8 [H, W, 3] picture with structure at every scale (random 6x6 colours, bicubic up), unlike noise."""
     small = np.random.default_rng(seed).integers(0, 256, (6, 6, 3), dtype=np.uint8)

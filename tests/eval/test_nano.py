@@ -17,14 +17,6 @@ from onedc_lib.image_io import save_image
 from onedc_lib.weights import WeightsError, build_model, save_model
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    original = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(original)
-
-
 @pytest.fixture
 def data(tmp_path, monkeypatch):
     """A prepared-data folder with two test photographs and the manifest that lists them."""

@@ -19,14 +19,6 @@ SHORT_JPEG = (10, 30, 50, 70)
 SHORT_WEBP = (20, 40, 60, 80)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _write_crops(folder: Path, size: tuple[int, int], names=("astronaut", "coffee", "chelsea")) -> Path:
     from onedc_lib.data.samples import sample_image
     from onedc_lib.image_io import save_image

@@ -6,14 +6,6 @@ from onedc_lib.eval.timing import PeakMemory, make_image, multistep_decode, time
 from onedc_lib.weights import build_model
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    original = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(original)
-
-
 def test_peak_memory_sees_a_short_lived_allocation():
     with PeakMemory("cpu", interval=0.001) as peak:
         block = torch.ones(64 * 2**20 // 4)  # 64 MiB, touched

@@ -25,15 +25,6 @@ NANO = load_config("nano_q3")
 TOKENS = (2, 3, NANO.generator.unet["cross_attention_dim"])  # a caption-like [B, N, D] condition
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny tensors gain nothing from threads, and on a shared machine OpenMP oversubscription is very slow."""
-    original = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(original)
-
-
 def tiny_unet(seed: int) -> UNet2DConditionModel:
     """A plain UNet2DConditionModel as the nano generator's base UNet (4-ch latents, 64-wide tokens)."""
     torch.manual_seed(seed)

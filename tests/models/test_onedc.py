@@ -22,16 +22,6 @@ from onedc_lib.weights import build_model
 SIZES = [(1, 1), (63, 65), (64, 64), (100, 130), (130, 200)]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Small images gain nothing from more threads, and on a busy machine OpenMP's barriers make two threads
-    many times slower than one. Tests that need other thread counts set them (see `threads`)."""
-    original = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(original)
-
-
 @pytest.fixture(scope="module")
 def model():
     return build_model("nano_q3")

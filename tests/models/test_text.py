@@ -15,14 +15,6 @@ from onedc_lib.models.text import TextGuidance, load_text_encoder, resolve_text_
 WORDS = ["a", "cat", "dog", "on", "the", "mat", "red", "boat"]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture
 def offline(monkeypatch):
     """Any attempt to open a network connection fails the test."""

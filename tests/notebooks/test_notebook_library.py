@@ -12,14 +12,6 @@ from onedc_lib.notebook import output_dir
 from onedc_lib.widgets import RateExplorer, available_models, load_demo_image
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def test_rate_ladder_orders_zonly_then_q1_up_and_marks_untrained():
     ladder = available_models("nano")
     names = [c.name for c in ladder]

@@ -16,14 +16,6 @@ from onedc_lib.weights import build_model, save_model
 TINY = {**SMOKE, "train.batch_size": 1, "train.sample_every": 0}
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture
 def low_rate_model(tmp_path):
     """A nano_q1 model folder (seeded random weights: what matters here is which weights move)."""

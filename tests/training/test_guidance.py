@@ -12,14 +12,6 @@ TINY = {"train.crop": 64, "train.batch_size": 2, "train.log_every": 1, "train.sa
         "train.warmup_steps": 1, "loss.distill_weight": 0}
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _task(config):
     from onedc_lib.training.stage1 import Stage1Task
 

@@ -6,7 +6,6 @@ import argparse
 import warnings
 
 import pytest
-import torch
 
 from onedc_lib.training import loop
 from onedc_lib.training.run import (
@@ -20,14 +19,6 @@ from onedc_lib.training.run import (
 from onedc_lib.training.stage1 import add_pretrained_arguments
 
 TINY = {**SMOKE, "train.batch_size": 1}
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def _parse(args: list[str]):

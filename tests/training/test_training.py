@@ -30,14 +30,6 @@ TINY = {"train.crop": 64, "train.batch_size": 2, "train.log_every": 1, "train.sa
         "train.warmup_steps": 1, "train.keep_last": 10}
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _env() -> dict:
     return {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
             "CUDA_VISIBLE_DEVICES": ""}
