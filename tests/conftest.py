@@ -21,6 +21,16 @@ def one_thread():
     torch.set_num_threads(original)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def no_bundled_models(tmp_path_factory):
+    """Tests see no bundled models ($ONEDC_BUNDLED_DIR = an empty folder, inherited by the processes they start):
+    preset names then mean seeded random weights whatever is committed in onedc_lib/weights/. Tests of the
+    bundled models themselves read onedc_lib.weights.BUNDLED_DIR or undo this with monkeypatch."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("ONEDC_BUNDLED_DIR", str(tmp_path_factory.mktemp("no_bundled_models")))
+        yield
+
+
 @pytest.fixture(scope="session")
 def compat_dir() -> Path:
     """The compatibility data beside the checkout (../shared/compat); tests that need it skip without it."""

@@ -166,6 +166,29 @@ def test_models_command_runs_as_a_program(dest):
     assert result.returncode == 0 and json.loads(result.stdout) == []
 
 
+def test_the_bundled_default_model_round_trips_a_photo(monkeypatch):
+    """The committed default model (README command 1) loads without a warning, writes files with its id and
+    decodes them to something like the photograph."""
+    import warnings
+
+    from onedc_lib.data.samples import sample_image
+    from onedc_lib.eval.metrics import psnr
+    from onedc_lib.weights import DEFAULT_MODEL, load_model
+
+    if DEFAULT_MODEL not in bundled_models(BUNDLED_DIR):
+        pytest.skip("no bundled default model")
+    monkeypatch.delenv("ONEDC_BUNDLED_DIR")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        model = load_model(None)
+    meta = json.loads((BUNDLED_DIR / DEFAULT_MODEL / "config.json").read_text())
+    assert model.model_id.hex() == meta["model_id"] and not model.untrained_parts
+    x = sample_image("coffee")[None, :, :128, :192]
+    data = model.compress(x).to_bytes()
+    assert data[8:8 + 1] and bytes.fromhex(meta["model_id"]) in data
+    assert psnr(x, model.decompress(data)) > 12
+
+
 def test_the_package_bundle_fits():
     """issue 7: every bundled model together within 40 MB, each with its provenance."""
     assert B.bundle_bytes(BUNDLED_DIR) <= B.MAX_BUNDLE_BYTES

@@ -381,7 +381,9 @@ def test_tiled_vae_decoding_of_a_file(model):
     whole = model.decompress(data)
     tiled = decoded_with(model, data, DecodeOptions(vae_tile=48))
     assert tiled.shape == whole.shape and not torch.equal(tiled, whole)
-    assert psnr01(tiled, whole) > 30  # random weights (see tests/models/test_vae.py for the seams)
+    # random weights, whose GroupNorm statistics swing the most between tiles (nano: 2 groups); a misplaced or
+    # unblended tile gives < 10 dB. Seams and the trained-VAE numbers: tests/models/test_vae.py, results/speed/.
+    assert psnr01(tiled, whole) > 15
 
 
 def test_compiled_decoder_decodes_alike():
