@@ -116,8 +116,11 @@ def _run_all_cells(page, attempts: int = 4) -> None:
         choose = page.locator(".jp-Dialog button", has_text=re.compile(r"^Select$"))
         if choose.count():  # a kernel-choice dialog: the notebook's own kernel
             choose.first.click()
-        page.locator(".lm-MenuBar-itemLabel", has_text=re.compile(r"^Run$")).first.click()
-        page.locator(".lm-Menu-itemLabel", has_text=re.compile(r"^Run All Cells$")).first.click()
+        try:  # the dialog may also open just after the check: it then blocks the menu, and the next round picks it
+            page.locator(".lm-MenuBar-itemLabel", has_text=re.compile(r"^Run$")).first.click(timeout=5_000)
+            page.locator(".lm-Menu-itemLabel", has_text=re.compile(r"^Run All Cells$")).first.click(timeout=5_000)
+        except PlaywrightTimeout:
+            continue
         try:
             started.wait_for(timeout=15_000)
             return
