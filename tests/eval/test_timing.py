@@ -1,8 +1,8 @@
 """onedc_lib.eval.timing's memory and multi-step measurements on the nano model (CPU, seconds)."""
+import mmap
 import time
 
 import pytest
-import torch
 
 from onedc_lib.eval.timing import PeakMemory, make_image, multistep_decode, timed_round_trip
 from onedc_lib.weights import build_model
@@ -10,10 +10,13 @@ from onedc_lib.weights import build_model
 
 def test_peak_memory_sees_a_short_lived_allocation():
     with PeakMemory("cpu", interval=0.001) as peak:
-        block = torch.ones(64 * 2**20 // 4)  # 64 MiB, touched
-        block.add_(1)
-        time.sleep(0.2)  # long enough for a sampler thread that a loaded machine schedules late; gone at the end
-        del block
+        # 64 MiB of fresh anonymous pages, every one touched (a tensor could reuse memory that earlier tests left
+        # resident in the allocator, and raise no RSS), held long enough for a sampler a loaded machine runs late
+        block = mmap.mmap(-1, 64 * 2**20)
+        for offset in range(0, len(block), mmap.PAGESIZE):
+            block[offset] = 1
+        time.sleep(0.2)
+        block.close()
     report = peak.as_dict()
     assert report["kind"] == "rss" and report["added_mb"] > 48
     assert report["peak_mb"] >= report["start_mb"] + report["added_mb"] - 1e-6
