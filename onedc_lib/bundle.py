@@ -253,6 +253,9 @@ def bundle(source, name: str, dest=None, runs=(), description: str = "",
         shutil.rmtree(old, ignore_errors=True)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+    from .models.export import bundle_graph
+
+    bundle_graph(model, dest)  # `onedc decompress` then decodes without importing diffusers (models/export.py)
     _prune(dest)
     provenance["bytes"] = _model_bytes(dest / name)
     provenance["bundle_bytes"] = bundle_bytes(dest)
@@ -268,10 +271,20 @@ def _referenced(dest: Path) -> set[str]:
 
 
 def _prune(dest: Path) -> None:
-    """Removes the shared files that no bundled model refers to."""
+    """Removes the shared files that no bundled model refers to, and the exported graphs that no bundled model's
+    architecture (with this torch, diffusers and peft) uses."""
+    from .config import config_from_dict
+    from .models.export import BUNDLED_GRAPHS, graph_key
+    from .weights import bundled_models
+
     keep = _referenced(dest)
     for path in (dest / SHARED).glob("*.safetensors"):
         if path.name not in keep:
+            path.unlink()
+    keys = {graph_key(config_from_dict(json.loads((dest / name / "config.json").read_text())["config"]))
+            for name in bundled_models(dest)}
+    for path in (dest / BUNDLED_GRAPHS).glob("*.pt"):
+        if path.stem not in keys:
             path.unlink()
 
 

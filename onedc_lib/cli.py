@@ -78,7 +78,7 @@ def _info(args: argparse.Namespace) -> int:
     return 0
 
 
-def _load_model(name: str | None):
+def _load_model(name: str | None, decode_only: bool = False):
     """load_model, with its warnings (untrained weights) printed as one line each on stderr."""
     import warnings
 
@@ -86,7 +86,7 @@ def _load_model(name: str | None):
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        model = load_model(name)
+        model = load_model(name, decode_only=decode_only)
     for w in caught:
         print(f"onedc: warning: {w.message}", file=sys.stderr)
     return model
@@ -107,12 +107,10 @@ def _jobs(args: argparse.Namespace, suffixes: set[str], out_suffix: str) -> list
     return [(str(p), str((target / p.relative_to(source)).with_suffix(out_suffix))) for p in files]
 
 
-def _run_jobs(args: argparse.Namespace, suffixes: set[str], out_suffix: str, work) -> int:
+def _run_jobs(args: argparse.Namespace, suffixes: set[str], out_suffix: str, work, decode_only: bool = False) -> int:
     """Runs work(model, src, dst) -> one line per job, with a progress bar for folders; bad files are reported
-    and skipped (exit code 1 at the end), the others still done."""
+    and skipped (exit code 1 at the end), the others still done. decode_only: see weights.load_model."""
     from pathlib import Path
-
-    from tqdm import tqdm
 
     from onedc_lib.bitstream import BitstreamError
     from onedc_lib.image_io import ImageError
@@ -123,14 +121,19 @@ def _run_jobs(args: argparse.Namespace, suffixes: set[str], out_suffix: str, wor
     except FileNotFoundError as e:
         return _fail(EXIT_USAGE, str(e))
     try:
-        model = _load_model(args.model)
+        model = _load_model(args.model, decode_only)
     except WeightsError as e:
         return _fail(EXIT_USAGE, str(e))
     code = 0
-    for src, dst in tqdm(jobs, disable=len(jobs) < 2, unit="file", desc=args.command):
+    progress, write = jobs, print
+    if len(jobs) > 1:  # a progress bar for folders (tqdm is imported only then)
+        from tqdm import tqdm
+
+        progress, write = tqdm(jobs, unit="file", desc=args.command), tqdm.write
+    for src, dst in progress:
         try:
             Path(dst).parent.mkdir(parents=True, exist_ok=True)
-            tqdm.write(work(model, src, dst))
+            write(work(model, src, dst))
         except (ImageError, BitstreamError) as e:
             code = max(code, _fail(EXIT_BAD_FILE, str(e) if src in str(e) else f"{src}: {e}"))
         except OSError as e:  # unreadable input, unwritable output: report it and go on with the other files
@@ -154,10 +157,12 @@ def _compress(args: argparse.Namespace) -> int:
 
 def _decompress(args: argparse.Namespace) -> int:
     def work(model, src, dst):
+        model.decode_options.exported = not args.reference
         image = model.decompress_file(src, dst)
         return f"{src} -> {dst}: {image.shape[-2]}x{image.shape[-1]}"
 
-    return _run_jobs(args, {".odc"}, ".png", work)
+    # the exported graph of the generator and VAE decoder: no diffusers import, a fast start (models/export.py)
+    return _run_jobs(args, {".odc"}, ".png", work, decode_only=not args.reference)
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -399,6 +404,10 @@ def _parser() -> argparse.ArgumentParser:
             command.add_argument("--caption", metavar="TEXT",
                                  help="the caption a text-guided model (codec.guidance: text) sends in the file "
                                       "(default: <image>.txt beside the image, else the shipped nano caption)")
+        else:
+            command.add_argument("--reference", action="store_true",
+                                 help="decode with the diffusers generator and VAE (the reference path) instead "
+                                      "of their exported graph (same bitstreams; images within float rounding)")
         command.set_defaults(run=run)
     demo = commands.add_parser("demo", help="compress and decompress the sample photographs",
                                description="Compress and decompress the sample photographs (shipped with "

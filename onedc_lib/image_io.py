@@ -66,6 +66,9 @@ def save_image(image: torch.Tensor, path: str | os.PathLike) -> None:
     from PIL import Image
 
     path = Path(path)
+    suffix = path.suffix.lower()
+    Image.preinit()  # the common formats; registered_extensions() imports all of PIL's plugins (slower start-up)
+    image_format = Image.EXTENSION.get(suffix) or Image.registered_extensions().get(suffix, "PNG")
     buffer = io.BytesIO()
-    Image.fromarray(to_uint8(image)).save(buffer, format=Image.registered_extensions().get(path.suffix.lower(), "PNG"))
+    Image.fromarray(to_uint8(image)).save(buffer, format=image_format)
     atomic_write(path, buffer.getvalue())

@@ -74,8 +74,8 @@ def save_model(model, folder: str | os.PathLike, provenance: dict | None = None)
     return folder
 
 
-def load_model_folder(folder: str | os.PathLike):
-    """A folder written by save_model."""
+def load_model_folder(folder: str | os.PathLike, decode_only: bool = False):
+    """A folder written by save_model. decode_only: see load_model."""
     from .models.onedc import OneDC
 
     folder = Path(folder)
@@ -87,7 +87,6 @@ def load_model_folder(folder: str | os.PathLike):
         config = config_from_dict(meta["config"])
     except (ValueError, KeyError, TypeError) as error:
         raise WeightsError(f"{config_path} is not a valid model config ({error})") from None
-    model = OneDC(config)
     tensors = _read_safetensors(folder / "model.safetensors")
     for entry in meta.get("shared", []):
         shared = _read_safetensors(folder / entry["file"])
@@ -96,8 +95,13 @@ def load_model_folder(folder: str | os.PathLike):
             raise WeightsError(f"{folder}: {entry['file']} repeats tensors of model.safetensors "
                                f"({sorted(overlap)[0]}, ...)")
         tensors.update(shared)
-    _load_strict(model, tensors, f"{folder}/model.safetensors" + (" with its shared files" if meta.get("shared")
-                                                                  else ""))
+    what = f"{folder}/model.safetensors" + (" with its shared files" if meta.get("shared") else "")
+    model = _decoder(config, tensors, what) if decode_only else None
+    if model is None:
+        model = OneDC(config)
+        _load_strict(model, tensors, what)
+        if decode_only:
+            _attach_graph(model)
     saved_id = meta.get("model_id")
     if saved_id is not None and saved_id != model.model_id.hex():
         raise WeightsError(
@@ -108,6 +112,32 @@ def load_model_folder(folder: str | os.PathLike):
     return model.eval()
 
 
+def _decoder(config, tensors: dict[str, torch.Tensor], what: str):
+    """A decode-only model with the exported graph of its architecture, or None where no graph is at hand. The
+    tensors are cast as loading them into the whole (float32) model would, so its model id is the same."""
+    from .models.export import find_graph
+    from .models.onedc import OneDC, model_id_of
+
+    tensors = {k: v.to(torch.float32) if v.is_floating_point() else v for k, v in tensors.items()}
+    graph = find_graph(config, tensors)
+    if graph is None:
+        return None
+    model = OneDC(config, decode_only=True)
+    own = model.state_dict().keys()
+    _load_strict(model, {k: v for k, v in tensors.items() if k in own}, what)
+    model.decoder_graph = graph
+    model._model_id = model_id_of(config, tensors)
+    return model.eval()
+
+
+def _attach_graph(model) -> None:
+    """The exported graph of a whole model (found, or exported into the user cache now), so that it decodes as
+    a decode-only model of it does."""
+    from .models.export import cached_graph
+
+    model.decoder_graph = cached_graph(model)
+
+
 def bundled_models(folder: str | os.PathLike | None = None) -> list[str]:
     """Names of the bundled models: folders of `folder` (default bundled_dir()) with a config.json, except names
     starting with "." or "_" (temporary folders, shared tensor files)."""
@@ -115,13 +145,17 @@ def bundled_models(folder: str | os.PathLike | None = None) -> list[str]:
     return sorted(p.name for p in folder.glob("*") if p.name[:1] not in "._" and (p / "config.json").is_file())
 
 
-def load_model(name_or_path: str | None = None):
-    """None: the default bundled model. Else a bundled model name, a model folder, or a preset name (random)."""
+def load_model(name_or_path: str | None = None, decode_only: bool = False):
+    """None: the default bundled model. Else a bundled model name, a model folder, or a preset name (random).
+
+    decode_only: a model that decodes with the exported graph of its generator and VAE decoder (models/export.py)
+    and imports neither diffusers nor peft; where no graph exists yet, the whole model, with its graph exported
+    into the user cache now (so later loads are fast). It cannot compress."""
     name = name_or_path or DEFAULT_MODEL
     if name in bundled_models():
-        return load_model_folder(bundled_dir() / name)
+        return load_model_folder(bundled_dir() / name, decode_only)
     if Path(name).is_dir():
-        return load_model_folder(name)
+        return load_model_folder(name, decode_only)
     from .config import preset_names
 
     if name in preset_names():
@@ -129,7 +163,10 @@ def load_model(name_or_path: str | None = None):
             f"no trained weights for {name!r}: using seeded random weights (UNTRAINED; reconstructions are "
             "meaningless, bitstreams are real)", stacklevel=2,
         )
-        return build_model(name)
+        model = build_model(name)
+        if decode_only:
+            _attach_graph(model)
+        return model
     raise WeightsError(
         f"unknown model {name!r}: not a bundled model ({', '.join(bundled_models()) or 'none'}), "
         f"not a model folder, not a preset ({', '.join(preset_names())})"

@@ -5,7 +5,6 @@ with a stride-2 conv (so it runs from 1/16), its timestep is the constant 999, i
 two downsamplings, 1/64) is `sem`, and its regular output feeds a VQGAN/DCVC-style tail that produces y.
 """
 import torch
-from diffusers import UNet2DModel
 from torch import nn
 
 from ..config import CodecConfig
@@ -23,6 +22,8 @@ class AnalysisTransform(nn.Module):
         super().__init__()
         if len(cfg.unet_ch) != len(DOWN_BLOCKS):
             raise ValueError(f"g_a's UNet has {len(DOWN_BLOCKS)} levels, got unet_ch={cfg.unet_ch}")
+        from diffusers import UNet2DModel  # here, not at import: decoding needs no g_a (and no diffusers)
+
         width = cfg.unet_ch[0]
         self.pix_emb = nn.Conv2d(3, cfg.patch_ch, PATCH, stride=PATCH)
         self.pix_fusion = conv1x1(cfg.patch_ch + cfg.cond_ch, cfg.unet_in_ch)

@@ -37,19 +37,21 @@ class Codec(FourStepPrior):
 
     `forward` is the codec's (x, cond) -> CodecOutput; the prior's own forward stays reachable as
     `FourStepPrior.forward(codec, y, hyper_params)`, and encode_steps / decode_steps are inherited as they are.
+    `encoder=False` leaves out g_a and h_enc (a decoder: its state_dict lacks their keys, and g_a's diffusers UNet
+    is never built or imported).
     """
 
-    def __init__(self, cfg: CodecConfig):
+    def __init__(self, cfg: CodecConfig, encoder: bool = True):
         super().__init__(cfg.bottleneck_ch)
         # The release registers its transforms first and the prior modules last: re-register them after.
         prior = list(self.named_children())
         for name, _ in prior:
             delattr(self, name)
         self.cfg = cfg
-        self.enc = AnalysisTransform(cfg)
+        self.enc = AnalysisTransform(cfg) if encoder else None
         self.dec = SynthesisTransform(cfg)
         self.semantic_adaptor = SemanticAdaptor(cfg)
-        self.hyper_enc = HyperEncoder(cfg)
+        self.hyper_enc = HyperEncoder(cfg) if encoder else None
         self.hyper_dec = HyperDecoder(len(cfg.fsq_levels), cfg.bottleneck_ch)
         self.z_vq = FSQ(list(cfg.fsq_levels))
         for name, module in prior:

@@ -24,9 +24,7 @@ from ..entropy.coder import GaussianCoder
 from ..entropy.context import NUM_STEPS
 from ..entropy.tables import odc_tables
 from .codec import Codec
-from .generator import OneStepGenerator
 from .text import TextGuidance
-from .vae import VAE
 
 PAD = 64  # the codec works on multiples of 64 (z is at 1/64)
 UNTRAINED_NOTE = "note"  # section written only by models with untrained parts (random weights)
@@ -61,12 +59,15 @@ class DecodeOptions:
     channels_last: NHWC activations (oneDNN's and cuDNN's faster convolutions); results differ from NCHW by
     float rounding only. dtype: autocast dtype of the image path; None = bfloat16 on CUDA, float32 elsewhere
     (CPUs without bf16 matrix units are slower in bf16). compile_backend: torch.compile the generator and the
-    VAE decoder with this backend on first use (e.g. "inductor"; None = eager). vae_tile: see VAE.decode."""
+    VAE decoder with this backend on first use (e.g. "inductor"; None = eager). vae_tile: see VAE.decode.
+    exported: run the generator and the VAE decoder as the model's exported graph (`models/export.py`, no diffusers)
+    where it applies (float32, no compile, the latent within one VAE tile); False = always the diffusers modules."""
 
     channels_last: bool = True
     dtype: torch.dtype | None = None
     compile_backend: str | None = None
     vae_tile: int | None = None  # None: the VAE's decode_tile
+    exported: bool = True
 
     def autocast_dtype(self, device: torch.device) -> torch.dtype:
         if self.dtype is not None:
@@ -74,7 +75,7 @@ class DecodeOptions:
         return torch.bfloat16 if device.type == "cuda" else torch.float32
 
 
-REFERENCE_DECODING = DecodeOptions(channels_last=False, dtype=torch.float32)  # the plain path (tests compare)
+REFERENCE_DECODING = DecodeOptions(channels_last=False, dtype=torch.float32, exported=False)  # the plain path
 
 
 class OneDCOutput(NamedTuple):
@@ -91,13 +92,37 @@ def pad_to_multiple(x: torch.Tensor, multiple: int = PAD) -> torch.Tensor:
     return F.pad(x, (0, -w % multiple, 0, -h % multiple), mode="replicate")
 
 
+def model_id_of(config: ModelConfig, state_dict: dict[str, torch.Tensor]) -> bytes:
+    """16 bytes of SHA-256 over the decoding config and every tensor of the whole model's state_dict."""
+    # Only what decoding computes with: the loss, training and teacher settings do not change a file.
+    decoding = {k: config_to_dict(config)[k] for k in ("codec", "generator", "vae")}
+    if config.codec.guidance == "hyperprior":  # the text fields do not decode anything then:
+        for key in TEXT_FIELDS:                 # the ids of hyperprior models stay what they were
+            decoding["codec"].pop(key)
+    h = hashlib.sha256(json.dumps(decoding, sort_keys=True).encode())
+    for name, tensor in sorted(state_dict.items()):
+        h.update(name.encode())
+        h.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return h.digest()[:16]
+
+
 class OneDC(nn.Module):
-    def __init__(self, config: ModelConfig):
+    """The whole model; `decode_only=True` builds a decoder without g_a, h_enc, the generator and the VAE, whose
+    generator and VAE decoder come from an exported graph (`weights.load_model(..., decode_only=True)` attaches it
+    and sets the model id from the whole model's tensors) and need neither diffusers nor peft."""
+
+    def __init__(self, config: ModelConfig, decode_only: bool = False):
         super().__init__()
         self.config = config
-        self.codec = Codec(config.codec)
-        self.generator = OneStepGenerator(config.generator, config.codec.ctrl_ch)
-        self.vae = VAE(config.vae)
+        self.decode_only = decode_only
+        self.codec = Codec(config.codec, encoder=not decode_only)
+        if not decode_only:
+            from .generator import OneStepGenerator  # diffusers and peft: imported only by models that need them
+            from .vae import VAE
+
+            self.generator = OneStepGenerator(config.generator, config.codec.ctrl_ch)
+            self.vae = VAE(config.vae)
+        self.decoder_graph = None  # models/export.DecoderGraph: the generator and VAE decoder without diffusers
         if config.codec.guidance == "text":  # after the release's modules: the hyperprior state_dict is unchanged
             self.text_guidance = TextGuidance(config.codec, config.generator.unet["cross_attention_dim"])
         self.tables = odc_tables()
@@ -111,16 +136,9 @@ class OneDC(nn.Module):
     def model_id(self) -> bytes:
         """16 bytes of SHA-256 over the decoding config and every tensor: a file names the exact model that wrote it."""
         if self._model_id is None:
-            # Only what decoding computes with: the loss, training and teacher settings do not change a file.
-            decoding = {k: config_to_dict(self.config)[k] for k in ("codec", "generator", "vae")}
-            if self.config.codec.guidance == "hyperprior":  # the text fields do not decode anything then:
-                for key in TEXT_FIELDS:                      # the ids of hyperprior models stay what they were
-                    decoding["codec"].pop(key)
-            h = hashlib.sha256(json.dumps(decoding, sort_keys=True).encode())
-            for name, tensor in sorted(self.state_dict().items()):
-                h.update(name.encode())
-                h.update(tensor.detach().cpu().contiguous().numpy().tobytes())
-            self._model_id = h.digest()[:16]
+            if self.decode_only:  # its state_dict is part of the model's: the loader sets the id
+                raise RuntimeError("a decode-only model has no id until its loader sets it (weights.load_model)")
+            self._model_id = model_id_of(self.config, self.state_dict())
         return self._model_id
 
     def weights_changed(self) -> None:
@@ -156,20 +174,53 @@ class OneDC(nn.Module):
         """y_hat and z_semantic (and the captions of a text-guided model) -> image in [0, 1], height x width,
         computed as `self.decode_options` say."""
         options = self.decode_options
-        self._compile_decoder(options.compile_backend)
         layout = torch.channels_last if options.channels_last else torch.contiguous_format
         dtype = options.autocast_dtype(y_hat.device)
+        graph = self.decoder_graph if self._graph_applies(y_hat, dtype) else None
+        if graph is None:
+            self._compile_decoder(options.compile_backend)
         with torch.autocast(y_hat.device.type, dtype=dtype, enabled=dtype != torch.float32):
             c_map, tokens = self.codec.semantic(z_semantic)
-            ctrl = self.codec.synthesis(y_hat, c_map)
-            x0 = self.generator(ctrl.contiguous(memory_format=layout), self.guidance(tokens, captions)).x0
-            image = self.vae.decode(x0.contiguous(memory_format=layout), tile=options.vae_tile)
+            ctrl = self.codec.synthesis(y_hat, c_map).contiguous(memory_format=layout)
+            tokens = self.guidance(tokens, captions)
+            if graph is not None:
+                image = graph.decode(graph.generate(ctrl, tokens).contiguous(memory_format=layout))
+            else:
+                x0 = self.reference_decoder().generator(ctrl, tokens).x0
+                image = self.vae.decode(x0.contiguous(memory_format=layout), tile=options.vae_tile)
         return ((image[..., :height, :width].float() + 1) / 2).clamp(0, 1).contiguous()
+
+    def _graph_applies(self, y_hat: torch.Tensor, dtype: torch.dtype) -> bool:
+        """Whether reconstruct runs the exported graph: it exists and was asked for, float32 without compile on
+        the graph's device, and the latent (y_hat is at 1/16, the latent at 1/8) within one VAE decode tile."""
+        from .vae import DECODE_TILE, check_tiling
+
+        options = self.decode_options
+        tile = options.vae_tile if options.vae_tile is not None else DECODE_TILE
+        check_tiling(tile, self.config.vae.attention_window)  # a bad setting fails on either path
+        return (self.decoder_graph is not None and options.exported and dtype == torch.float32
+                and options.compile_backend is None and y_hat.device == self.decoder_graph.device
+                and 2 * max(y_hat.shape[-2:]) <= tile)
+
+    def reference_decoder(self) -> "OneDC":
+        """self, with the diffusers generator and VAE: a decode-only model builds them on first use from the
+        tensors its graph holds (large images, other dtypes, `exported=False`)."""
+        if self.decode_only and not hasattr(self, "generator"):
+            from .generator import OneStepGenerator
+            from .vae import VAE
+
+            generator = OneStepGenerator(self.config.generator, self.config.codec.ctrl_ch)
+            vae = VAE(self.config.vae)
+            for prefix, module in (("generator.", generator), ("vae.", vae)):
+                module.load_state_dict(self.decoder_graph.tensors(prefix), strict=True)
+            self.generator, self.vae = generator.to(self._device).eval(), vae.to(self._device).eval()
+        return self
 
     def _compile_decoder(self, backend: str | None) -> None:
         """torch.compile the generator and the VAE decoder in place (their state_dicts and hooks stay)."""
         if backend is None or backend == self._compiled_with:
             return
+        self.reference_decoder()
         self.generator.compile(backend=backend)
         self.vae.autoencoder.decoder.compile(backend=backend)
         self._compiled_with = backend
@@ -214,6 +265,9 @@ class OneDC(nn.Module):
         A text-guided model needs the image's caption and writes it into the file (section `cap`): the decoder
         has no other way to know it, so its bytes count in the bpp. Hyperprior-guided models ignore it."""
         check_image_tensor(x)
+        if self.decode_only:
+            raise ValueError(f"{self.config.name} was loaded for decoding only (decode_only=True): load it with "
+                             "weights.load_model(name) to compress")
         caption = caption if self.text_guided else None
         if self.text_guided and not isinstance(caption, str):
             raise ValueError(f"{self.config.name} is text-guided: pass the image's caption (a str), not {caption!r}")

@@ -9,16 +9,22 @@ channels, 5.9 GB in fp32 for a 4096x2816 image), so a latent larger than `decode
 tiles blended linearly (`tiled_decode`). Every tile normalises with the same GroupNorm statistics, gathered over
 the whole latent in a first pass, so tiles do not differ in brightness or colour and no seam shows.
 """
+from __future__ import annotations
+
 import contextlib
+import functools
 import math
 from pathlib import Path
+from typing import TYPE_CHECKING, Optional
 
 import torch
 import torch.nn.functional as F
-from diffusers import AutoencoderKL
 from torch import nn
 
 from ..config import VAEConfig
+
+if TYPE_CHECKING:
+    from diffusers import AutoencoderKL
 
 DECODE_TILE = 128  # latent pixels (1024 image pixels): images up to 1024 x 1024 decode whole
 
@@ -35,22 +41,40 @@ class WindowedAttnProcessor:
 
     def __call__(self, attn, hidden_states: torch.Tensor, encoder_hidden_states=None, attention_mask=None,
                  temb=None) -> torch.Tensor:
-        normed = attn.group_norm(hidden_states)
-        out = torch.empty_like(hidden_states)
-        height, width = hidden_states.shape[-2:]
-        for top in range(0, height, self.window):
-            for left in range(0, width, self.window):
-                tile = normed[:, :, top:top + self.window, left:left + self.window]
-                tile_h, tile_w = tile.shape[-2:]
-                x = tile.flatten(2).transpose(1, 2)  # B, positions, C
-                q, k, v = (proj(x).unflatten(-1, (attn.heads, -1)).transpose(1, 2)  # B, heads, positions, d
-                           for proj in (attn.to_q, attn.to_k, attn.to_v))
-                y = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).flatten(2)
-                y = attn.to_out[1](attn.to_out[0](y))
-                out[:, :, top:top + tile_h, left:left + tile_w] = y.transpose(1, 2).unflatten(-1, (tile_h, tile_w))
+        # Traced (models/export.py) through the scripted function, so that its loops follow the input's size.
+        attend = _scripted_windowed_attention() if torch.jit.is_tracing() else windowed_attention
+        out = attend(attn.group_norm(hidden_states), attn.to_q.weight, attn.to_q.bias, attn.to_k.weight,
+                     attn.to_k.bias, attn.to_v.weight, attn.to_v.bias, attn.to_out[0].weight, attn.to_out[0].bias,
+                     attn.heads, self.window)
         if attn.residual_connection:
             out = out + hidden_states
         return out / attn.rescale_output_factor
+
+
+def windowed_attention(normed: torch.Tensor, q_weight: torch.Tensor, q_bias: Optional[torch.Tensor],
+                       k_weight: torch.Tensor, k_bias: Optional[torch.Tensor], v_weight: torch.Tensor,
+                       v_bias: Optional[torch.Tensor], out_weight: torch.Tensor, out_bias: Optional[torch.Tensor],
+                       heads: int, window: int) -> torch.Tensor:
+    """Multi-head self-attention of a normalised [B, C, H, W] map within window x window tiles (TorchScript-able)."""
+    out = torch.empty_like(normed)
+    height, width = normed.shape[-2], normed.shape[-1]
+    for top in range(0, height, window):
+        for left in range(0, width, window):
+            tile = normed[:, :, top:top + window, left:left + window]
+            tile_h, tile_w = tile.shape[-2], tile.shape[-1]
+            x = tile.flatten(2).transpose(1, 2)  # B, positions, C
+            q = F.linear(x, q_weight, q_bias).unflatten(-1, [heads, -1]).transpose(1, 2)  # B, heads, positions, d
+            k = F.linear(x, k_weight, k_bias).unflatten(-1, [heads, -1]).transpose(1, 2)
+            v = F.linear(x, v_weight, v_bias).unflatten(-1, [heads, -1]).transpose(1, 2)
+            y = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).flatten(2)
+            y = F.linear(y, out_weight, out_bias)  # to_out[1] is dropout: identity at inference
+            out[:, :, top:top + tile_h, left:left + tile_w] = y.transpose(1, 2).unflatten(-1, [tile_h, tile_w])
+    return out
+
+
+@functools.lru_cache(maxsize=None)
+def _scripted_windowed_attention():
+    return torch.jit.script(windowed_attention)
 
 
 class VAE(nn.Module):
@@ -61,7 +85,11 @@ class VAE(nn.Module):
 
     def __init__(self, cfg: VAEConfig, autoencoder: AutoencoderKL | None = None):
         super().__init__()
-        self.autoencoder = AutoencoderKL(**cfg.autoencoder) if autoencoder is None else autoencoder
+        if autoencoder is None:
+            from diffusers import AutoencoderKL  # here, not at import: the exported decoder runs without diffusers
+
+            autoencoder = AutoencoderKL(**cfg.autoencoder)
+        self.autoencoder = autoencoder
         self.scaling_factor = cfg.scaling_factor
         self.sample_posterior = cfg.sample_posterior
         self.attention_window = cfg.attention_window
@@ -85,6 +113,8 @@ class VAE(nn.Module):
         if not path.exists():
             raise FileNotFoundError(f"no VAE weights at {path}")
         if path.is_dir():
+            from diffusers import AutoencoderKL
+
             folder = path / "vae" if (path / "vae" / "config.json").is_file() else path
             return cls(cfg, AutoencoderKL.from_pretrained(folder, local_files_only=True))
         vae = cls(cfg)

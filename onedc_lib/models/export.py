@@ -1,0 +1,224 @@
+"""The generator and the VAE decoder as one TorchScript graph, so that decoding imports neither diffusers nor peft
+(issue 8: `onedc decompress` starts in < 2 s; importing diffusers alone takes 4-5 s).
+
+`export_graph(model)` traces the real diffusers modules (the peft LoRA layers as they are, so the graph computes
+what the modules compute) with `torch.jit.trace_module`: method `generate` (g_s feature, tokens -> x0) and method
+`decode` (latent -> image in [-1, 1], one whole VAE decode). Traced graphs follow the input's size wherever the
+modules compute with it; the one Python loop over sizes, the VAE's windowed attention, is traced as a scripted
+function (`vae.windowed_attention`). The model's own tensors are stripped from the archive: the graph depends on
+the architecture only (one file serves every model of a preset), and `load_graph` fills in the tensors of the
+model being loaded, by their state_dict names, so a graph never carries stale weights.
+
+Where graphs live (`find_graph`): `<bundled dir>/_graphs/` (written by `onedc bundle`) and the user cache
+`$ONEDC_CACHE/decoder_graphs` (default ~/.cache/onedc), built there on first use (`cached_graph`), written
+atomically. The file name is a hash of the architecture and of the torch, diffusers and peft versions; the file
+holds the SHA-256 of its archive, so a corrupt or foreign file is rebuilt, never run.
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import warnings
+from importlib import metadata
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ..config import ModelConfig, config_to_dict
+
+EXPORT_FORMAT = 1  # bump when what export_graph traces changes: older graphs are then rebuilt
+BUNDLED_GRAPHS = "_graphs"  # folder of the bundled dir
+CACHE_GRAPHS = "decoder_graphs"  # folder of the user cache
+META = "onedc.json"  # extra file of the archive: key and the stripped tensors' names and shapes
+
+
+class GraphError(ValueError):
+    """A graph file that cannot be used (corrupt, for another architecture, or missing tensors)."""
+
+
+class DecoderGraph:
+    """A loaded graph: `generate(ctrl, tokens) -> x0` and `decode(latent) -> image in [-1, 1]` (a whole decode,
+    no tiling), on `device`, holding float32 tensors under the model's state_dict names (`tensors`)."""
+
+    def __init__(self, module: torch.jit.ScriptModule, names: list[str]):
+        self.module = module
+        self.names = names
+        self.device = torch.device("cpu")
+
+    # Without TorchScript's optimising executor: it profiles the first calls and re-optimises the graph, which
+    # costs a one-shot decode (a CLI process) 0.3 s more than it saves on CPU.
+    def generate(self, ctrl: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+        with torch.jit.optimized_execution(False):
+            return self.module.generate(ctrl, tokens)
+
+    def decode(self, latent: torch.Tensor) -> torch.Tensor:
+        with torch.jit.optimized_execution(False):
+            return self.module.decode(latent)
+
+    def tensors(self, prefix: str = "") -> dict[str, torch.Tensor]:
+        """The model tensors the graph holds whose names start with `prefix`, without the prefix."""
+        return {name[len(prefix):]: _attribute(self.module, name) for name in self.names if name.startswith(prefix)}
+
+
+class _Traced(nn.Module):
+    """What is traced: the model's generator and VAE under their own names (so the graph's tensors are named as
+    in the model's state_dict)."""
+
+    def __init__(self, generator: nn.Module, vae: nn.Module):
+        super().__init__()
+        self.generator = generator
+        self.vae = vae
+
+    def generate(self, ctrl: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+        return self.generator(ctrl, tokens).x0
+
+    def decode(self, latent: torch.Tensor) -> torch.Tensor:
+        return self.vae.decode(latent)
+
+
+def graph_key(config: ModelConfig) -> str:
+    """What a graph depends on: the generator and VAE configs, the g_s width, and the versions that trace it."""
+    def version(package: str) -> str:
+        try:
+            return metadata.version(package)
+        except metadata.PackageNotFoundError:
+            return "none"
+
+    parts = config_to_dict(config)
+    facts = {"format": EXPORT_FORMAT, "generator": parts["generator"], "vae": parts["vae"],
+             "ctrl_ch": config.codec.ctrl_ch, "torch": torch.__version__,
+             "diffusers": version("diffusers"), "peft": version("peft")}
+    return hashlib.sha256(json.dumps(facts, sort_keys=True).encode()).hexdigest()[:32]
+
+
+def export_graph(model) -> bytes:
+    """The graph file of a whole (not decode-only) CPU model: SHA-256 of the archive, then the archive."""
+    if model.decode_only:
+        raise ValueError("export_graph needs the whole model (its diffusers generator and VAE)")
+    if any(p.device.type != "cpu" for p in model.parameters()):
+        raise ValueError("export_graph traces on the CPU: move the model there first")
+    config = model.config
+    unet = config.generator.unet
+    latent_ch = config.vae.autoencoder.get("latent_channels", 4)
+    h, w = 16, 24  # any size: the graph follows the input's (tests check others)
+    examples = {"generate": (torch.randn(1, config.codec.ctrl_ch, h, w), torch.randn(1, 6, unet["cross_attention_dim"])),
+                "decode": (torch.randn(1, latent_ch, h, w),)}
+    traced_module = _Traced(model.generator, model.vae).eval()
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # TracerWarnings: the constant Python branches are what decoding takes
+        traced = torch.jit.trace_module(traced_module, examples, check_trace=False)
+        stripped = {}
+        for name in model.state_dict():
+            if name.startswith(("generator.", "vae.")):
+                stripped[name] = list(_attribute(traced, name).shape)
+                _set_attribute(traced, name, torch.empty(0))
+        meta = json.dumps({"key": graph_key(config), "tensors": stripped})
+        buffer = io.BytesIO()
+        torch.jit.save(traced, buffer, _extra_files={META: meta})
+    archive = buffer.getvalue()
+    return hashlib.sha256(archive).digest() + archive
+
+
+def load_graph(data: bytes, config: ModelConfig, tensors: dict[str, torch.Tensor]) -> DecoderGraph:
+    """A graph file -> DecoderGraph holding `tensors` (the whole model's state_dict, any float dtype; cast to
+    float32 as the model's parameters). GraphError when the file is corrupt, for another architecture or
+    version, or when `tensors` lack one of its tensors or have another shape."""
+    digest, archive = data[:32], data[32:]
+    if len(data) < 32 or hashlib.sha256(archive).digest() != digest:
+        raise GraphError("the graph file is corrupt (its SHA-256 does not match)")
+    extra = {META: ""}
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torch.jit's deprecation notice
+            module = torch.jit.load(io.BytesIO(archive), map_location="cpu", _extra_files=extra)
+        meta = json.loads(extra[META])
+    except (RuntimeError, ValueError) as error:
+        raise GraphError(f"the graph file cannot be loaded ({error})") from None
+    if meta.get("key") != graph_key(config):
+        raise GraphError("the graph file is for another architecture or torch/diffusers/peft version")
+    for name, shape in meta["tensors"].items():
+        tensor = tensors.get(name)
+        if tensor is None or list(tensor.shape) != shape:
+            raise GraphError(f"the model's tensors do not fit the graph: {name} is "
+                             f"{'missing' if tensor is None else list(tensor.shape)}, the graph needs {shape}")
+        tensor = tensor.detach().to("cpu", torch.float32).contiguous()
+        if tensor.data_ptr() % 64:  # safetensors' own buffers may be unaligned: kernels then round differently
+            tensor = tensor.clone()
+        _set_attribute(module, name, tensor)
+    return DecoderGraph(module.eval(), list(meta["tensors"]))
+
+
+def cache_root() -> Path:
+    """$ONEDC_CACHE, default ~/.cache/onedc (the metric weights live there too)."""
+    return Path(os.environ.get("ONEDC_CACHE") or Path.home() / ".cache" / "onedc")
+
+
+def graph_paths(config: ModelConfig) -> list[Path]:
+    """Where the graph of this architecture is looked for, in order: bundled, then the user cache."""
+    from ..weights import bundled_dir
+
+    name = f"{graph_key(config)}.pt"
+    return [bundled_dir() / BUNDLED_GRAPHS / name, cache_root() / CACHE_GRAPHS / name]
+
+
+def find_graph(config: ModelConfig, tensors: dict[str, torch.Tensor]) -> DecoderGraph | None:
+    """The first usable graph of graph_paths, loaded with `tensors`; None when there is none. A file that
+    cannot be used is skipped (a warning says why; `cached_graph` rewrites the cache's)."""
+    for path in graph_paths(config):
+        if path.is_file():
+            try:
+                return load_graph(path.read_bytes(), config, tensors)
+            except GraphError as error:
+                warnings.warn(f"{path}: {error}; not used", stacklevel=2)
+    return None
+
+
+def cached_graph(model) -> DecoderGraph:
+    """The graph of a whole model: found (bundled or cached), else exported into the user cache now."""
+    from ..bitstream import atomic_write
+
+    tensors = model.state_dict()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # an unusable cached file is replaced below
+        graph = find_graph(model.config, tensors)
+    if graph is not None:
+        return graph
+    data = export_graph(model)
+    path = graph_paths(model.config)[-1]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(path, data)
+    return load_graph(data, model.config, tensors)
+
+
+def bundle_graph(model, dest: Path) -> Path:
+    """The graph of a whole model into `dest`/_graphs/ (`onedc bundle`), unless a usable one is there already."""
+    from ..bitstream import atomic_write
+
+    path = Path(dest) / BUNDLED_GRAPHS / f"{graph_key(model.config)}.pt"
+    tensors = model.state_dict()
+    if path.is_file():
+        try:
+            load_graph(path.read_bytes(), model.config, tensors)
+            return path
+        except GraphError:
+            pass  # rewritten below
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(path, export_graph(model))
+    return path
+
+
+def _attribute(module, name: str):
+    *path, leaf = name.split(".")
+    for part in path:
+        module = getattr(module, part)
+    return getattr(module, leaf)
+
+
+def _set_attribute(module, name: str, value: torch.Tensor) -> None:
+    *path, leaf = name.split(".")
+    for part in path:
+        module = getattr(module, part)
+    setattr(module, leaf, value)

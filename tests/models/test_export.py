@@ -1,0 +1,112 @@
+"""The exported decoder graph (models/export.py): the same numbers as the diffusers modules at every latent size the
+codec produces, a decode-only model with the whole model's id and images, a corrupt cache rebuilt."""
+import warnings
+
+import pytest
+import torch
+
+from onedc_lib.eval.timing import make_image
+from onedc_lib.models.export import GraphError, export_graph, graph_paths, load_graph
+from onedc_lib.models.onedc import REFERENCE_DECODING, DecodeOptions
+from onedc_lib.weights import BUNDLED_DIR, DEFAULT_MODEL, build_model, load_model, save_model
+
+
+@pytest.fixture(scope="module")
+def model():
+    return build_model("nano_q3", seed=3)
+
+
+@pytest.fixture(scope="module")
+def folder(model, tmp_path_factory):
+    return save_model(model, tmp_path_factory.mktemp("model") / "nano")
+
+
+@pytest.fixture
+def cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("ONEDC_CACHE", str(tmp_path / "cache"))
+    return tmp_path / "cache"
+
+
+def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float(10 * torch.log10(1 / ((a - b) ** 2).mean().clamp_min(1e-20)))
+
+
+# latents of the sizes the codec decodes (multiples of 8): one VAE attention window, edge windows of 8, many windows
+@pytest.mark.parametrize("size", [(8, 8), (8, 40), (24, 8), (40, 56)])
+def test_graph_computes_what_the_modules_compute(model, size):
+    graph = load_graph(export_graph(model), model.config, model.state_dict())
+    h, w = size
+    gen = torch.Generator().manual_seed(h * 100 + w)
+    ctrl = torch.randn(1, model.config.codec.ctrl_ch, h, w, generator=gen)
+    tokens = torch.randn(1, (h // 8) * (w // 8), model.config.codec.semantic_ch, generator=gen)
+    latent = torch.randn(1, 4, h, w, generator=gen)
+    with torch.no_grad():
+        assert torch.equal(graph.generate(ctrl, tokens), model.generator(ctrl, tokens).x0)
+        assert torch.equal(graph.decode(latent), model.vae.decode(latent))
+
+
+def test_decode_only_model_decodes_as_the_whole_model(model, folder, cache):
+    first = load_model(str(folder), decode_only=True)  # no graph yet: the whole model, its graph cached now
+    assert not first.decode_only and first.decoder_graph is not None and graph_paths(model.config)[-1].is_file()
+    decoder = load_model(str(folder), decode_only=True)
+    assert decoder.decode_only and not hasattr(decoder, "generator")
+    whole = load_model(str(folder))
+    assert decoder.model_id == whole.model_id == model.model_id
+    for height, width in [(16, 16), (64, 96), (136, 200)]:
+        compressed = whole.compress(make_image(height, width))
+        fast = decoder.decompress(compressed.to_bytes())
+        whole.decode_options = DecodeOptions(exported=False)  # the diffusers modules, same layout
+        assert torch.equal(fast, whole.decompress(compressed))
+        whole.decode_options = REFERENCE_DECODING
+        assert psnr(fast, whole.decompress(compressed)) > 45
+    with pytest.raises(ValueError, match="decoding only"):
+        decoder.compress(make_image(16, 16))
+
+
+def test_decode_only_model_falls_back_to_the_modules(folder, cache):
+    """A latent larger than one VAE tile (tiled decode) or exported=False: the decode-only model builds the diffusers
+    modules from its graph's tensors and decodes as the whole model."""
+    load_model(str(folder), decode_only=True)
+    decoder, whole = load_model(str(folder), decode_only=True), load_model(str(folder))
+    compressed = whole.compress(make_image(448, 200))  # latent 56 x 32
+    for options in (DecodeOptions(vae_tile=48), DecodeOptions(exported=False)):
+        decoder.decode_options = whole.decode_options = options
+        assert torch.equal(decoder.decompress(compressed), whole.decompress(compressed))
+    assert decoder.decode_only and hasattr(decoder, "generator")
+
+
+def test_corrupt_or_foreign_graph_is_not_used(model, folder, cache):
+    load_model(str(folder), decode_only=True)
+    path = graph_paths(model.config)[-1]
+    good = path.read_bytes()
+    path.write_bytes(good[:-100])
+    with pytest.raises(GraphError, match="corrupt"):
+        load_graph(path.read_bytes(), model.config, model.state_dict())
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        rebuilt = load_model(str(folder), decode_only=True)
+    assert not rebuilt.decode_only and load_graph(path.read_bytes(), model.config, model.state_dict())
+    other = build_model("nano_q3", **{"generator.lora_rank": 4})
+    with pytest.raises(GraphError, match="another architecture"):
+        load_graph(good, other.config, other.state_dict())
+    tensors = dict(model.state_dict())
+    tensors.pop("generator.unet.conv_in.weight")
+    with pytest.raises(GraphError, match="conv_in.weight is missing"):
+        load_graph(good, model.config, tensors)
+
+
+def test_bundled_default_model_decodes_with_its_bundled_graph(monkeypatch, cache):
+    if not (BUNDLED_DIR / DEFAULT_MODEL / "config.json").is_file():
+        pytest.skip("no bundled default model")
+    monkeypatch.setenv("ONEDC_BUNDLED_DIR", str(BUNDLED_DIR))
+    decoder = load_model(DEFAULT_MODEL, decode_only=True)
+    assert decoder.decode_only, "the bundle has no graph for this torch/diffusers/peft (run onedc bundle)"
+    whole = load_model(DEFAULT_MODEL)
+    assert decoder.model_id == whole.model_id
+    compressed = whole.compress(make_image(96, 136))
+    fast = decoder.decompress(compressed.to_bytes())
+    whole.decode_options = DecodeOptions(exported=False)
+    assert torch.equal(fast, whole.decompress(compressed))
+    whole.decode_options = REFERENCE_DECODING
+    assert psnr(fast, whole.decompress(compressed)) > 45
+    assert not cache.exists()  # nothing was exported
