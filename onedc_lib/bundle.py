@@ -289,10 +289,15 @@ def _prune(dest: Path) -> None:
 
 
 def _model_bytes(folder: Path) -> int:
-    """Bytes a model loads: its own files and the shared files it refers to."""
+    """Bytes a model loads: its own files, the shared files it refers to and its architecture's exported graph."""
+    from .config import config_from_dict
+    from .models.export import BUNDLED_GRAPHS, graph_key
+
     meta = json.loads((folder / "config.json").read_text())
     own = sum(p.stat().st_size for p in folder.iterdir() if p.is_file())
-    return own + sum((folder / e["file"]).stat().st_size for e in meta.get("shared", []))
+    graph = folder.parent / BUNDLED_GRAPHS / f"{graph_key(config_from_dict(meta['config']))}.pt"
+    return (own + sum((folder / e["file"]).stat().st_size for e in meta.get("shared", []))
+            + (graph.stat().st_size if graph.is_file() else 0))
 
 
 def bundle_bytes(dest=None) -> int:

@@ -112,6 +112,8 @@ def _run_jobs(args: argparse.Namespace, suffixes: set[str], out_suffix: str, wor
     and skipped (exit code 1 at the end), the others still done. decode_only: see weights.load_model."""
     from pathlib import Path
 
+    from tqdm import tqdm  # torch imports it anyway
+
     from onedc_lib.bitstream import BitstreamError
     from onedc_lib.image_io import ImageError
     from onedc_lib.weights import WeightsError
@@ -125,15 +127,10 @@ def _run_jobs(args: argparse.Namespace, suffixes: set[str], out_suffix: str, wor
     except WeightsError as e:
         return _fail(EXIT_USAGE, str(e))
     code = 0
-    progress, write = jobs, print
-    if len(jobs) > 1:  # a progress bar for folders (tqdm is imported only then)
-        from tqdm import tqdm
-
-        progress, write = tqdm(jobs, unit="file", desc=args.command), tqdm.write
-    for src, dst in progress:
+    for src, dst in tqdm(jobs, disable=len(jobs) < 2, unit="file", desc=args.command):
         try:
             Path(dst).parent.mkdir(parents=True, exist_ok=True)
-            write(work(model, src, dst))
+            tqdm.write(work(model, src, dst))
         except (ImageError, BitstreamError) as e:
             code = max(code, _fail(EXIT_BAD_FILE, str(e) if src in str(e) else f"{src}: {e}"))
         except OSError as e:  # unreadable input, unwritable output: report it and go on with the other files

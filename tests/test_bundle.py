@@ -16,6 +16,7 @@ from onedc_lib import bundle as B
 from onedc_lib.bitstream import read_container
 from onedc_lib.cli import main
 from onedc_lib.config import load_config
+from onedc_lib.models.export import graph_key
 from onedc_lib.weights import BUNDLED_DIR, WeightsError, build_model, bundled_models, load_model, save_model
 
 CHECK = torch.rand(1, 3, 32, 48, generator=torch.Generator().manual_seed(1))
@@ -82,6 +83,8 @@ def test_bundle_loads_writes_its_id_and_records_provenance(source, dest, tmp_pat
     assert check["decision"] == "float16" and check["psnr_db"] > 0 and check["bpp_float32"] > 0
     assert json.loads((folder / "provenance.json").read_text())["model_id"] == p["model_id"]
     assert p["bundle_bytes"] == B.bundle_bytes(dest) == p["bytes"]
+    graphs = list((dest / "_graphs").glob("*.pt"))  # the exported decoder graph: decode_only models load it
+    assert [g.stem for g in graphs] == [graph_key(model.config)] and load_model("tiny", decode_only=True).decode_only
 
 
 def test_float16_only_when_the_check_passes(source, dest, monkeypatch):

@@ -1,34 +1,43 @@
-"""Start-up of `onedc decompress`: the process imports what decoding needs and nothing heavier (issue 8: no
-compressai, diffusers pipelines, metric networks, training code or plotting on the compress/decompress path)."""
+"""Start-up of `onedc decompress`: with the model's exported graph at hand (models/export.py), the process imports
+torch and what decoding needs, and none of HEAVY_MODULES (issue 8: diffusers, peft, transformers, scipy,
+compressai, torch._dynamo, metric networks, training code, plotting); `--reference` decodes the same image with the
+diffusers modules."""
 import os
 import subprocess
 import sys
 import warnings
 from pathlib import Path
 
-import pytest
+import numpy as np
+from PIL import Image
 
+from onedc_lib.cli import main
 from onedc_lib.eval.timing import HEAVY_MODULES, make_image
+from onedc_lib.weights import build_model, load_model, save_model
 
 REPO = Path(__file__).resolve().parents[1]
 
 
-@pytest.mark.slow  # a whole process importing torch and diffusers: 10 s on an idle 2-core machine, 100 s on a busy one
-def test_decompress_imports_nothing_heavy(tmp_path):
-    from onedc_lib.weights import load_model
-
+def test_decompress_imports_nothing_heavy(tmp_path, monkeypatch):
+    monkeypatch.setenv("ONEDC_CACHE", str(tmp_path / "cache"))
+    folder = save_model(build_model("nano_q3", seed=1), tmp_path / "model")
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # the default model may be untrained
-        data = load_model(None).compress(make_image(16, 16)).to_bytes()
+        warnings.simplefilter("ignore")
+        load_model(str(folder), decode_only=True)  # exports the graph into the cache
     source = tmp_path / "small.odc"
-    source.write_bytes(data)
-    check = ("import sys; from onedc_lib.cli import main; code = main(['decompress', sys.argv[1], '-o', sys.argv[2]]); "
-             "print(' '.join(sorted(sys.modules)))")
+    source.write_bytes(load_model(str(folder)).compress(make_image(16, 24)).to_bytes())
+    check = ("import sys; from onedc_lib.cli import main; code = main(['decompress', sys.argv[1], '-o', sys.argv[2], "
+             "'--model', sys.argv[3]]); print(' '.join(sorted(sys.modules))); sys.exit(code)")
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
-    result = subprocess.run([sys.executable, "-c", check, str(source), str(tmp_path / "out.png")], cwd=REPO, env=env,
-                            capture_output=True, text=True, timeout=300)
+    result = subprocess.run([sys.executable, "-c", check, str(source), str(tmp_path / "fast.png"), str(folder)],
+                            cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     modules = result.stdout.split()
-    assert "torch" in modules and (tmp_path / "out.png").is_file()
+    assert "torch" in modules and "onedc_lib.models.export" in modules
     heavy = [m for m in modules if any(m == h or m.startswith(h + ".") for h in HEAVY_MODULES)]
     assert heavy == []
+
+    assert main(["decompress", str(source), "-o", str(tmp_path / "reference.png"), "--model", str(folder),
+                 "--reference"]) == 0
+    fast, reference = (np.asarray(Image.open(tmp_path / f"{name}.png")) for name in ("fast", "reference"))
+    assert fast.shape == (16, 24, 3) and np.array_equal(fast, reference)

@@ -322,8 +322,10 @@ def multistep_decode(model, x: torch.Tensor, steps=(4, 20), one_step: dict | Non
     return result
 
 
-HEAVY_MODULES = ("compressai", "lpips", "pyiqa", "torchmetrics", "DISTS_pytorch", "diffusers.pipelines",
-                 "onedc_lib.eval.metrics", "onedc_lib.training", "matplotlib", "pandas")
+# Never imported by `onedc decompress` with a model whose exported graph exists (bundled or cached): diffusers alone
+# takes 4-5 s to import (with torch._dynamo, peft and transformers), scipy 0.5 s.
+HEAVY_MODULES = ("compressai", "lpips", "pyiqa", "torchmetrics", "DISTS_pytorch", "diffusers", "peft", "transformers",
+                 "scipy", "torch._dynamo", "onedc_lib.eval.metrics", "onedc_lib.training", "matplotlib", "pandas")
 
 
 def startup_time(runs: int = 5, model: str | None = None, env: dict | None = None) -> dict:
