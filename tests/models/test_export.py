@@ -5,6 +5,7 @@ import warnings
 import pytest
 import torch
 
+from onedc_lib.config import load_config
 from onedc_lib.eval.timing import make_image
 from onedc_lib.models.export import GraphError, export_graph, graph_paths, load_graph
 from onedc_lib.models.onedc import REFERENCE_DECODING, DecodeOptions
@@ -21,28 +22,42 @@ def folder(model, tmp_path_factory):
     return save_model(model, tmp_path_factory.mktemp("model") / "nano")
 
 
+@pytest.fixture(scope="module")
+def graph_file(model):
+    return export_graph(model)
+
+
 @pytest.fixture
 def cache(tmp_path, monkeypatch):
+    """An empty user cache."""
     monkeypatch.setenv("ONEDC_CACHE", str(tmp_path / "cache"))
     return tmp_path / "cache"
+
+
+@pytest.fixture
+def cached(model, graph_file, cache):
+    """A user cache holding the model's graph."""
+    path = graph_paths(model.config)[-1]
+    path.parent.mkdir(parents=True)
+    path.write_bytes(graph_file)
+    return path
 
 
 def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
     return float(10 * torch.log10(1 / ((a - b) ** 2).mean().clamp_min(1e-20)))
 
 
-# latents of the sizes the codec decodes (multiples of 8): one VAE attention window, edge windows of 8, many windows
-@pytest.mark.parametrize("size", [(8, 8), (8, 40), (24, 8), (40, 56)])
-def test_graph_computes_what_the_modules_compute(model, size):
-    graph = load_graph(export_graph(model), model.config, model.state_dict())
-    h, w = size
-    gen = torch.Generator().manual_seed(h * 100 + w)
-    ctrl = torch.randn(1, model.config.codec.ctrl_ch, h, w, generator=gen)
-    tokens = torch.randn(1, (h // 8) * (w // 8), model.config.codec.semantic_ch, generator=gen)
-    latent = torch.randn(1, 4, h, w, generator=gen)
-    with torch.no_grad():
-        assert torch.equal(graph.generate(ctrl, tokens), model.generator(ctrl, tokens).x0)
-        assert torch.equal(graph.decode(latent), model.vae.decode(latent))
+def test_graph_computes_what_the_modules_compute(model, graph_file):
+    graph = load_graph(graph_file, model.config, model.state_dict())
+    # latents of the sizes the codec decodes (multiples of 8): one VAE attention window, edge windows of 8, many
+    for h, w in [(8, 8), (8, 40), (24, 8), (40, 56)]:
+        gen = torch.Generator().manual_seed(h * 100 + w)
+        ctrl = torch.randn(1, model.config.codec.ctrl_ch, h, w, generator=gen)
+        tokens = torch.randn(1, (h // 8) * (w // 8), model.config.codec.semantic_ch, generator=gen)
+        latent = torch.randn(1, 4, h, w, generator=gen)
+        with torch.no_grad():
+            assert torch.equal(graph.generate(ctrl, tokens), model.generator(ctrl, tokens).x0)
+            assert torch.equal(graph.decode(latent), model.vae.decode(latent))
 
 
 def test_decode_only_model_decodes_as_the_whole_model(model, folder, cache):
@@ -63,10 +78,9 @@ def test_decode_only_model_decodes_as_the_whole_model(model, folder, cache):
         decoder.compress(make_image(16, 16))
 
 
-def test_decode_only_model_falls_back_to_the_modules(folder, cache):
+def test_decode_only_model_falls_back_to_the_modules(folder, cached):
     """A latent larger than one VAE tile (tiled decode) or exported=False: the decode-only model builds the diffusers
     modules from its graph's tensors and decodes as the whole model."""
-    load_model(str(folder), decode_only=True)
     decoder, whole = load_model(str(folder), decode_only=True), load_model(str(folder))
     compressed = whole.compress(make_image(448, 200))  # latent 56 x 32
     for options in (DecodeOptions(vae_tile=48), DecodeOptions(exported=False)):
@@ -75,10 +89,8 @@ def test_decode_only_model_falls_back_to_the_modules(folder, cache):
     assert decoder.decode_only and hasattr(decoder, "generator")
 
 
-def test_corrupt_or_foreign_graph_is_not_used(model, folder, cache):
-    load_model(str(folder), decode_only=True)
-    path = graph_paths(model.config)[-1]
-    good = path.read_bytes()
+def test_corrupt_or_foreign_graph_is_not_used(model, folder, graph_file, cached):
+    good, path = graph_file, cached
     path.write_bytes(good[:-100])
     with pytest.raises(GraphError, match="corrupt"):
         load_graph(path.read_bytes(), model.config, model.state_dict())
@@ -86,9 +98,8 @@ def test_corrupt_or_foreign_graph_is_not_used(model, folder, cache):
         warnings.simplefilter("ignore")
         rebuilt = load_model(str(folder), decode_only=True)
     assert not rebuilt.decode_only and load_graph(path.read_bytes(), model.config, model.state_dict())
-    other = build_model("nano_q3", **{"generator.lora_rank": 4})
     with pytest.raises(GraphError, match="another architecture"):
-        load_graph(good, other.config, other.state_dict())
+        load_graph(good, load_config("nano_q3", {"generator.lora_rank": 4}), model.state_dict())
     tensors = dict(model.state_dict())
     tensors.pop("generator.unet.conv_in.weight")
     with pytest.raises(GraphError, match="conv_in.weight is missing"):
