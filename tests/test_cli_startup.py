@@ -37,7 +37,17 @@ def test_decompress_imports_nothing_heavy(tmp_path, monkeypatch):
     heavy = [m for m in modules if any(m == h or m.startswith(h + ".") for h in HEAVY_MODULES)]
     assert heavy == []
 
+    # the `onedc` command itself (cli.run: exits without the interpreter's teardown): output flushed, exit codes kept
+    command = [sys.executable, "-m", "onedc_lib.cli", "decompress", str(source), "-o", str(tmp_path / "run.png"),
+               "--model", str(folder)]
+    result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0 and result.stdout.strip().endswith("run.png: 16x24"), result.stderr
+    (tmp_path / "bad.odc").write_bytes(source.read_bytes()[:-3])
+    command[4:7] = [str(tmp_path / "bad.odc"), "-o", str(tmp_path / "bad.png")]
+    result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 1 and "bad.odc" in result.stderr and not (tmp_path / "bad.png").exists()
+
     assert main(["decompress", str(source), "-o", str(tmp_path / "reference.png"), "--model", str(folder),
                  "--reference"]) == 0
-    fast, reference = (np.asarray(Image.open(tmp_path / f"{name}.png")) for name in ("fast", "reference"))
-    assert fast.shape == (16, 24, 3) and np.array_equal(fast, reference)
+    fast, run, reference = (np.asarray(Image.open(tmp_path / f"{name}.png")) for name in ("fast", "run", "reference"))
+    assert fast.shape == (16, 24, 3) and np.array_equal(fast, run) and np.array_equal(fast, reference)
