@@ -5,7 +5,9 @@
 what the modules compute) with `torch.jit.trace_module`: method `generate` (g_s feature, tokens -> x0) and method
 `decode` (latent -> image in [-1, 1], one whole VAE decode). Traced graphs follow the input's size wherever the
 modules compute with it; the one Python loop over sizes, the VAE's windowed attention, is traced as a scripted
-function (`vae.windowed_attention`). The model's own tensors are stripped from the archive: the graph depends on
+function (`vae.windowed_attention`). The branches baked in are those of every size the codec decodes: its latents
+are multiples of 8 (images padded to 64), so the UNet never takes diffusers' odd-size upsampling branch (2^3 at
+most for SD-1.5). The model's own tensors are stripped from the archive: the graph depends on
 the architecture only (one file serves every model of a preset), and `load_graph` fills in the tensors of the
 model being loaded, by their state_dict names, so a graph never carries stale weights.
 

@@ -142,8 +142,11 @@ class OneDC(nn.Module):
         return self._model_id
 
     def weights_changed(self) -> None:
-        """Call after changing weights in place (training, loading) so that the model id is recomputed."""
+        """Call after changing weights in place (training, loading) so that the model id is recomputed (and a
+        whole model's exported graph, which holds the tensors it was given, is dropped)."""
         self._model_id = None
+        if not self.decode_only:
+            self.decoder_graph = None
 
     def load_state_dict(self, *args, **kwargs):
         self.weights_changed()
