@@ -8,12 +8,13 @@ libFuzzer arguments are passed through; it prints the number of inputs executed 
 
 An input is `config | n | index seed (2 bytes) | segment seed | stream`. The config byte picks the mode (release
 or odc), the table set (the release's, ours, or a small set of extreme rows: a 2-bin row, a row of 300 bins of
-frequency 1 that forces the decoder's fallback search, a uniform row), the thread count and whether an odc
-stream is decoded in one call or segment by segment. The indexes are drawn from the seed (about 2% invalid:
+frequency 1 that forces the decoder's fallback search, a uniform row), the thread count, whether an odc
+stream is decoded in one call or segment by segment, and whether the C++ decoder may use its vector code. The indexes are drawn from the seed (about 2% invalid:
 -1, -2 or T). The reference decoder (instrumented, so coverage guides the search) and the C++ decoder must both
 raise ValueError or both return the same array; any other exception is a finding. An odc stream that decodes
 and whose drained initial states are canonical (no leading 00 byte; the decoders accept such states, the
-encoder never writes them) must also re-encode to the same bytes (rANS is a bijection there).
+encoder never writes them) and whose tiles have the same state count must also re-encode to the same bytes with
+that count (rANS is a bijection there).
 
 The custom mutator starts from valid streams (random symbols with escapes, encoded by the C++ coder with the
 same header) so that the search explores the decoders' deep paths, not only their first checks.
@@ -56,6 +57,7 @@ def _parse(data: bytes):
     which = (cfg >> 1) & 3
     threads = 1 + ((cfg >> 3) & 1)
     incremental = bool(cfg & 0x10)
+    simd = not cfg & 0x40
     tables = TABLE_SETS[which]
     n = data[1] % (MAX_SYMBOLS[which] + 1)
     rng = random.Random(data[2] | data[3] << 8)
@@ -66,7 +68,7 @@ def _parse(data: bytes):
     seg_rng = random.Random(data[4])
     cuts = sorted(seg_rng.randrange(n + 1) for _ in range(seg_rng.randrange(4)))
     segments = np.diff([0, *cuts, n]).astype(np.int64)
-    return mode, which, threads, incremental, indexes, segments
+    return mode, which, threads, incremental, simd, indexes, segments
 
 
 def _reference(mode, tables, stream, indexes, segments):
@@ -78,13 +80,13 @@ def _reference(mode, tables, stream, indexes, segments):
         return None
 
 
-def _cpp(mode, which, stream, indexes, segments, threads, incremental):
+def _cpp(mode, which, stream, indexes, segments, threads, incremental, simd):
     try:
         if mode == "release":
             return _coder.release_decode(CPP[which], stream, indexes)
         if not incremental:
-            return _coder.odc_decode(CPP[which], stream, indexes, threads, segments)
-        decoder = _coder.OdcDecoder(CPP[which], stream, threads)
+            return _coder.odc_decode(CPP[which], stream, indexes, threads, segments, simd)
+        decoder = _coder.OdcDecoder(CPP[which], stream, threads, simd)
         parts, start = [], 0
         for length in segments.tolist():
             parts.append(decoder.decode(indexes[start : start + length]))
@@ -99,42 +101,47 @@ def _tile_count(stream: bytes) -> int:
     return 1 if stream[0] else stream[1]
 
 
-def _states_canonical(stream: bytes) -> bool:
-    """Whether every tile's drained states have no leading 00 byte (the decoder accepts them, the encoder never
-    writes them), i.e. whether a decodable stream must re-encode to itself."""
+def _canonical_lanes(stream: bytes) -> int | None:
+    """The tiles' common state count if every tile's drained states have no leading 00 byte (the decoder accepts
+    them, the encoder never writes them), i.e. if a decodable stream must re-encode to itself; else None."""
     tiles = _tile_count(stream)
     pos, lengths = (0, []) if tiles == 1 else (2 + 4 * (tiles - 1), [])
     for t in range(tiles - 1):
         lengths.append(int.from_bytes(stream[2 + 4 * t : 6 + 4 * t], "little"))
     lengths.append(len(stream) - pos - sum(lengths))
+    widths = set()
     for length in lengths:
-        first = stream[pos]
-        if first == 0 or stream[pos + (3 if first >= 0x80 else 4)] == 0:
-            return False
+        widths.add(stream[pos])
+        at = pos + 1
+        for _ in range(stream[pos]):
+            if stream[at] == 0:
+                return None
+            at += 3 if stream[at] >= 0x80 else 4
         pos += length
-    return True
+    return widths.pop() if len(widths) == 1 else None
 
 
 def test_one_input(data: bytes) -> None:
     if len(data) < HEADER:
         return
-    mode, which, threads, incremental, indexes, segments = _parse(data)
+    mode, which, threads, incremental, simd, indexes, segments = _parse(data)
     stream = data[HEADER:]
     expected = _reference(mode, TABLE_SETS[which], stream, indexes, segments)
-    got = _cpp(mode, which, stream, indexes, segments, threads, incremental)
+    got = _cpp(mode, which, stream, indexes, segments, threads, incremental, simd)
     if expected is None or got is None:
         assert expected is None and got is None, f"reference {expected}, C++ {got}"
         return
     assert got.dtype == np.int32 and np.array_equal(got, expected), f"reference {expected}, C++ {got}"
-    if mode == "odc" and _states_canonical(stream):
-        again = _coder.odc_encode(CPP[which], got, indexes, _tile_count(stream), threads, segments)
+    lanes = _canonical_lanes(stream) if mode == "odc" else None
+    if lanes is not None:
+        again = _coder.odc_encode(CPP[which], got, indexes, _tile_count(stream), threads, segments, lanes)
         assert again == stream, "a decodable odc stream did not re-encode to itself"
 
 
 def _valid_input(rng: random.Random) -> bytes:
     """A header and a stream that the C++ encoder wrote for random symbols and the header's own indexes."""
     head = bytes([rng.randrange(256) & ~0x20, *(rng.randrange(256) for _ in range(HEADER - 1))])
-    mode, which, threads, _, indexes, segments = _parse(head)
+    mode, which, threads, _, _, indexes, segments = _parse(head)
     tables = TABLE_SETS[which]
     scales = tables.scale_table[np.maximum(indexes, 0)] * rng.choice([1, 3])
     np_rng = np.random.default_rng(rng.randrange(1 << 30))
@@ -145,7 +152,8 @@ def _valid_input(rng: random.Random) -> bytes:
     if mode == "release":
         stream = _coder.release_encode(CPP[which], symbols, indexes)
     else:
-        stream = _coder.odc_encode(CPP[which], symbols, indexes, rng.choice([1, 1, 2, 5]), threads, segments)
+        stream = _coder.odc_encode(CPP[which], symbols, indexes, rng.choice([1, 1, 2, 5]), threads, segments,
+                                   rng.choice([0, 1, 2, 16, 16]))
     return head + stream
 
 

@@ -134,7 +134,7 @@ PYBIND11_MODULE(_coder, m) {
     m.def(
         "odc_encode",
         [](const onedc::Tables& t, const I32& symbols, const I32& indexes, int tiles, int threads,
-           const py::object& segments) {
+           const py::object& segments, int lanes) {
             const int32_t* s = vector_data(symbols, "symbols");
             const int32_t* i = vector_data(indexes, "indexes");
             check_same_length(symbols, indexes);
@@ -145,20 +145,21 @@ PYBIND11_MODULE(_coder, m) {
             {
                 py::gil_scoped_release nogil;
                 st = onedc::odc_encode(t, s, i, static_cast<size_t>(symbols.size()), seg.data, seg.count, tiles,
-                                       threads, out);
+                                       threads, lanes, out);
             }
             check(st);
             return to_bytes(out);
         },
         py::arg("tables"), py::arg("symbols"), py::arg("indexes"), py::arg("tiles") = 1, py::arg("threads") = 1,
-        py::arg("segments") = py::none(),
+        py::arg("segments") = py::none(), py::arg("lanes") = 0,
         "odc y stream: `tiles` (1..255) independent tiles, coded on `threads` threads (0: all cores). "
-        "`segments`: lengths of the segments the symbols come in (default: one).");
+        "`segments`: lengths of the segments the symbols come in (default: one). `lanes`: interleaved states "
+        "per tile (1, 2, 4, 8, 16; 0: chosen per tile from its estimated size).");
 
     m.def(
         "odc_decode",
         [](const onedc::Tables& t, const py::bytes& data, const I32& indexes, int threads,
-           const py::object& segments) {
+           const py::object& segments, bool simd) {
             const int32_t* i = vector_data(indexes, "indexes");
             auto [p, size] = bytes_view(data);
             threads = resolve_threads(threads);
@@ -169,24 +170,28 @@ PYBIND11_MODULE(_coder, m) {
             Status st;
             {
                 py::gil_scoped_release nogil;
-                st = onedc::odc_decode(t, p, size, i, n, seg.data, seg.count, threads, o);
+                st = onedc::odc_decode(t, p, size, i, n, seg.data, seg.count, threads, simd, o);
             }
             check(st);
             return out;
         },
         py::arg("tables"), py::arg("data"), py::arg("indexes"), py::arg("threads") = 1,
-        py::arg("segments") = py::none());
+        py::arg("segments") = py::none(), py::arg("simd") = true,
+        "`simd`: use the vector decoder where the CPU has one (same result; False: the scalar reference).");
+
+    m.def("simd_available", &onedc::simd_available,
+          "Whether this CPU runs the vector odc decoder (AVX-512 F/BW/VL/DQ).");
 
     py::class_<PyOdcDecoder>(m, "OdcDecoder",
                              "Decodes an odc stream one segment at a time: decode(indexes) per segment, then "
                              "finish(). Any error (ValueError) leaves it failed.")
-        .def(py::init([](std::shared_ptr<onedc::Tables> t, const py::bytes& data, int threads) {
+        .def(py::init([](std::shared_ptr<onedc::Tables> t, const py::bytes& data, int threads, bool simd) {
                  auto d = std::make_unique<PyOdcDecoder>();
                  auto [p, size] = bytes_view(data);
-                 check(d->dec.open(std::move(t), p, size, resolve_threads(threads)));
+                 check(d->dec.open(std::move(t), p, size, resolve_threads(threads), false, simd));
                  return d;
              }),
-             py::arg("tables"), py::arg("data"), py::arg("threads") = 1)
+             py::arg("tables"), py::arg("data"), py::arg("threads") = 1, py::arg("simd") = true)
         .def_property_readonly("tiles", [](PyOdcDecoder& d) { return d.dec.tiles(); })
         .def(
             "decode",

@@ -1,12 +1,18 @@
-// odc mode (STREAMS.md "odc mode", stream version 2): tiles of two interleaved 32-bit rANS states, byte-wise
-// renormalisation.
+// odc mode (STREAMS.md "odc mode", stream version 3): tiles of W interleaved 32-bit rANS states (W in {1, 2, 4,
+// 8, 16}), byte-wise renormalisation.
 //
 // stream = tile (one tile) or 00 | u8 T | u32 LE length of tiles 0..T-2 | tile 0 | ... (T in [2, 255]);
-// tile = x0 | x1 | bytes, each state as its 3 or 4 significant bytes, most significant first ("drained": the
-// decoder reads a state as it renormalises, x = 0 then x = x << 8 | byte while x < L). The first byte of a tile
-// is never 00 (a state has 3 significant bytes or more), which tells the two stream layouts apart.
-// Item j of a tile (escape bins and raw fields included) uses state j & 1. Lower bound L = 2^23; every state
-// (initial, between items, final) lies in [L, 2^31).
+// tile = u8 W | W states, each as its 3 or 4 significant bytes, most significant first ("drained": the decoder
+// reads a state as it renormalises, x = 0 then x = x << 8 | byte while x < L) | bytes. The first byte of a tile is
+// W, never 00, which tells the two stream layouts apart. Symbol g of a tile (counted across segments) is coded on
+// state g mod W, all its items (the bin, and after an escape bin the raw fields) on that state; items are decoded
+// in symbol order, each followed by its renormalisation. Lower bound L = 2^23; every state (initial, between items,
+// final) lies in [L, 2^31), and a tile ends with every state at L.
+//
+// Lanes: the encoder (or the caller) picks W per tile from its estimated size (Tables::cost(): integer arithmetic,
+// the same on every machine). A state costs about 3.5 bytes, so W <= estimated bytes / 4096 (at most 16): a small
+// stream keeps one state (fixed cost 4 bytes) and W adds at most ~0.1% to any stream. Sixteen states are what the
+// vector decoder takes in one step.
 //
 // Output bound (encoder): every item emits at most two bytes. Before an item the state is in [L, 2^31), and
 // bytes go out while x >= freq << 15 >= 2^15; after two of them x < 2^31 >> 16 = 2^15, so a third is never
@@ -19,20 +25,21 @@
 // Decoder: the initial states are read by renormalisation from 0, so they lie in [L, 2^31); then x >> 16 is in
 // [2^7, 2^15), so after an item x = freq (x >> 16) + cum - start lies in [2^7, 2^31) and at most two bytes bring
 // it back to [L, 2^31), for any stream. All reads are bounds-checked: the fast loops run while two bytes per
-// symbol they decode are left (a normal item reads at most two); escapes use checked reads. The last few bytes
-// of a tile are decoded from a zero-padded copy, and reading into its padding is a truncated stream. Nothing
-// it allocates depends on the stream's content.
+// symbol they decode are left (a fast symbol reads at most two; the vector step reads 32 bytes and uses at most
+// the 32 its 16 symbols may); escapes use checked reads. The last bytes of a tile are decoded from a zero-padded
+// copy, and reading into its padding is a truncated stream. Nothing it allocates depends on the stream's content.
 //
-// The hot loops avoid branches on renormalisation (cmov / adc; a rare second byte is a predictable branch),
-// swaps (2x unrolled: the two states alternate by position) and reloads through pointers that may alias the
-// output, and keep the states in registers (the rare paths work on copies). Measured (benchmarks/entropy_coder.py
-// and a C++ harness, AMD Zen 5): a fast symbol is about 42 instructions; with one table the loop is close to
-// both its issue limit and the two states' dependency chains, with a random table per symbol the bucket loads
-// miss L1 (the buckets of all 256 tables take ~600 KB). Tried and not kept: 4 or 8 interleaved states (+5-15%
-// with a random table per symbol, nothing with few; they would need a larger fixed cost), buckets sized for a
-// 0.5-2% or 6-8% fallback instead of 4% (slower: more memory, or more fallbacks; the fallback takes 1.4-3.3% of
-// the benchmark's symbols), 16-byte buckets holding the value, hoisting the index check out of the loop,
-// reading the bytes as a 32-bit word.
+// Speed (benchmarks/entropy_coder.py, AMD Zen 5): the scalar loop avoids branches on renormalisation (cmov / adc; a
+// rare second byte is a predictable branch) and keeps the state in a register for W = 1. With W = 16 and AVX-512
+// (checked at run time) sixteen symbols are decoded per step: a gather of the lookup entries (Tables::
+// simd_entries(), the same bucket count for every table, so no per-table gather), a vector multiply, and the
+// renormalisation bytes handed to the lanes by a prefix count and a byte permute. A fallback search is done lane by
+// lane inside the step; an escape or a bad index sends the step to the scalar code, which decodes the same bytes
+// the same way (decode(..., simd=False) is the reference the vector decoder is tested against). Measured and not
+// kept: 16-bit word renormalisation (L = 2^16: simpler vector code, but +0.13% size), 32 states in two vectors (no
+// gain: the gathers' throughput, ~4.8 ns per 16-lane gather here, then limits), 8-byte gathers, per-table bucket
+// counts in the vector lookup (one more gather), finer buckets (more cache misses).
+
 #include <algorithm>
 #include <atomic>
 #include <climits>
@@ -40,14 +47,20 @@
 #include <exception>
 #include <thread>
 
+#if defined(__GNUC__) && defined(__x86_64__)
+#include <immintrin.h>
+#define ONEDC_AVX512 1
+#endif
+
 #include "rans.h"
 
 namespace onedc {
 
 namespace {
 
-constexpr uint32_t kL = 1u << 23;         // state lower bound
+constexpr uint32_t kL = 1u << 23;    // state lower bound
 constexpr int kMaxTiles = 255;
+constexpr uint32_t kMaxLanes = 16;
 constexpr size_t kItemBytes = 2;     // bytes an item emits (encoder) or reads (decoder) at most
 constexpr size_t kEscapeSlack = 16;  // bytes kept free before an escape (it needs at most 5 x 2)
 
@@ -61,6 +74,8 @@ inline void store_u32le(uint8_t* p, uint32_t x) {
     p[2] = uint8_t(x >> 16);
     p[3] = uint8_t(x >> 24);
 }
+
+bool valid_lanes(uint32_t w) { return w >= 1 && w <= kMaxLanes && (w & (w - 1)) == 0; }  // 1, 2, 4, 8, 16
 
 // ---------------------------------------------------------------------------------------------------------
 // Encoder
@@ -132,42 +147,44 @@ int escape_items(const EncView& ev, int64_t v, EncBin* items) {
     return cnt;
 }
 
-// One tile's buffer: [8 bytes for the states][cap bytes, written downwards from the end].
+constexpr size_t kHeadMax = 1 + 4 * kMaxLanes;  // W byte + drained states
+
+// One tile's buffer: [kHeadMax bytes for the head][cap bytes, written downwards from the end].
 struct TileBuf {
     std::unique_ptr<uint8_t[]> mem;
     size_t cap = 0;
-    uint8_t* begin = nullptr;  // after encoding: x0 | x1 | bytes
+    uint8_t* begin = nullptr;  // after encoding: W | states | words
     size_t size = 0;
     Status status;
-    uint8_t* body() const { return mem.get() + 8; }
+    uint8_t* body() const { return mem.get() + kHeadMax; }
 };
 
-// Escaped bin v of symbol i (i symbols are still to encode after it). Grows the buffer first when fewer than
-// 2 i + kEscapeSlack bytes are free (w counts the free bytes), moving the bytes written so far.
-// st[0]: state of the next item to encode, st[1] the other; on return st[0] is again the next one. Returns the
-// new w (passed by value so that the caller's w can stay in a register).
+// Escaped bin v of a symbol on state x (i symbols are still to encode after it). Grows the buffer first when
+// fewer than 2 i + kEscapeSlack bytes are free (w counts the free bytes), moving the bytes written so far.
+// Returns the new w (passed by value so that the caller's w can stay in a register).
 __attribute__((noinline)) size_t encode_escape(const EncView& ev, int64_t v, size_t i, TileBuf& o, size_t w,
-                                               uint32_t* st) {
+                                               uint32_t& x) {
     if (w < kItemBytes * i + kEscapeSlack) {
         const size_t used = o.cap - w;
         const size_t cap = std::max(2 * o.cap, used + kItemBytes * i + 4 * kEscapeSlack);
-        std::unique_ptr<uint8_t[]> mem(new uint8_t[8 + cap]);
-        std::memcpy(mem.get() + 8 + (cap - used), o.body() + w, used);
+        std::unique_ptr<uint8_t[]> mem(new uint8_t[kHeadMax + cap]);
+        std::memcpy(mem.get() + kHeadMax + (cap - used), o.body() + w, used);
         o.mem = std::move(mem);
         o.cap = cap;
         w = cap - used;
     }
     EncBin items[8];
     const int cnt = escape_items(ev, v, items);
-    uint32_t a = st[0], b = st[1];
     uint8_t* const base = o.body();
-    for (int j = cnt - 1; j >= 0; --j) {
-        put(a, base, w, items[j]);
-        std::swap(a, b);
-    }
-    st[0] = a;
-    st[1] = b;
+    for (int j = cnt - 1; j >= 0; --j) put(x, base, w, items[j]);
     return w;
+}
+
+// Drained state x in [L, 2^31): its 3 (x < 2^24) or 4 significant bytes, most significant first; returns the count.
+inline size_t drain(uint32_t x, uint8_t* p) {
+    const size_t n = x < (1u << 24) ? 3 : 4;
+    for (size_t i = 0; i < n; ++i) p[i] = static_cast<uint8_t>(x >> (8 * (n - 1 - i)));
+    return n;
 }
 
 // Symbols of one tile: its part of each segment, in order.
@@ -177,89 +194,83 @@ struct Range {
     size_t n;
 };
 
-// Drained state x in [L, 2^31): its 3 (x < 2^24) or 4 significant bytes, most significant first; returns the count.
-inline size_t drain(uint32_t x, uint8_t* p) {
-    const size_t n = x < (1u << 24) ? 3 : 4;
-    for (size_t i = 0; i < n; ++i) p[i] = static_cast<uint8_t>(x >> (8 * (n - 1 - i)));
-    return n;
+// W for a tile: the largest power of two <= min(16, estimated bytes / 4096), at least 1 (a state costs about 3.5
+// bytes: at most ~0.1% of the stream). Indexes out of range
+// count nothing (the encoder reports them).
+uint32_t choose_lanes(const Tables& t, const std::vector<Range>& ranges) {
+    const uint32_t* const cost = t.cost();
+    const uint32_t T = static_cast<uint32_t>(t.size());
+    uint64_t q8 = 0;  // 1/256 bits
+    for (const Range& r : ranges)
+        for (size_t i = 0; i < r.n; ++i) {
+            const uint32_t k = static_cast<uint32_t>(r.idx[i]);
+            q8 += k < T ? cost[k] : 0;
+        }
+    const uint64_t units = q8 / (256 * 8 * 4096);
+    uint32_t w = 1;
+    while (w < kMaxLanes && 2 * w <= units) w *= 2;
+    return w;
 }
 
-// Encodes the ranges (in order) into one tile. Items run in reverse;
-// `a` always holds the state of the next item to encode at a symbol boundary, and the loop is unrolled by two
-// symbols so that the roles of a and b swap by position instead of by moves (an escape hands the states back
-// in the same roles).
-Status encode_tile(const Tables& t, const std::vector<Range>& ranges, TileBuf& o) {
+// Codes the ranges' symbols in reverse on the W states st (symbol g of the tile on st[g mod W]); w: free bytes.
+// W is a template parameter so that g mod W is a mask known to the compiler (and W = 1 keeps its state in a
+// register).
+template <uint32_t W>
+Status encode_symbols(const Tables& t, const std::vector<Range>& ranges, size_t total, TileBuf& o, size_t& w,
+                      uint32_t* st) {
     const EncView* const enc = t.enc();
     const uint32_t T = static_cast<uint32_t>(t.size());
-    size_t total = 0;
-    for (const Range& r : ranges) total += r.n;
-    o.cap = kItemBytes * total + total / 32 + 128;  // >= 2 x symbols + 2; escapes grow it
-    o.mem.reset(new uint8_t[8 + o.cap]);
     uint8_t* base = o.body();
-    size_t w = o.cap;         // free bytes; the bytes written are [w, cap)
-    uint32_t a = kL, b = kL;
-    size_t before = total;    // symbols in the ranges before the current one
+    uint32_t local[W];
+    std::memcpy(local, st, sizeof(local));
+    size_t g = total;  // tile position of the symbol after the current one
     for (size_t ri = ranges.size(); ri-- > 0;) {
         const int32_t* const sym = ranges[ri].sym;
         const int32_t* const idx = ranges[ri].idx;
-        size_t i = ranges[ri].n;
-        before -= i;
-        auto bad_index = [&](size_t at) {
-            return Status::error("index " + std::to_string(idx[at]) + " outside [0, " + std::to_string(T) + ")");
-        };
-        if (i & 1) {
-            --i;
+        for (size_t i = ranges[ri].n; i-- > 0;) {
+            --g;
             const uint32_t k = static_cast<uint32_t>(idx[i]);
-            if (k >= T) return bad_index(i);
+            if (k >= T)
+                return Status::error("index " + std::to_string(idx[i]) + " outside [0, " + std::to_string(T) + ")");
             const EncView& ev = enc[k];
             const int64_t v = int64_t(sym[i]) - ev.offset;
-            if (static_cast<uint64_t>(v) < ev.esc) {
-                put(a, base, w, ev.bins[v]);
-                std::swap(a, b);
+            uint32_t& x = local[g % W];
+            if (__builtin_expect(static_cast<uint64_t>(v) < ev.esc, 1)) {
+                put(x, base, w, ev.bins[v]);
             } else {
-                uint32_t st[2] = {a, b};
-                w = encode_escape(ev, v, before + i, o, w, st);
+                w = encode_escape(ev, v, g, o, w, x);
                 base = o.body();
-                a = st[0];
-                b = st[1];
-            }
-        }
-        while (i >= 2) {
-            i -= 2;
-            // symbol i + 1 on a, then symbol i on b
-            uint32_t k = static_cast<uint32_t>(idx[i + 1]);
-            if (k >= T) return bad_index(i + 1);
-            const EncView* ev = &enc[k];
-            int64_t v = int64_t(sym[i + 1]) - ev->offset;
-            if (__builtin_expect(static_cast<uint64_t>(v) < ev->esc, 1)) {
-                put(a, base, w, ev->bins[v]);
-            } else {
-                uint32_t st[2] = {a, b};
-                w = encode_escape(*ev, v, before + i + 1, o, w, st);
-                base = o.body();
-                a = st[1];  // st[0] is the next state, which the code below calls b
-                b = st[0];
-            }
-            k = static_cast<uint32_t>(idx[i]);
-            if (k >= T) return bad_index(i);
-            ev = &enc[k];
-            v = int64_t(sym[i]) - ev->offset;
-            if (__builtin_expect(static_cast<uint64_t>(v) < ev->esc, 1)) {
-                put(b, base, w, ev->bins[v]);
-            } else {
-                uint32_t st[2] = {b, a};
-                w = encode_escape(*ev, v, before + i, o, w, st);
-                base = o.body();
-                a = st[0];
-                b = st[1];
             }
         }
     }
-    // After the last (reverse) item the next state is in a, so item 0 used b: x0 = b, x1 = a.
-    uint8_t head[8];
-    size_t h = drain(b, head);
-    h += drain(a, head + h);
-    uint8_t* const begin = base + w - h;  // the 8 bytes in front of the body hold them
+    std::memcpy(st, local, sizeof(local));
+    return Status{};
+}
+
+// Encodes the ranges (in order) into one tile of `lanes` states (0: choose_lanes).
+Status encode_tile(const Tables& t, const std::vector<Range>& ranges, uint32_t lanes, TileBuf& o) {
+    const uint32_t W = lanes ? lanes : choose_lanes(t, ranges);
+    size_t total = 0;
+    for (const Range& r : ranges) total += r.n;
+    o.cap = kItemBytes * total + total / 32 + 128;  // >= 2 x symbols + 2; escapes grow it
+    o.mem.reset(new uint8_t[kHeadMax + o.cap]);
+    size_t w = o.cap;  // free bytes; the bytes written are [w, cap)
+    uint32_t st[kMaxLanes];
+    for (uint32_t l = 0; l < kMaxLanes; ++l) st[l] = kL;
+    Status s;
+    switch (W) {
+        case 1: s = encode_symbols<1>(t, ranges, total, o, w, st); break;
+        case 2: s = encode_symbols<2>(t, ranges, total, o, w, st); break;
+        case 4: s = encode_symbols<4>(t, ranges, total, o, w, st); break;
+        case 8: s = encode_symbols<8>(t, ranges, total, o, w, st); break;
+        default: s = encode_symbols<16>(t, ranges, total, o, w, st); break;
+    }
+    if (!s.ok()) return s;
+    uint8_t head[kHeadMax];
+    size_t h = 0;
+    head[h++] = static_cast<uint8_t>(W);
+    for (uint32_t l = 0; l < W; ++l) h += drain(st[l], head + h);
+    uint8_t* const begin = o.body() + w - h;  // the kHeadMax bytes in front of the body hold the head
     std::memcpy(begin, head, h);
     o.begin = begin;
     o.size = h + (o.cap - w);
@@ -269,7 +280,7 @@ Status encode_tile(const Tables& t, const std::vector<Range>& ranges, TileBuf& o
 // ---------------------------------------------------------------------------------------------------------
 // Decoder
 
-// Bytes of a tile after the states: base[q], q < nb.
+// Bytes of a tile after its head: base[q], q < nb.
 struct Bytes {
     const uint8_t* base;
     size_t q, nb;
@@ -295,23 +306,17 @@ struct Bytes {
 
 const char* const kTruncated = "odc stream: truncated tile (reads past its end)";
 
-// After an escape bin decoded on st[0] (st[1] the other state): the Exp-Golomb code of r, each field on the
-// next state. On success st[0] is the state of the last item decoded and st[1] the next one.
-__attribute__((noinline)) Status decode_escape(const DecView& dv, uint32_t* st, Bytes& in, int32_t& out) {
-    uint32_t a = st[0], b = st[1];
+// After an escape bin decoded on x: the Exp-Golomb code of r, each field on the same state.
+__attribute__((noinline)) Status decode_escape(const DecView& dv, uint32_t& x, Bytes& in, int32_t& out) {
     uint32_t e, w;
-    std::swap(a, b);
-    if (!in.raw(a, 6, e)) return Status::error(kTruncated);
+    if (!in.raw(x, 6, e)) return Status::error(kTruncated);
     if (e > 33) return Status::error("odc stream: escape code over 33 bits (value outside int32)");
     uint64_t q = 0;
     for (uint32_t pos = 0; pos < e; pos += 16) {
         const uint32_t bits = std::min<uint32_t>(16, e - pos);
-        std::swap(a, b);
-        if (!in.raw(a, bits, w)) return Status::error(kTruncated);
+        if (!in.raw(x, bits, w)) return Status::error(kTruncated);
         q |= uint64_t(w) << pos;
     }
-    st[0] = a;
-    st[1] = b;
     q |= uint64_t(1) << e;
     const uint64_t r = q - 1;
     const bool negative = r & 1;
@@ -322,28 +327,26 @@ __attribute__((noinline)) Status decode_escape(const DecView& dv, uint32_t* st, 
     return Status{};
 }
 
-// The rare path of a symbol (st[0]: its state, st[1]: the other): the bucket's fallback search, the escape bin
-// and its Exp-Golomb code, all with checked reads. On success st[0] is the state of the symbol's last item and
-// st[1] the next one.
-__attribute__((noinline)) Status slow_symbol(const Tables& t, const DecView& dv, uint32_t* st, Bytes& in,
+// The rare path of a symbol on state x: the bucket's fallback search, the escape bin and its Exp-Golomb code, all
+// with checked reads.
+__attribute__((noinline)) Status slow_symbol(const Tables& t, const DecView& dv, uint32_t& x, Bytes& in,
                                              int32_t& out) {
-    const uint32_t cum = st[0] & 0xFFFFu;
+    const uint32_t cum = x & 0xFFFFu;
     uint32_t v;
-    st[0] = advance(st[0], lookup_search(t, dv, cum >> dv.shift, cum, v));
-    if (!in.renorm(st[0])) return Status::error(kTruncated);
-    if (v == dv.esc) return decode_escape(dv, st, in, out);
+    x = advance(x, lookup_search(t, dv, cum >> dv.shift, cum, v));
+    if (!in.renorm(x)) return Status::error(kTruncated);
+    if (v == dv.esc) return decode_escape(dv, x, in, out);
     out = static_cast<int32_t>(v) + dv.offset;
     return Status{};
 }
 
 enum class Step { kOk, kSlow, kStop, kError };
 
-// One symbol on state x (y: the other state). The caller guarantees q + 2 <= nb, so the (at most two) bytes of
-// a fast symbol are there. kOk: the next item's state is y. kSlow: decoded by slow_symbol, which may have read
-// more bytes (re-check the bounds); the next state is y too. kStop: index out of range, nothing consumed.
-// kError: corrupt stream, `status` set.
-inline Step fast_symbol(const Tables& t, uint32_t T, uint32_t& x, uint32_t& y, Bytes& in, int32_t index,
-                        int32_t& out, Status& status) {
+// One symbol on state x. The caller guarantees q + 2 <= nb, so the (at most two) bytes of a fast symbol are there. kOk: done.
+// kSlow: decoded by slow_symbol, which may have read more (re-check the bounds). kStop: index out of range,
+// nothing consumed. kError: corrupt stream, `status` set.
+inline Step fast_symbol(const Tables& t, uint32_t T, uint32_t& x, Bytes& in, int32_t index, int32_t& out,
+                        Status& status) {
     const uint32_t k = static_cast<uint32_t>(index);
     if (__builtin_expect(k >= T, 0)) return Step::kStop;
     const DecView& dv = t.dec()[k];
@@ -352,13 +355,12 @@ inline Step fast_symbol(const Tables& t, uint32_t T, uint32_t& x, uint32_t& y, B
     const BucketEntry entry = dv.bucket[j];
     const uint32_t sel = ((x << 16) | 0xFFFFu) >= entry.hi;  // cum >= start of hi, see lookup() in rans.h
     const uint32_t e = sel ? entry.hi : entry.lo;
-    if (__builtin_expect((e & 0xFFFFu) == 0, 0)) {  // copies, so that x, y and in can stay in registers
-        uint32_t st[2] = {x, y};
+    if (__builtin_expect((e & 0xFFFFu) == 0, 0)) {  // copies, so that x and in can stay in registers
+        uint32_t y = x;
         Bytes w = in;
-        status = slow_symbol(t, dv, st, w, out);
+        status = slow_symbol(t, dv, y, w, out);
         if (!status.ok()) return Step::kError;
-        x = st[0];
-        y = st[1];
+        x = y;
         in = w;
         return Step::kSlow;
     }
@@ -392,94 +394,206 @@ inline Step fast_symbol(const Tables& t, uint32_t T, uint32_t& x, uint32_t& y, B
     return Step::kOk;
 }
 
-// A tile being decoded: its states and read position. Resumable: segments are decoded one call at a time.
+// A tile being decoded: its states, the state of its next symbol and its read position. Resumable: segments are
+// decoded one call at a time.
 struct Lane {
-    uint32_t a, b;  // a: state of the next item, b: the other one
+    alignas(64) uint32_t x[kMaxLanes];
+    uint32_t width = 1;
+    uint32_t phase = 0;  // the next symbol's state
     Bytes in;
 };
 
-// Symbols [pos, end) (end - pos even, 2 (end - pos) <= bytes.nb - bytes.q), two per round: symbol i on a, symbol
-// i + 1 on b, then a is the next state again. No bounds check, as a fast symbol reads at most two bytes. A slow
-// symbol (which may read more) or a bad index ends the block early. states[0] is the state of the next item
-// (symbol pos) on entry and on return; pos is advanced. Not inlined, and working on copies of the states and
-// the read position, so that they stay in registers.
-__attribute__((noinline)) Step fast_block(const Tables& t, uint32_t* states, Bytes& bytes, const int32_t* idx,
-                                          int32_t* out, size_t& pos, size_t end, Status& status) {
+#ifdef ONEDC_AVX512
+#define ONEDC_TARGET_AVX512 \
+    __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512vbmi,avx512vpopcntdq,popcnt")))
+
+bool cpu_has_avx512() {
+    static const bool yes = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+                            __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq") &&
+                            __builtin_cpu_supports("avx512vbmi") && __builtin_cpu_supports("avx512vpopcntdq");
+    return yes;
+}
+
+// Sixteen symbols on sixteen states (one vector) in one step, with the vector lookup of Tables::simd_entries().
+struct Simd16 {
+    const Tables& t;
+    const long long* entries;
+    __m512i lo16, tables, lower, two15, one, below;
+
+    ONEDC_TARGET_AVX512 explicit Simd16(const Tables& tab)
+        : t(tab),
+          entries(reinterpret_cast<const long long*>(tab.simd_entries())) {
+        lo16 = _mm512_set1_epi32(0xFFFF);
+        tables = _mm512_set1_epi32(static_cast<int>(std::min<int64_t>(tab.size(), INT32_MAX)));
+        lower = _mm512_set1_epi32(static_cast<int>(kL));
+        two15 = _mm512_set1_epi32(1 << 15);
+        one = _mm512_set1_epi32(1);
+        const __m512i lane = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+        const __m512i bits = _mm512_sub_epi32(_mm512_sllv_epi32(one, lane), one);
+        below = _mm512_or_si512(bits, _mm512_slli_epi32(bits, 16));  // in lane l: the bits of lanes < l, twice
+    }
+
+    // 8-byte items of 16 lanes, as their low and high halves (two 4-byte gathers: faster than two 8-byte gathers
+    // and the permutes that split them, measured on Zen 5).
+    ONEDC_TARGET_AVX512 inline void gather64(__m512i at, const long long* base, __m512i& low, __m512i& high) const {
+        const int* const half = reinterpret_cast<const int*>(base);
+        low = _mm512_i32gather_epi32(at, half, 8);
+        high = _mm512_i32gather_epi32(at, half + 1, 8);
+    }
+
+    // Symbols idx[0..15] on the states x (x <- the new states), their bytes read at base + q (q advanced). Reads 32
+    // bytes at base + q. False, with nothing changed, if a symbol needs the scalar code (a bad index, an escape).
+    ONEDC_TARGET_AVX512 inline bool step(__m512i& x, const int32_t* idx, int32_t* out, const uint8_t* base,
+                                         size_t& q) const {
+        const __m512i k = _mm512_loadu_si512(idx);
+        if (_mm512_cmplt_epu32_mask(k, tables) != 0xFFFF) return false;
+        const __m512i cum = _mm512_and_si512(x, lo16);
+        const __m512i j = _mm512_or_si512(_mm512_slli_epi32(k, Tables::kSimdBits),
+                                          _mm512_srli_epi32(cum, 16 - Tables::kSimdBits));
+        __m512i a, b;
+        gather64(j, entries, a, b);  // a = start | freq << 16 of the bucket's first bin, b = freq' | value << 16
+        const __m512i start_lo = _mm512_and_si512(a, lo16);
+        const __m512i start_hi = _mm512_add_epi32(start_lo, _mm512_srli_epi32(a, 16));
+        const __mmask16 sel = _mm512_cmpge_epu32_mask(cum, start_hi);
+        __m512i freq = _mm512_mask_blend_epi32(sel, _mm512_srli_epi32(a, 16), _mm512_and_si512(b, lo16));
+        __m512i start = _mm512_mask_blend_epi32(sel, start_lo, start_hi);
+        __m512i v = _mm512_srai_epi32(b, 16);
+        v = _mm512_mask_add_epi32(v, sel, v, one);
+        const __mmask16 slow = _mm512_testn_epi32_mask(freq, freq);
+        if (slow) {  // fallback searches lane by lane (as lookup() does); an escape goes to the scalar code
+            alignas(64) uint32_t ka[16], ca[16];
+            _mm512_store_si512(ka, k);
+            _mm512_store_si512(ca, cum);
+            for (uint32_t m = slow; m; m &= m - 1) {
+                const int l = __builtin_ctz(m);
+                const DecView& dv = t.dec()[ka[l]];
+                uint32_t bin;
+                const uint32_t e = lookup_search(t, dv, ca[l] >> dv.shift, ca[l], bin);
+                if (bin == dv.esc) return false;
+                const __mmask16 at = static_cast<__mmask16>(1u << l);  // into the lane without a store and reload
+                freq = _mm512_mask_set1_epi32(freq, at, static_cast<int>(e & 0xFFFFu));
+                start = _mm512_mask_set1_epi32(start, at, static_cast<int>(e >> 16));
+                v = _mm512_mask_set1_epi32(v, at, static_cast<int>(bin + static_cast<uint32_t>(dv.offset)));
+            }
+        }
+        _mm512_storeu_si512(out, v);
+        const __m512i next = _mm512_add_epi32(_mm512_mullo_epi32(freq, _mm512_srli_epi32(x, 16)),
+                                              _mm512_sub_epi32(cum, start));
+        // Renormalisation: lane l takes c = 0, 1 or 2 bytes (next < L, next < 2^15) at o = the count its lower
+        // lanes take, i.e. exactly where the scalar decoder, lane after lane, reads them.
+        const __mmask16 n1 = _mm512_cmplt_epu32_mask(next, lower);
+        const __mmask16 n2 = _mm512_cmplt_epu32_mask(next, two15);
+        const uint32_t both = uint32_t(n1) | uint32_t(n2) << 16;
+        const __m512i o = _mm512_popcnt_epi32(_mm512_and_si512(_mm512_set1_epi32(static_cast<int>(both)), below));
+        // byte 0 of lane l's bits: the byte at o + 1 if c = 2 (the second byte read is the low one), else at o;
+        // byte 1: the byte at o (kept only if c = 2); the mask (1 << 8c) - 1 keeps the c bytes.
+        const __m512i pick = _mm512_or_si512(_mm512_mask_add_epi32(o, n2, o, one), _mm512_slli_epi32(o, 8));
+        const __m512i data = _mm512_zextsi256_si512(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(base + q)));
+        const __m512i c8 = _mm512_slli_epi32(_mm512_add_epi32(_mm512_maskz_mov_epi32(n1, one),
+                                                              _mm512_maskz_mov_epi32(n2, one)), 3);
+        const __m512i bytes = _mm512_and_si512(_mm512_permutexvar_epi8(pick, data),
+                                               _mm512_sub_epi32(_mm512_sllv_epi32(one, c8), one));
+        x = _mm512_or_si512(_mm512_sllv_epi32(next, c8), bytes);
+        q += static_cast<size_t>(__builtin_popcount(both));
+        return true;
+    }
+};
+
+// Whole groups of 16 symbols, symbol i + l on state l (the caller starts at phase 0), while at least 16 are left.
+// Stops at a step the scalar code must do. Reads 32 bytes per step, which the caller's 2-bytes-per-symbol budget
+// covers.
+ONEDC_TARGET_AVX512 void simd_steps(const Tables& t, uint32_t* states, Bytes& in, const int32_t* idx, int32_t* out,
+                                    size_t& pos, size_t end) {
+    const Simd16 v(t);
+    __m512i x = _mm512_load_si512(states);
+    size_t i = pos, q = in.q;
+    while (end - i >= 16 && v.step(x, idx + i, out + i, in.base, q)) i += 16;
+    _mm512_store_si512(states, x);
+    in.q = q;
+    pos = i;
+}
+#endif
+
+// Symbols [pos, end) of a lane (2 (end - pos) <= bytes.nb - bytes.q). A slow symbol (which may read more) or a bad
+// index ends the block early; pos is advanced past the symbols decoded.
+Step decode_block(const Tables& t, Lane& L, Bytes& bytes, const int32_t* idx, int32_t* out, size_t& pos,
+                  size_t end, bool simd, Status& status) {
     const uint32_t T = static_cast<uint32_t>(t.size());
-    uint32_t a = states[0], b = states[1];
+    const uint32_t mask = L.width - 1;
     Bytes in = bytes;
     size_t i = pos;
     Step r = Step::kOk;
-    while (i < end) {
-        r = fast_symbol(t, T, a, b, in, idx[i], out[i], status);
-        if (r != Step::kOk) break;
-        r = fast_symbol(t, T, b, a, in, idx[i + 1], out[i + 1], status);
-        if (r != Step::kOk) {
-            std::swap(a, b);  // so that a holds the state of symbol i + 1
-            ++i;
-            break;
+    if (L.width == 1) {  // the state in a register
+        uint32_t x = L.x[0];
+        for (; i < end; ++i)
+            if ((r = fast_symbol(t, T, x, in, idx[i], out[i], status)) != Step::kOk) break;
+        L.x[0] = x;
+    } else {
+        uint32_t phase = L.phase;
+        while (i < end) {
+#ifdef ONEDC_AVX512
+            if (simd && phase == 0 && L.width == 16 && end - i >= 16) {  // simd: checked by open()
+                simd_steps(t, L.x, in, idx, out, i, end);
+                if (i == end) break;
+            }
+#else
+            (void)simd;
+#endif
+            // One symbol at a time to the next step boundary (or the end).
+            do {
+                r = fast_symbol(t, T, L.x[phase], in, idx[i], out[i], status);
+                if (r != Step::kOk) break;
+                phase = (phase + 1) & mask;
+                ++i;
+            } while (i < end && phase != 0);
+            if (r != Step::kOk) break;
         }
-        i += 2;
+        if (r == Step::kSlow) phase = (phase + 1) & mask;
+        L.phase = phase;
     }
-    if (r == Step::kSlow) {
-        std::swap(a, b);  // the next state is in b
-        ++i;
-    }
-    states[0] = a;
-    states[1] = b;
+    if (r == Step::kSlow) ++i;
+    if (L.width == 1) L.phase = 0;
     bytes = in;
     pos = i;
     return r;
 }
 
 constexpr size_t kTailSymbols = 64;  // symbols per block on the zero-padded copy of a tile's last bytes
-constexpr size_t kTailBytes = 4;     // tiles with fewer bytes left than this use the copy
+constexpr size_t kTailBytes = 64;    // tiles with fewer bytes left than this use the copy
 
 // Decodes a lane's part of a segment: n symbols.
-Status decode_lane(const Tables& t, Lane& L, const int32_t* idx, int32_t* out, size_t n) {
+Status decode_lane(const Tables& t, Lane& L, const int32_t* idx, int32_t* out, size_t n, bool simd) {
     const uint32_t T = static_cast<uint32_t>(t.size());
-    uint32_t st[2] = {L.a, L.b};
-    Bytes in = L.in;
     Status status;
     size_t i = 0;
     while (i < n) {
-        const size_t left = in.nb - in.q;
+        const size_t left = L.in.nb - L.in.q;
         Step r;
-        if (n - i < 2) {
-            r = Step::kStop;  // the last symbol: the checked step below
-        } else if (left >= kTailBytes) {
-            // Blocks on the stream itself while they are at least two symbols long.
-            const size_t end = i + (std::min(n - i, left / kItemBytes) & ~size_t(1));
-            r = fast_block(t, st, in, idx, out, i, end, status);
+        if (left >= kTailBytes) {
+            const size_t end = i + std::min(n - i, left / kItemBytes);
+            r = decode_block(t, L, L.in, idx, out, i, end, simd, status);
         } else {
             // The last bytes: the same loop on a zero-padded copy. Reading into the padding means the stream
             // ends before its last symbol (checked after the block; a slow symbol checks against `left`).
             uint8_t pad[kTailBytes + kItemBytes * kTailSymbols] = {};
-            std::memcpy(pad, in.base + in.q, left);
+            std::memcpy(pad, L.in.base + L.in.q, left);
             Bytes tail{pad, 0, left};
-            const size_t end = i + (std::min(n - i, kTailSymbols) & ~size_t(1));
-            r = fast_block(t, st, tail, idx, out, i, end, status);
+            const size_t end = i + std::min(n - i, kTailSymbols);
+            r = decode_block(t, L, tail, idx, out, i, end, simd, status);
             if (tail.q > left) return Status::error(kTruncated);
-            in.q += tail.q;
+            L.in.q += tail.q;
         }
         if (r == Step::kError) return status;
         if (r != Step::kStop) continue;
-        // Checked step for one symbol (a bad index, or an odd last symbol).
-        const uint32_t k = static_cast<uint32_t>(idx[i]);
-        if (k >= T)
-            return Status::error("table index " + std::to_string(idx[i]) + " out of range [0, " +
-                                 std::to_string(T) + ")");
-        status = slow_symbol(t, t.dec()[k], st, in, out[i]);  // checked reads, any bin
-        if (!status.ok()) return status;
-        std::swap(st[0], st[1]);
-        ++i;
+        return Status::error("table index " + std::to_string(idx[i]) + " out of range [0, " + std::to_string(T) +
+                             ")");
     }
-    L.a = st[0], L.b = st[1], L.in = in;
     return Status{};
 }
 
 Status check_end(const Lane& L) {
-    if (L.a != kL || L.b != kL) return Status::error("odc stream: corrupt tile (final states are not 2^23)");
+    for (uint32_t l = 0; l < L.width; ++l)
+        if (L.x[l] != kL) return Status::error("odc stream: corrupt tile (final states are not 2^23)");
     if (L.in.q != L.in.nb)
         return Status::error("odc stream: " + std::to_string(L.in.nb - L.in.q) + " unread bytes at the end of a tile");
     return Status{};
@@ -541,10 +655,21 @@ inline size_t tile_begin(size_t n, size_t tiles, size_t k) {
 
 }  // namespace
 
+bool simd_available() {
+#ifdef ONEDC_AVX512
+    return cpu_has_avx512();
+#else
+    return false;
+#endif
+}
+
 Status odc_encode(const Tables& t, const int32_t* symbols, const int32_t* indexes, size_t n,
-                  const int64_t* segments, size_t num_segments, int tiles, int threads, OutBuf& out) {
+                  const int64_t* segments, size_t num_segments, int tiles, int threads, int lanes, OutBuf& out) {
     if (tiles < 1 || tiles > kMaxTiles)
         return Status::error("tiles must be in [1, 255], got " + std::to_string(tiles));
+    if (lanes != 0 && !valid_lanes(static_cast<uint32_t>(lanes)))
+        return Status::error("lanes must be 0 (chosen per tile), 1, 2, 4, 8 or 16, got " + std::to_string(lanes));
+    const uint32_t W = static_cast<uint32_t>(lanes);
     if (n > kMaxSymbols) return Status::error("odc encode: too many symbols");
     std::vector<size_t> seg;
     Status s = check_segments(segments, num_segments, n, seg);
@@ -562,7 +687,7 @@ Status odc_encode(const Tables& t, const int32_t* symbols, const int32_t* indexe
     };
     if (T == 1) {  // the stream is the tile, written in place
         TileBuf tb;
-        s = encode_tile(t, ranges(0), tb);
+        s = encode_tile(t, ranges(0), W, tb);
         if (!s.ok()) return s;
         out.begin = tb.begin;
         out.size = tb.size;
@@ -572,7 +697,7 @@ Status odc_encode(const Tables& t, const int32_t* symbols, const int32_t* indexe
     std::vector<TileBuf> bufs(T);
     parallel_for(T, threads, [&](size_t k) {
         try {
-            bufs[k].status = encode_tile(t, ranges(k), bufs[k]);
+            bufs[k].status = encode_tile(t, ranges(k), W, bufs[k]);
         } catch (const std::exception& ex) {
             bufs[k].status = Status::error(std::string("odc encode: ") + ex.what());
         }
@@ -608,9 +733,10 @@ OdcDecoder::OdcDecoder() : impl_(new Impl) {}
 OdcDecoder::~OdcDecoder() = default;
 
 Status OdcDecoder::open(std::shared_ptr<const Tables> tables, const uint8_t* data, size_t size, int threads,
-                        bool borrow) {
+                        bool borrow, bool simd) {
     tables_ = std::move(tables);
     threads_ = std::max(threads, 1);
+    simd_ = simd && tables_->simd_ok() && simd_available();
     failed_ = true;
     if (size == 0) return Status::error("odc stream: empty");
     size_t T = 1, header = 0;  // one tile: the stream is the tile (its first byte is not 00)
@@ -632,12 +758,20 @@ Status OdcDecoder::open(std::shared_ptr<const Tables> tables, const uint8_t* dat
         const size_t len = k + 1 < T ? load_u32le(d + 2 + 4 * k) : size - pos;
         if (len > size - pos)
             return Status::error("odc stream: tile " + std::to_string(k) + " extends past the end");
+        const std::string tile = "odc stream: tile " + std::to_string(k);
+        if (len < 1) return Status::error(tile + " ends inside its initial states (it is empty)");
+        Lane lane;
+        lane.width = d[pos];
+        if (!valid_lanes(lane.width))
+            return Status::error(tile + ": " + std::to_string(lane.width) + " states (1, 2, 4, 8 or 16 are valid)");
         // the drained states: read as the decoder renormalises, so they end in [L, 2^31)
-        Bytes in{d + pos, 0, len};
-        uint32_t x0 = 0, x1 = 0;
-        if (!in.renorm(x0) || !in.renorm(x1))
-            return Status::error("odc stream: tile " + std::to_string(k) + " ends inside its initial states");
-        impl_->lanes.push_back(Lane{x0, x1, Bytes{d + pos + in.q, 0, len - in.q}});
+        Bytes in{d + pos + 1, 0, len - 1};
+        for (uint32_t l = 0; l < lane.width; ++l) {
+            lane.x[l] = 0;
+            if (!in.renorm(lane.x[l])) return Status::error(tile + " ends inside its initial states");
+        }
+        lane.in = Bytes{in.base + in.q, 0, in.nb - in.q};
+        impl_->lanes.push_back(lane);
         pos += len;
     }
     failed_ = false;
@@ -657,7 +791,7 @@ Status OdcDecoder::decode(const int32_t* indexes, size_t n, int32_t* out) {
     parallel_for(T, threads_, [&](size_t k) {
         try {
             const size_t lo = tile_begin(n, T, k), hi = tile_begin(n, T, k + 1);
-            status[k] = decode_lane(t, lanes[k], indexes + lo, out + lo, hi - lo);
+            status[k] = decode_lane(t, lanes[k], indexes + lo, out + lo, hi - lo, simd_);
         } catch (const std::exception& ex) {
             status[k] = Status::error(std::string("odc decode: ") + ex.what());
         }
@@ -679,13 +813,13 @@ Status OdcDecoder::finish() {
 }
 
 Status odc_decode(const Tables& t, const uint8_t* data, size_t size, const int32_t* indexes, size_t n,
-                  const int64_t* segments, size_t num_segments, int threads, int32_t* out) {
+                  const int64_t* segments, size_t num_segments, int threads, bool simd, int32_t* out) {
     std::vector<size_t> seg;
     Status s = check_segments(segments, num_segments, n, seg);
     if (!s.ok()) return s;
     OdcDecoder dec;
     // The one-shot decoder borrows the caller's table set and stream for the duration of the call.
-    s = dec.open(std::shared_ptr<const Tables>(&t, [](const Tables*) {}), data, size, threads, true);
+    s = dec.open(std::shared_ptr<const Tables>(&t, [](const Tables*) {}), data, size, threads, true, simd);
     size_t a = 0;
     for (size_t len : seg) {
         if (!s.ok()) return s;

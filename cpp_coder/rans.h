@@ -88,6 +88,18 @@ public:
     const DecView* dec() const { return dec_; }
     const EncView* enc() const { return enc_; }
     const uint32_t* sf(uint32_t table) const { return sf_ + sf_pos_[table]; }  // start | freq << 16 per bin
+    // The vector decoder's lookup: 2^kSimdBits buckets per table (the same for all, so that bucket j of table k is
+    // entry k << kSimdBits | j without a per-table lookup), valid when simd_ok() (at most 2^22 tables, every
+    // bucket's first bin + offset in int16): entry = start(first) | freq(first) << 16 | freq'(first + 1) << 32 |
+    // (first + offset) << 48, with freq' the `hi` freq of BucketEntry (0 where the fallback applies) and
+    // freq(first) 0 for the escape bin. The start of first + 1 is start(first) + freq(first), so one 8-byte entry
+    // holds what BucketEntry and `value` hold.
+    static constexpr int kSimdBits = 8;
+    const uint64_t* simd_entries() const { return simd_entry_; }
+    bool simd_ok() const { return simd_ok_; }
+    // Estimated cost of a symbol coded with table k, in 1/256 bits (see Tables::build): integer arithmetic
+    // only, so every platform (and the Python reference) makes the same choices from it.
+    const uint32_t* cost() const { return cost_; }
     int64_t max_length() const { return max_length_; }
     size_t memory_bytes() const { return arena_size_; }
 
@@ -102,6 +114,9 @@ private:
     uint32_t* sf_ = nullptr;
     size_t* sf_pos_ = nullptr;
     EncBin* bins_ = nullptr;
+    uint64_t* simd_entry_ = nullptr;
+    uint32_t* cost_ = nullptr;
+    bool simd_ok_ = false;
     int64_t max_length_ = 0;
 };
 
@@ -161,14 +176,18 @@ Status release_encode(const Tables& t, const int32_t* symbols, const int32_t* in
 Status release_decode(const Tables& t, const uint8_t* data, size_t size, const int32_t* indexes, size_t n,
                       int32_t* out);
 
-// odc mode: tile header + per tile two interleaved 32-bit states, byte-wise renormalisation (L = 2^23).
-// threads >= 1.
+// odc mode: tiles of W interleaved 32-bit states (W in {1, 2, 4, 8, 16}), 16-bit word renormalisation (L = 2^16).
+// threads >= 1. lanes: W of every tile, or 0 to choose it per tile from the tile's estimated size.
 // segments: optional lengths (>= 0, adding up to n) of the segments; tile t codes its part
 // [t*n_k//T, (t+1)*n_k//T) of every segment k, in order (STREAMS.md). nullptr: one segment.
+// simd: decode 16-state tiles with AVX-512 where the CPU has it (the same result as without).
 Status odc_encode(const Tables& t, const int32_t* symbols, const int32_t* indexes, size_t n,
-                  const int64_t* segments, size_t num_segments, int tiles, int threads, OutBuf& out);
+                  const int64_t* segments, size_t num_segments, int tiles, int threads, int lanes, OutBuf& out);
 Status odc_decode(const Tables& t, const uint8_t* data, size_t size, const int32_t* indexes, size_t n,
-                  const int64_t* segments, size_t num_segments, int threads, int32_t* out);
+                  const int64_t* segments, size_t num_segments, int threads, bool simd, int32_t* out);
+
+// Whether this CPU runs the vector decoder (AVX-512 F/BW/VL/DQ on x86-64).
+bool simd_available();
 
 // Incremental odc decoder: one decode() per segment (the indexes of a segment may depend on the symbols of
 // the previous ones), then finish(), which checks that every tile ended exactly. After any error it stays
@@ -182,7 +201,7 @@ public:
 
     // Copies the stream unless `borrow`, in which case it must outlive the decoder.
     Status open(std::shared_ptr<const Tables> tables, const uint8_t* data, size_t size, int threads,
-                bool borrow = false);
+                bool borrow = false, bool simd = true);
     Status decode(const int32_t* indexes, size_t n, int32_t* out);
     Status finish();
     int tiles() const;
@@ -192,6 +211,7 @@ private:
     std::unique_ptr<Impl> impl_;
     std::shared_ptr<const Tables> tables_;
     int threads_ = 1;
+    bool simd_ = false;
     bool failed_ = true;
 };
 

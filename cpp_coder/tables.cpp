@@ -27,6 +27,29 @@ double slow_mass(const int32_t* row, int64_t bins, int bits) {
     return static_cast<double>(mass) / kTotal;
 }
 
+// -log2(freq / 2^16) in 1/256 bits, from the bit length and a linear mantissa (error < 0.09 bits).
+uint32_t bits_q8(uint32_t freq) {
+    const uint32_t e = 31u - static_cast<uint32_t>(__builtin_clz(freq));  // floor(log2 freq), freq >= 1
+    return 256u * (16u - e) - (((freq - (1u << e)) << 8) >> e);
+}
+
+// Bucket j (of 2^bits) of a row with `bins` bins (the last one the escape bin), see BucketEntry; v: its first bin
+// (on entry: that of bucket j - 1, or 0).
+BucketEntry make_bucket(const int32_t* row, int64_t bins, int bits, int64_t j, int64_t& v) {
+    auto packed = [&](int64_t b) -> uint32_t {  // start << 16 | freq; freq 0 for the escape bin
+        const uint32_t freq = b + 1 == bins ? 0u : uint32_t(row[b + 1] - row[b]);
+        return uint32_t(row[b]) << 16 | freq;
+    };
+    const int shift = 16 - bits;
+    const int64_t lo = j << shift, last = ((j + 1) << shift) - 1;
+    while (row[v + 1] <= lo) ++v;
+    uint32_t hi;
+    if (v + 1 == bins) hi = 0xFFFFu << 16;                                          // last bin
+    else if (v + 2 <= bins && row[v + 2] <= last) hi = uint32_t(row[v + 1]) << 16;  // two or more
+    else hi = packed(v + 1);                                                         // none or one
+    return BucketEntry{packed(v), hi};
+}
+
 }  // namespace
 
 Status Tables::build(const int32_t* cdf, int64_t num_tables, int64_t row_width, const int32_t* cdf_length,
@@ -76,6 +99,8 @@ Status Tables::build(const int32_t* cdf, int64_t num_tables, int64_t row_width, 
     const size_t at_bins = reserve(total_bins * sizeof(EncBin));
     const size_t at_sf = reserve(total_bins * sizeof(uint32_t));
     const size_t at_sf_pos = reserve(T * sizeof(size_t));
+    const size_t at_simd_entry = reserve((T << kSimdBits) * sizeof(uint64_t));
+    const size_t at_cost = reserve(T * sizeof(uint32_t));
     void* p = nullptr;
     if (posix_memalign(&p, 64, std::max<size_t>(size, 64)) != 0) throw std::bad_alloc();
     arena_ = p;
@@ -88,6 +113,9 @@ Status Tables::build(const int32_t* cdf, int64_t num_tables, int64_t row_width, 
     bins_ = reinterpret_cast<EncBin*>(base + at_bins);
     sf_ = reinterpret_cast<uint32_t*>(base + at_sf);
     sf_pos_ = reinterpret_cast<size_t*>(base + at_sf_pos);
+    simd_entry_ = reinterpret_cast<uint64_t*>(base + at_simd_entry);
+    cost_ = reinterpret_cast<uint32_t*>(base + at_cost);
+    simd_ok_ = T <= (size_t(1) << (31 - kSimdBits));  // the vector decoder's int32 bucket numbers
     num_tables_ = num_tables;
     size_t bin_pos = 0, bucket_pos = 0;
     for (size_t k = 0; k < T; ++k) {
@@ -103,25 +131,29 @@ Status Tables::build(const int32_t* cdf, int64_t num_tables, int64_t row_width, 
         }
         const int bits = bucket_bits[k];
         const uint32_t shift = static_cast<uint32_t>(16 - bits);
-        auto packed = [&](int64_t b) -> uint32_t {  // start << 16 | freq; freq 0 for the escape bin
-            const uint32_t freq = b + 1 == bins ? 0u : uint32_t(row[b + 1] - row[b]);
-            return uint32_t(row[b]) << 16 | freq;
-        };
         int64_t v = 0;
         for (int64_t j = 0; j < (int64_t(1) << bits); ++j) {
-            const int64_t lo = j << shift, last = ((j + 1) << shift) - 1;
-            while (row[v + 1] <= lo) ++v;
-            uint32_t hi;
-            if (v + 1 == bins) hi = 0xFFFFu << 16;                                      // last bin
-            else if (v + 2 <= bins && row[v + 2] <= last) hi = uint32_t(row[v + 1]) << 16;  // two or more
-            else hi = packed(v + 1);                                                     // none or one
-            bucket_[bucket_pos + j] = BucketEntry{packed(v), hi};
+            bucket_[bucket_pos + j] = make_bucket(row, bins, bits, j, v);
             value_[bucket_pos + j] = static_cast<uint32_t>(v) + static_cast<uint32_t>(offset[k]);
+        }
+        v = 0;
+        for (int64_t j = 0; j < (int64_t(1) << kSimdBits); ++j) {
+            const BucketEntry b = make_bucket(row, bins, kSimdBits, j, v);
+            const int64_t value = v + int64_t(offset[k]);
+            simd_ok_ = simd_ok_ && value >= INT16_MIN && value <= INT16_MAX;
+            simd_entry_[(k << kSimdBits) + j] = uint64_t((b.lo >> 16) | (b.lo << 16)) |
+                                                uint64_t(b.hi & 0xFFFFu) << 32 | uint64_t(uint16_t(value)) << 48;
         }
         dec_[k] = DecView{bucket_ + bucket_pos, value_ + bucket_pos, shift,
                           static_cast<uint32_t>(bins - 1), offset[k], static_cast<uint32_t>(k)};
         enc_[k] = EncView{bins_ + bin_pos, static_cast<uint32_t>(bins - 1), offset[k]};
         sf_pos_[k] = bin_pos;
+        uint64_t cost = 0;
+        for (int64_t b = 0; b < bins; ++b) {
+            const uint32_t freq = static_cast<uint32_t>(row[b + 1] - row[b]);
+            cost += uint64_t(freq) * bits_q8(freq);
+        }
+        cost_[k] = static_cast<uint32_t>(cost >> 16);
         bin_pos += static_cast<size_t>(bins);
         bucket_pos += size_t(1) << bits;
     }

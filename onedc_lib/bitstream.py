@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from onedc_lib.entropy import release_format
 
 MAGIC = b"\x89ODC\r\n\x1a\n"  # PNG-style: a high-bit byte, CR LF, ^Z and LF expose text-mode mangling
-VERSION = 2  # 2: the odc y stream of STREAMS.md version 2 (drained states, no tile byte for one tile)
+VERSION = 3  # 3: the odc y stream of STREAMS.md version 3 (1 to 16 interleaved states per tile)
 MODEL_ID_BYTES = 16
 TABLE_HASH_BYTES = 8
 MAX_SIDE = 1 << 16  # pixels per side

@@ -45,7 +45,7 @@ def error(data: bytes, **kwargs) -> str:
 def test_layout_and_sizes():
     c = sample()
     data = bitstream.write_container(c)
-    assert data.startswith(b"\x89ODC\r\n\x1a\n\x02\x00" + MODEL_ID + TABLE_HASH)
+    assert data.startswith(b"\x89ODC\r\n\x1a\n\x03\x00" + MODEL_ID + TABLE_HASH)
     assert data[34:43] == (120).to_bytes(4, "big") + (180).to_bytes(4, "big") + b"\x03"
     assert data[43:47] == b"z\0\0\0"
     assert c.header_bytes == 47 + 13 + 17 + 13
@@ -133,11 +133,11 @@ def test_bad_magic():
 
 def test_wrong_version():
     data = bitstream.write_container(sample())
-    for version in (1, 3):  # 1: the odc y stream before drained states
+    for version in (1, 2, 4):  # 1, 2: earlier odc y streams (two states)
         assert error(data[:8] + bytes([version]) + data[9:]) == \
-            f"unsupported format version {version} (this onedc reads version 2)"
-    with pytest.raises(BitstreamError, match="version 3"):
-        Container(MODEL_ID, TABLE_HASH, 1, 1, (), version=3)
+            f"unsupported format version {version} (this onedc reads version 3)"
+    with pytest.raises(BitstreamError, match="version 4"):
+        Container(MODEL_ID, TABLE_HASH, 1, 1, (), version=4)
 
 
 def test_wrong_model_or_tables():
@@ -232,7 +232,7 @@ def test_unknown_flags():
     c = sample()
     data = bitstream.write_container(c)
     assert error(patched(data, 9, b"\x01", c.header_bytes - 4)) == (
-        "unsupported header flags 0x01 (version 2 defines none)")
+        "unsupported header flags 0x01 (version 3 defines none)")
     assert error(patched(data, 43 + 4, b"\x02", c.header_bytes - 4)) == "unsupported flags 0x02 in section 'z'"
 
 

@@ -51,7 +51,7 @@ def test_usage_errors(capsys):
 def test_info_on_our_container(capsys, odc_file):
     code, out, err = run(capsys, "info", str(odc_file))
     assert code == 0 and err == ""
-    assert "OneDC container, version 2" in out
+    assert f"OneDC container, version {bitstream.VERSION}" in out
     assert MODEL_ID.hex() in out and "0001020304050607" in out
     assert "120 x 180 (H x W), padded to 128 x 192" in out
     assert "symbols crc32 00001234" in out

@@ -53,8 +53,8 @@ def _segments(segments):
 class StreamDecoder:
     """Decodes an odc stream segment by segment (`decode(indexes)` per segment), then `finish()`."""
 
-    def __init__(self, tables: _coder.Tables, data: bytes, threads: int = 1):
-        self._decoder = _coder.OdcDecoder(tables, bytes(data), threads)
+    def __init__(self, tables: _coder.Tables, data: bytes, threads: int = 1, simd: bool = True):
+        self._decoder = _coder.OdcDecoder(tables, bytes(data), threads, simd)
 
     @property
     def tiles(self) -> int:
@@ -75,15 +75,18 @@ class GaussianCoder:
         self.tables = odc_tables() if tables is None else tables
         self._cpp = cpp_tables(self.tables)
 
-    def encode(self, symbols, indexes, tiles: int = 1, threads: int = 1, segments=None) -> bytes:
+    def encode(self, symbols, indexes, tiles: int = 1, threads: int = 1, segments=None, lanes: int = 0) -> bytes:
+        """`lanes`: interleaved states per tile (1, 2, 4, 8, 16), 0 to let the coder pick them by size."""
         symbols, indexes = _pair(symbols, indexes)
-        return _coder.odc_encode(self._cpp, symbols, indexes, tiles, threads, _segments(segments))
+        return _coder.odc_encode(self._cpp, symbols, indexes, tiles, threads, _segments(segments), lanes)
 
-    def decode(self, data: bytes, indexes, threads: int = 1, segments=None) -> np.ndarray:
-        return _coder.odc_decode(self._cpp, bytes(data), as_int32(indexes, "indexes"), threads, _segments(segments))
+    def decode(self, data: bytes, indexes, threads: int = 1, segments=None, simd: bool = True) -> np.ndarray:
+        """`simd=False` forces the scalar decoder (the same result; for tests and comparisons)."""
+        return _coder.odc_decode(self._cpp, bytes(data), as_int32(indexes, "indexes"), threads, _segments(segments),
+                                 simd)
 
-    def stream_decoder(self, data: bytes, threads: int = 1) -> StreamDecoder:
-        return StreamDecoder(self._cpp, data, threads)
+    def stream_decoder(self, data: bytes, threads: int = 1, simd: bool = True) -> StreamDecoder:
+        return StreamDecoder(self._cpp, data, threads, simd)
 
     def encode_release(self, symbols, indexes) -> bytes:
         """The release's y stream (flag byte included); index -1 skips a symbol. Symbols must be clamped already."""

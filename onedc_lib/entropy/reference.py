@@ -144,41 +144,75 @@ def release_decode(tables: CodingTables, data: bytes, indexes) -> np.ndarray:
 
 # ---------------------------------------------------------------- odc mode
 
-def _odc_items(tables: CodingTables, symbols, indexes) -> list[tuple[int, int]]:
-    """(start, freq) of every item of one tile: table bins, then raw fields after each escape."""
-    items = []
+ODC_MAX_LANES = 16
 
-    def raw(value: int, bits: int) -> None:
-        items.append((value << (16 - bits), 1 << (16 - bits)))
 
-    for value, k in zip(map(int, symbols), map(int, indexes)):
-        item, v, m = _table_bin(tables, k, value)
-        items.append(item)
-        if 0 <= v < m:
-            continue
-        q = (2 * (v - m) if v >= m else -2 * v - 1) + 1
-        nb = q.bit_length()
-        raw(nb - 1, 6)
-        rest, left = q & ((1 << (nb - 1)) - 1), nb - 1
-        while left > 0:
-            bits = min(16, left)
-            raw(rest & ((1 << bits) - 1), bits)
-            rest, left = rest >> bits, left - bits
+def _bits_q8(freq: int) -> int:
+    """-log2(freq / 2^16) in 1/256 bits: bit length plus a linear mantissa (integers only, as in tables.cpp)."""
+    e = freq.bit_length() - 1
+    return 256 * (16 - e) - (((freq - (1 << e)) << 8) >> e)
+
+
+def table_costs(tables: CodingTables) -> np.ndarray:
+    """Estimated cost of a symbol per table, in 1/256 bits (the encoder's choice of lanes rests on it)."""
+    costs = []
+    for row, length in zip(tables.cdf, tables.cdf_length):
+        freqs = np.diff(np.asarray(row[: int(length)], dtype=np.int64)).tolist()
+        costs.append(sum(f * _bits_q8(f) for f in freqs) >> 16)
+    return np.asarray(costs, dtype=np.int64)
+
+
+def choose_lanes(tables: CodingTables, indexes) -> int:
+    """States of a tile: the largest power of two <= min(16, estimated bytes / 4096), at least 1."""
+    units = int(table_costs(tables)[np.asarray(indexes, dtype=np.int64)].sum()) // (256 * 8 * 4096)
+    lanes = 1
+    while lanes < ODC_MAX_LANES and 2 * lanes <= units:
+        lanes *= 2
+    return lanes
+
+
+def _odc_symbol_items(tables: CodingTables, value: int, k: int) -> list[tuple[int, int]]:
+    """(start, freq) of the items of one symbol: its table bin, then the raw fields after an escape."""
+    item, v, m = _table_bin(tables, k, value)
+    items = [item]
+    if 0 <= v < m:
+        return items
+
+    def raw(field: int, bits: int) -> None:
+        items.append((field << (16 - bits), 1 << (16 - bits)))
+
+    q = (2 * (v - m) if v >= m else -2 * v - 1) + 1
+    nb = q.bit_length()
+    raw(nb - 1, 6)
+    rest, left = q & ((1 << (nb - 1)) - 1), nb - 1
+    while left > 0:
+        bits = min(16, left)
+        raw(rest & ((1 << bits) - 1), bits)
+        rest, left = rest >> bits, left - bits
     return items
 
 
-def _odc_encode_tile(items) -> bytes:
-    states = [ODC_LOWER, ODC_LOWER]
+def odc_tile(symbol_items: list[list[tuple[int, int]]], width: int) -> bytes:
+    """One tile from the (start, freq) items of each symbol: symbol g on state g mod width, all its items on that
+    state, items encoded in reverse. Tests craft streams with it (e.g. escapes no encoder writes)."""
+    states = [ODC_LOWER] * width
     out = bytearray()
-    for j in range(len(items) - 1, -1, -1):
-        start, freq = items[j]
-        x = states[j & 1]
-        while x >= freq << 15:
-            out.append(x & 0xFF)
-            x >>= 8
-        states[j & 1] = ((x // freq) << 16) + (x % freq) + start
-    head = b"".join(x.to_bytes(4 if x >= 1 << 24 else 3, "big") for x in states)  # drained: significant bytes
+    for g in range(len(symbol_items) - 1, -1, -1):
+        x = states[g % width]
+        for start, freq in reversed(symbol_items[g]):
+            while x >= freq << 15:
+                out.append(x & 0xFF)
+                x >>= 8
+            x = ((x // freq) << 16) + (x % freq) + start
+        states[g % width] = x
+    head = bytes([width]) + b"".join(x.to_bytes(4 if x >= 1 << 24 else 3, "big") for x in states)  # drained
     return head + bytes(reversed(out))
+
+
+def _odc_encode_tile(tables: CodingTables, symbols, indexes, lanes: int) -> bytes:
+    symbols, indexes = list(map(int, symbols)), list(map(int, indexes))
+    items = [_odc_symbol_items(tables, value, k) for value, k in zip(symbols, indexes)]
+    return odc_tile(items, lanes or choose_lanes(tables, indexes))
 
 
 def _segment_bounds(segments, total: int) -> list[tuple[int, int]]:
@@ -194,16 +228,19 @@ def _tile_part(a: int, b: int, t: int, tiles: int) -> tuple[int, int]:
     return a + t * (b - a) // tiles, a + (t + 1) * (b - a) // tiles
 
 
-def odc_encode(tables: CodingTables, symbols, indexes, tiles: int = 1, segments=None) -> bytes:
+def odc_encode(tables: CodingTables, symbols, indexes, tiles: int = 1, segments=None, lanes: int = 0) -> bytes:
+    """`lanes`: states per tile (1, 2, 4, 8, 16), or 0 to choose them per tile (choose_lanes)."""
     symbols, indexes = _flat(symbols, indexes)
     if not 1 <= tiles <= ODC_MAX_TILES:
         raise ValueError(f"tiles must be in [1, {ODC_MAX_TILES}], got {tiles}")
+    if lanes not in (0, 1, 2, 4, 8, 16):
+        raise ValueError(f"lanes must be 0, 1, 2, 4, 8 or 16, got {lanes}")
     bounds = _segment_bounds(segments, len(symbols))
     bodies = []
     for t in range(tiles):
         parts = [_tile_part(a, b, t, tiles) for a, b in bounds]
         pick = np.concatenate([np.arange(a, b) for a, b in parts]) if parts else np.zeros(0, np.int64)
-        bodies.append(_odc_encode_tile(_odc_items(tables, symbols[pick], indexes[pick])))
+        bodies.append(_odc_encode_tile(tables, symbols[pick], indexes[pick], lanes))
     if tiles == 1:
         return bodies[0]
     lengths = b"".join(len(body).to_bytes(4, "little") for body in bodies[:-1])
@@ -211,11 +248,16 @@ def odc_encode(tables: CodingTables, symbols, indexes, tiles: int = 1, segments=
 
 
 class _TileDecoder:
-    """Decoding state of one tile; items continue across segments."""
+    """Decoding state of one tile; symbols continue across segments."""
 
     def __init__(self, data: bytes):
-        self.data, self.pos, self.j = data, 0, 0
-        self.states = [self._renormalise(0), self._renormalise(0)]  # drained: read as renormalisation from 0
+        if not data:
+            raise ValueError("corrupt y stream: empty tile")
+        self.width = data[0]
+        if self.width not in (1, 2, 4, 8, 16):
+            raise ValueError(f"corrupt y stream: a tile with {self.width} states")
+        self.data, self.pos, self.g = data, 1, 0
+        self.states = [self._renormalise(0) for _ in range(self.width)]  # drained: read as renormalisation from 0
 
     def _renormalise(self, x: int) -> int:
         while x < ODC_LOWER:
@@ -226,12 +268,12 @@ class _TileDecoder:
         return x
 
     def item(self, cdf: list[int]) -> int:
-        """Decode one item whose bins are `cdf`; returns the bin."""
-        x = self.states[self.j & 1]
+        """Decode one item whose bins are `cdf` on the current symbol's state; returns the bin."""
+        lane = self.g % self.width
+        x = self.states[lane]
         cum = x & 0xFFFF
         v = bisect.bisect_right(cdf, cum) - 1
-        self.states[self.j & 1] = self._renormalise((cdf[v + 1] - cdf[v]) * (x >> 16) + cum - cdf[v])
-        self.j += 1
+        self.states[lane] = self._renormalise((cdf[v + 1] - cdf[v]) * (x >> 16) + cum - cdf[v])
         return v
 
     def raw(self, bits: int) -> int:
@@ -259,10 +301,11 @@ class _TileDecoder:
             if not ODC_INT32_MIN <= value <= ODC_INT32_MAX:
                 raise ValueError("corrupt y stream: decoded value outside int32")
             out[i] = value
+            self.g += 1
         return out
 
     def finish(self) -> None:
-        if self.states != [ODC_LOWER, ODC_LOWER] or self.pos != len(self.data):
+        if self.states != [ODC_LOWER] * self.width or self.pos != len(self.data):
             raise ValueError("corrupt y stream: it does not end where the last symbol ends")
 
 
@@ -273,7 +316,7 @@ class OdcDecoder:
         data = bytes(data)
         if not data:
             raise ValueError("corrupt y stream: empty")
-        tiles, head = 1, 0  # one tile: the stream is the tile, whose first byte is never 0
+        tiles, head = 1, 0  # one tile: the stream is the tile, whose first byte (its state count) is never 0
         if data[0] == 0:
             if len(data) < 2 or data[1] < 2:
                 raise ValueError("corrupt y stream: a tiled stream has 2 to 255 tiles")

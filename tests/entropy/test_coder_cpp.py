@@ -59,18 +59,21 @@ def odc_cases(draw):
     cuts = sorted(draw(st.lists(st.integers(0, n), max_size=4)))
     segments = np.diff([0, *cuts, n]).tolist()
     threads = draw(st.sampled_from([1, 2, 0]))
-    return symbols, indexes, tiles, segments, threads
+    lanes = draw(st.sampled_from([0, 1, 2, 4, 16]))
+    return symbols, indexes, tiles, segments, threads, lanes
 
 
 @SETTINGS
 @given(odc_cases())
 def test_odc_matches_reference(case):
-    symbols, indexes, tiles, segments, threads = case
+    symbols, indexes, tiles, segments, threads, lanes = case
     tables = odc_tables()
     coder = GaussianCoder(tables)
-    stream = coder.encode(symbols, indexes, tiles=tiles, threads=threads, segments=segments)
-    assert stream == reference.odc_encode(tables, symbols, indexes, tiles, segments=segments)
-    assert np.array_equal(coder.decode(stream, indexes, threads=threads, segments=segments), symbols)
+    stream = coder.encode(symbols, indexes, tiles=tiles, threads=threads, segments=segments, lanes=lanes)
+    assert stream == reference.odc_encode(tables, symbols, indexes, tiles, segments=segments, lanes=lanes)
+    for simd in (True, False):
+        assert np.array_equal(coder.decode(stream, indexes, threads=threads, segments=segments, simd=simd), symbols)
+    assert np.array_equal(reference.odc_decode(tables, stream, indexes, segments=segments), symbols)
     decoder = coder.stream_decoder(stream, threads=threads)
     assert decoder.tiles == tiles
     start = 0
@@ -147,16 +150,68 @@ def test_one_tile_segments_do_not_change_the_bytes():
 
 
 def test_sizes_and_fixed_cost():
-    """One tile is the stream itself: the two drained states (3 bytes each at 2^23, 4 from 2^24) and the bytes,
-    so 0-3 likely symbols take at most 8 bytes; a tiled stream adds 00, the count and a length per tile but the
-    last."""
+    """One tile is the stream itself: its state count, the drained states (3 bytes each at 2^23, 4 from 2^24) and
+    the bytes, so 0-3 likely symbols take at most 8 bytes (a small stream keeps one state); a tiled stream adds 00,
+    the count and a length per tile but the last."""
     coder = GaussianCoder()
-    assert coder.encode([], []) == b"\x80\x00\x00" * 2
-    assert len(coder.encode([], [], tiles=3)) == 2 + 2 * 4 + 3 * 6
+    assert coder.encode([], []) == b"\x01\x80\x00\x00"
+    assert coder.encode([], [], lanes=16) == b"\x10" + b"\x80\x00\x00" * 16
+    assert len(coder.encode([], [], tiles=3)) == 2 + 2 * 4 + 3 * 4
     assert GaussianCoder(release_tables()).encode_release([], []) == b"\x01" + (1 << 23).to_bytes(4, "little")
     index = coder.tables.scale_to_index(np.ones(1))[0]  # the benchmark's fixed cost: zeros at s = 1
     sizes = [len(coder.encode(np.zeros(n, np.int32), np.full(n, index, np.int32))) for n in range(4)]
-    assert sizes == [6, 7, 8, 8]
+    assert sizes == [4, 5, 5, 5]
+
+
+def test_lanes_grow_with_the_estimated_size():
+    """The coder picks the states per tile from the integer size estimate, exactly as the reference does, and a
+    wide tile costs about 0.1% at most (here a 16-state tile against a 1-state one)."""
+    tables = odc_tables()
+    coder = GaussianCoder(tables)
+    rng = np.random.default_rng(5)
+    for n, scale in [(2_000, 4.0), (12_000, 16.0), (40_000, 64.0), (80_000, 64.0)]:
+        indexes = tables.scale_to_index(np.full(n, scale))
+        symbols = np.rint(rng.normal(size=n) * scale).astype(np.int32)
+        stream = coder.encode(symbols, indexes)
+        assert stream[0] == reference.choose_lanes(tables, indexes)
+        if n == 12_000:
+            assert stream == reference.odc_encode(tables, symbols, indexes)
+    assert stream[0] == 16
+    one = coder.encode(symbols, indexes, lanes=1)
+    assert len(one) < len(stream) < len(one) * 1.001
+    with pytest.raises(ValueError, match="lanes"):
+        coder.encode(symbols, indexes, lanes=3)
+
+
+@pytest.mark.parametrize("spread", [1.0, 3.0])
+def test_vector_decoder_equals_scalar_decoder(spread):
+    """The AVX-512 decoder (where this CPU has it) against the scalar one on 16-state streams: mixed tables (lanes
+    that need the fallback search), escapes in a step, segments that start inside a step, tiles, and every
+    truncation of a stream's tail fails the same way in both."""
+    tables = odc_tables()
+    coder = GaussianCoder(tables)
+    rng = np.random.default_rng(int(spread))
+    n = 30_000
+    scales = np.exp(rng.uniform(np.log(0.11), np.log(64), n))
+    indexes = tables.scale_to_index(scales)
+    symbols = np.rint(rng.laplace(size=n) * scales * spread).astype(np.int32)
+    symbols[rng.random(n) < 0.002] = INT32_MAX
+    segments = [7, 4_000, 3, 0, n - 4_010]
+    for tiles in (1, 3):
+        stream = coder.encode(symbols, indexes, tiles=tiles, segments=segments, lanes=16)
+        for simd in (True, False):
+            decoder = coder.stream_decoder(stream, simd=simd)
+            got = [decoder.decode(part) for part in np.split(indexes, np.cumsum(segments)[:-1])]
+            decoder.finish()
+            assert np.array_equal(np.concatenate(got), symbols)
+    stream = coder.encode(symbols, indexes, lanes=16)
+    for cut in (1, 2, 17, 64, 300):
+        errors = []
+        for simd in (True, False):
+            with pytest.raises(ValueError) as info:
+                coder.decode(stream[:-cut], indexes, simd=simd)
+            errors.append(str(info.value))
+        assert errors[0] == errors[1]
 
 
 def test_wrapper_conversions():

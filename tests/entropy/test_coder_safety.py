@@ -167,7 +167,7 @@ def test_odc_header_corruption():
     for tiles in (2, 4, 255):  # a different tile count misreads the table
         with pytest.raises(ValueError):
             coder.decode(stream[:1] + bytes([tiles]) + stream[2:], indexes)
-    for length in (0, 5, 2**32 - 1):  # tile 0 length: too short for its states, past the end
+    for length in (0, 2, 2**32 - 1):  # tile 0 length: too short for its states, past the end
         bad = stream[:2] + length.to_bytes(4, "little") + stream[6:]
         with pytest.raises(ValueError, match="initial states|past the end"):
             coder.decode(bad, indexes)
@@ -179,21 +179,25 @@ def test_odc_header_corruption():
 
 
 def test_odc_initial_states_are_drained():
-    """A tile's states are read as the decoder renormalises (x = x << 8 | byte from 0 while x < 2^23), so they
-    always start in [2^23, 2^31): 3 bytes below 2^24, else 4. Both decoders read them alike. Tile lengths need
-    not be even."""
+    """A tile starts with its state count W (1, 2, 4, 8 or 16), then its states, read as the decoder renormalises
+    (x = x << 8 | byte from 0 while x < 2^23), so they always start in [2^23, 2^31): 3 bytes below 2^24, else 4.
+    Both decoders read them alike. Tile lengths need not be even."""
     coder = GaussianCoder()
     decoders = (coder.decode, lambda data, idx: reference.odc_decode(coder.tables, data, idx))
     indexes = np.full(40, 200)
     stream = coder.encode(np.arange(40) - 20, indexes)
     for decode in decoders:
-        for cut in range(7):  # inside the states
+        for cut in range(5):  # inside the count or the states
             with pytest.raises(ValueError):
                 decode(stream[:cut], indexes)
-        assert decode(b"\x80\0\0" * 2, []).size == 0  # both states 2^23: the empty stream
-        for states in (b"\x80\0\0\x80\0\x01", b"\x7f\xff\xff\xff" * 2):  # states that are not 2^23 at the end
-            with pytest.raises(ValueError):
+        assert decode(b"\x01\x80\0\0", []).size == 0  # one state, 2^23: the empty stream
+        assert decode(b"\x02" + b"\x80\0\0" * 2, []).size == 0
+        for states in (b"\x01\x80\0\x01", b"\x01\x7f\xff\xff\xff", b"\x02\x80\0\0\x80\0\x01"):
+            with pytest.raises(ValueError):  # states that are not 2^23 at the end
                 decode(states, [])
+        for width in (3, 5, 17, 32, 128, 255):
+            with pytest.raises(ValueError, match="states"):
+                decode(bytes([width]) + b"\x80\0\0" * width, [])
     odd = [len(coder.encode([s], [100])) for s in range(-8, 9)]
     assert any(n % 2 for n in odd)
     for s in range(-8, 9):
@@ -231,11 +235,11 @@ def test_crafted_out_of_int32_escape_is_rejected():
                                (32, [raw(0, 16), raw(0, 16)]),             # r = 2^32 - 1: -2^31 - c, too small
                                (40, [raw(0, 16), raw(0, 16), raw(0, 8)]),  # 41-bit q: far outside
                                (63, [raw(0, 16)] * 3 + [raw(0, 15)])):    # longest the 6-bit field allows
-        tile = reference._odc_encode_tile([esc, raw(nb_minus_1, 6), *fields])
+        tile = reference.odc_tile([[esc, raw(nb_minus_1, 6), *fields]], 1)
         with pytest.raises(ValueError):
-            reference.odc_decode(tables, b"\x01" + tile, [0])
+            reference.odc_decode(tables, tile, [0])
         with pytest.raises(ValueError, match="int32|truncated|corrupt"):
-            GaussianCoder(tables).decode(b"\x01" + tile, [0])
+            GaussianCoder(tables).decode(tile, [0])
 
 
 def _tables(cdf, lengths=None, offset=None):

@@ -30,8 +30,9 @@ def test_odc_round_trip(n, tiles):
     assert np.array_equal(reference.odc_decode(tables, stream, indexes), symbols)
 
 
-def test_odc_empty_stream_is_two_drained_states():
-    assert reference.odc_encode(odc_tables(), [], []) == b"\x80\0\0" * 2  # 2^23 twice, 3 bytes each
+def test_odc_empty_stream_is_one_drained_state():
+    assert reference.odc_encode(odc_tables(), [], []) == b"\x01\x80\0\0"  # one state, 2^23 in 3 bytes
+    assert reference.odc_encode(odc_tables(), [], [], lanes=4) == b"\x04" + b"\x80\0\0" * 4
 
 
 @pytest.mark.parametrize("mode", ["release", "odc"])
