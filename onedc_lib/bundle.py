@@ -253,9 +253,10 @@ def bundle(source, name: str, dest=None, runs=(), description: str = "",
         shutil.rmtree(old, ignore_errors=True)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    from .models.export import bundle_graph
+    from .models.export import BUNDLED_GRAPHS, graph_key, save_graph
 
-    bundle_graph(model, dest)  # `onedc decompress` then decodes without importing diffusers (models/export.py)
+    # `onedc decompress` then decodes without importing diffusers (models/export.py)
+    save_graph(model, dest / BUNDLED_GRAPHS / f"{graph_key(model.config)}.pt")
     _prune(dest)
     provenance["bytes"] = _model_bytes(dest / name)
     provenance["bundle_bytes"] = bundle_bytes(dest)

@@ -101,7 +101,7 @@ def load_model_folder(folder: str | os.PathLike, decode_only: bool = False):
         model = OneDC(config)
         _load_strict(model, tensors, what)
         if decode_only:
-            _attach_graph(model)
+            _cache_graph(model)
     saved_id = meta.get("model_id")
     if saved_id is not None and saved_id != model.model_id.hex():
         raise WeightsError(
@@ -130,12 +130,11 @@ def _decoder(config, tensors: dict[str, torch.Tensor], what: str):
     return model.eval()
 
 
-def _attach_graph(model) -> None:
-    """The exported graph of a whole model (found, or exported into the user cache now), so that it decodes as
-    a decode-only model of it does."""
-    from .models.export import cached_graph
+def _cache_graph(model) -> None:
+    """Exports the whole model's graph into the user cache: its next decode-only load needs no diffusers."""
+    from .models.export import save_graph
 
-    model.decoder_graph = cached_graph(model)
+    save_graph(model)
 
 
 def bundled_models(folder: str | os.PathLike | None = None) -> list[str]:
@@ -149,8 +148,9 @@ def load_model(name_or_path: str | None = None, decode_only: bool = False):
     """None: the default bundled model. Else a bundled model name, a model folder, or a preset name (random).
 
     decode_only: a model that decodes with the exported graph of its generator and VAE decoder (models/export.py)
-    and imports neither diffusers nor peft; where no graph exists yet, the whole model, with its graph exported
-    into the user cache now (so later loads are fast). It cannot compress."""
+    and imports neither diffusers nor peft; it cannot compress. Where no graph exists yet, the whole model (which
+    decodes the same images), its graph exported into the user cache now so that later loads are fast; presets
+    (random weights, built by diffusers anyway) always give the whole model."""
     name = name_or_path or DEFAULT_MODEL
     if name in bundled_models():
         return load_model_folder(bundled_dir() / name, decode_only)
@@ -163,10 +163,7 @@ def load_model(name_or_path: str | None = None, decode_only: bool = False):
             f"no trained weights for {name!r}: using seeded random weights (UNTRAINED; reconstructions are "
             "meaningless, bitstreams are real)", stacklevel=2,
         )
-        model = build_model(name)
-        if decode_only:
-            _attach_graph(model)
-        return model
+        return build_model(name)
     raise WeightsError(
         f"unknown model {name!r}: not a bundled model ({', '.join(bundled_models()) or 'none'}), "
         f"not a model folder, not a preset ({', '.join(preset_names())})"

@@ -12,7 +12,7 @@ the architecture only (one file serves every model of a preset), and `load_graph
 model being loaded, by their state_dict names, so a graph never carries stale weights.
 
 Where graphs live (`find_graph`): `<bundled dir>/_graphs/` (written by `onedc bundle`) and the user cache
-`$ONEDC_CACHE/decoder_graphs` (default ~/.cache/onedc), built there on first use (`cached_graph`), written
+`$ONEDC_CACHE/decoder_graphs` (default ~/.cache/onedc), built there on a model's first decode-only load (`save_graph`), written
 atomically. The file name is a hash of the architecture and of the torch, diffusers and peft versions; the file
 holds the SHA-256 of its archive, so a corrupt or foreign file is rebuilt, never run.
 """
@@ -168,7 +168,7 @@ def graph_paths(config: ModelConfig) -> list[Path]:
 
 def find_graph(config: ModelConfig, tensors: dict[str, torch.Tensor]) -> DecoderGraph | None:
     """The first usable graph of graph_paths, loaded with `tensors`; None when there is none. A file that
-    cannot be used is skipped (a warning says why; `cached_graph` rewrites the cache's)."""
+    cannot be used is skipped (a warning says why; `save_graph` rewrites it)."""
     for path in graph_paths(config):
         if path.is_file():
             try:
@@ -178,32 +178,15 @@ def find_graph(config: ModelConfig, tensors: dict[str, torch.Tensor]) -> Decoder
     return None
 
 
-def cached_graph(model) -> DecoderGraph:
-    """The graph of a whole model: found (bundled or cached), else exported into the user cache now."""
+def save_graph(model, path: Path | None = None) -> Path:
+    """Writes the graph of a whole model to `path` (default: its place in the user cache) unless a usable one is
+    there; `onedc bundle` writes `<bundled dir>/_graphs/<key>.pt`."""
     from ..bitstream import atomic_write
 
-    tensors = model.state_dict()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # an unusable cached file is replaced below
-        graph = find_graph(model.config, tensors)
-    if graph is not None:
-        return graph
-    data = export_graph(model)
-    path = graph_paths(model.config)[-1]
-    path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write(path, data)
-    return load_graph(data, model.config, tensors)
-
-
-def bundle_graph(model, dest: Path) -> Path:
-    """The graph of a whole model into `dest`/_graphs/ (`onedc bundle`), unless a usable one is there already."""
-    from ..bitstream import atomic_write
-
-    path = Path(dest) / BUNDLED_GRAPHS / f"{graph_key(model.config)}.pt"
-    tensors = model.state_dict()
+    path = Path(path) if path is not None else graph_paths(model.config)[-1]
     if path.is_file():
         try:
-            load_graph(path.read_bytes(), model.config, tensors)
+            load_graph(path.read_bytes(), model.config, model.state_dict())
             return path
         except GraphError:
             pass  # rewritten below
