@@ -14,8 +14,10 @@ timer), the coders interleaved within each repeat (the machine may be shared); e
 median of --repeats, *_best the fastest repeat. The single-threaded calls are timed in the calling thread's CPU
 time (time.thread_time: all three coders run in it), so time the thread spends descheduled on a loaded machine
 does not count; only the all-cores variant of ours is timed on the wall clock:
-  onedc         GaussianCoder (odc mode, our tables odc_tables(), 1 tile, 1 thread); indexes from
-                odc_tables().scale_to_index(s) (nearest of the 256 table scales in log space)
+  onedc         GaussianCoder (odc mode, our tables odc_tables(), 1 tile, 1 thread, states per tile chosen by
+                the coder from the stream's size: 16 for these cases); decoded with the AVX-512 decoder where the
+                CPU has one (machine.vector_decoder in the JSON); indexes from odc_tables().scale_to_index(s)
+                (nearest of the 256 table scales in log space)
   compressai    compressai.ans.RansEncoder.encode_with_indexes / RansDecoder.decode_with_indexes, given OUR odc
                 tables (cdf, cdf_length, offset as lists) and the same indexes: the same model, so the comparison
                 is of coders (its API takes Python lists; their conversion happens inside its calls)
@@ -26,7 +28,8 @@ ideal_bits is the exact cross-entropy -sum log2 P(symbol | N(0, s)) with P the N
 [symbol - 1/2, symbol + 1/2] at the symbol's own scale (float64, log-space tails). Size overhead is
 bytes / (ideal_bits / 8) - 1. Fixed costs: the bytes of 0-, 1-, 2- and 3-symbol streams (symbols 0 at s = 1), each
 coded in a subprocess because compressai's coder writes out of its buffer on tiny streams (here it crashed on 0
-and 1 symbols). Also reported for ours (under "onedc"."extra"): 4 tiles on one thread and on all cores.
+and 1 symbols). Also reported for ours (under "onedc"."extra"): the scalar decoder (simd=False, the same bytes),
+4 tiles on one thread and on all cores.
 """
 from __future__ import annotations
 
@@ -45,6 +48,7 @@ from scipy.special import log_ndtr
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from onedc_lib import _coder  # noqa: E402
 from onedc_lib.entropy.coder import GaussianCoder  # noqa: E402
 from onedc_lib.entropy.tables import odc_tables  # noqa: E402
 
@@ -100,12 +104,12 @@ def ideal_bits(symbols: np.ndarray, scales: np.ndarray) -> float:
 
 # Each coder: setup(symbols, scales) -> (encode() -> data, decode(data) -> symbols, size(data) -> bytes).
 
-def onedc_setup(symbols, scales, tiles=1, threads=1):
+def onedc_setup(symbols, scales, tiles=1, threads=1, simd=True):
     tables = odc_tables()
     coder = GaussianCoder(tables)
     indexes = tables.scale_to_index(scales)
     return (lambda: coder.encode(symbols, indexes, tiles=tiles, threads=threads),
-            lambda data: coder.decode(data, indexes, threads=threads), len)
+            lambda data: coder.decode(data, indexes, threads=threads, simd=simd), len)
 
 
 def compressai_setup(symbols, scales):
@@ -194,6 +198,7 @@ def run(repeats: int, quick: bool) -> dict:
                                                                     {"channels": 16}))
         ideal = ideal_bits(symbols, scales)
         setups = {name: setup(symbols, scales) for name, setup in CODERS.items()}
+        setups["onedc_scalar_decoder"] = onedc_setup(symbols, scales, simd=False)
         setups["onedc_tiles4_threads1"] = onedc_setup(symbols, scales, 4, 1)
         setups["onedc_tiles4_all_cores"] = onedc_setup(symbols, scales, 4, 0)
         timed = time_coders(setups, symbols, repeats, wall=("onedc_tiles4_all_cores",))
@@ -207,6 +212,7 @@ def run(repeats: int, quick: bool) -> dict:
             else:
                 extra[name[len("onedc_"):]] = entry
         results["onedc"]["extra"] = extra
+        results["onedc"]["states_per_tile"] = setups["onedc"][0]()[0]  # the tile's first byte (one tile)
         cases[case] = results
         print_case(case, results)
     costs = fixed_costs()
@@ -214,6 +220,7 @@ def run(repeats: int, quick: bool) -> dict:
           ", ".join(f"{name} " + " / ".join(str(v) for v in c.values()) for name, c in costs.items()))
     return {"cases": cases, "fixed_cost_bytes": costs,
             "machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
+                        "vector_decoder": _coder.simd_available(),
                         "repeats": repeats, "load_average_1min": [load_before, os.getloadavg()[0]]}}
 
 
@@ -229,6 +236,7 @@ def print_case(case: str, results: dict) -> None:
         ratio_enc = f"{ours['enc_msym_s'] / r['enc_msym_s']:.1f}x ({ours['enc_msym_s_best'] / r['enc_msym_s_best']:.1f}x)"
         ratio_dec = f"{ours['dec_msym_s'] / r['dec_msym_s']:.1f}x ({ours['dec_msym_s_best'] / r['dec_msym_s_best']:.1f}x)"
         print(f"  {name:<13} {enc:>16} {dec:>16} {r['bytes']:>9} {100 * overhead:>8.3f}% {ratio_enc:>16} {ratio_dec:>16}")
+    print(f"  onedc: {ours['states_per_tile']} interleaved states (chosen by size)")
     for label, r in ours["extra"].items():
         print(f"  onedc {label}: enc {r['enc_msym_s']:.1f} ({r['enc_msym_s_best']:.1f}), "
               f"dec {r['dec_msym_s']:.1f} ({r['dec_msym_s_best']:.1f}) Msym/s, {r['bytes']} bytes")

@@ -558,6 +558,17 @@ Step decode_block(const Tables& t, Lane& L, Bytes& bytes, const int32_t* idx, in
     return r;
 }
 
+// The vector lookup is read at random: fetched into L2 ahead of a long enough segment, it is not waited for entry
+// by entry (a decode usually runs right after work that evicted it; benchmarks/entropy_coder.py interleaves
+// coders the same way).
+constexpr size_t kPrefetchSymbols = 4096;
+
+void prefetch_simd_entries(const Tables& t) {
+    const char* p = reinterpret_cast<const char*>(t.simd_entries());
+    const size_t bytes = static_cast<size_t>(t.size()) * (size_t(8) << Tables::kSimdBits);
+    for (size_t at = 0; at < bytes; at += 64) __builtin_prefetch(p + at, 0, 2);
+}
+
 constexpr size_t kTailSymbols = 64;  // symbols per block on the zero-padded copy of a tile's last bytes
 constexpr size_t kTailBytes = 64;    // tiles with fewer bytes left than this use the copy
 
@@ -566,6 +577,7 @@ Status decode_lane(const Tables& t, Lane& L, const int32_t* idx, int32_t* out, s
     const uint32_t T = static_cast<uint32_t>(t.size());
     Status status;
     size_t i = 0;
+    if (simd && L.width == 16 && n >= kPrefetchSymbols) prefetch_simd_entries(t);
     while (i < n) {
         const size_t left = L.in.nb - L.in.q;
         Step r;

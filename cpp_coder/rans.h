@@ -94,7 +94,7 @@ public:
     // (first + offset) << 48, with freq' the `hi` freq of BucketEntry (0 where the fallback applies) and
     // freq(first) 0 for the escape bin. The start of first + 1 is start(first) + freq(first), so one 8-byte entry
     // holds what BucketEntry and `value` hold.
-    static constexpr int kSimdBits = 8;
+    static constexpr int kSimdBits = 7;
     const uint64_t* simd_entries() const { return simd_entry_; }
     bool simd_ok() const { return simd_ok_; }
     // Estimated cost of a symbol coded with table k, in 1/256 bits (see Tables::build): integer arithmetic
