@@ -418,11 +418,13 @@ bool cpu_has_avx512() {
 struct Simd16 {
     const Tables& t;
     const long long* entries;
+    const int* values;
     __m512i lo16, tables, lower, two15, one, below;
 
     ONEDC_TARGET_AVX512 explicit Simd16(const Tables& tab)
         : t(tab),
-          entries(reinterpret_cast<const long long*>(tab.simd_entries())) {
+          entries(reinterpret_cast<const long long*>(tab.simd_entries())),
+          values(reinterpret_cast<const int*>(tab.simd_values())) {
         lo16 = _mm512_set1_epi32(0xFFFF);
         tables = _mm512_set1_epi32(static_cast<int>(std::min<int64_t>(tab.size(), INT32_MAX)));
         lower = _mm512_set1_epi32(static_cast<int>(kL));
@@ -451,14 +453,20 @@ struct Simd16 {
         const __m512i j = _mm512_or_si512(_mm512_slli_epi32(k, Tables::kSimdBits),
                                           _mm512_srli_epi32(cum, 16 - Tables::kSimdBits));
         __m512i a, b;
-        gather64(j, entries, a, b);  // a = start | freq << 16 of the bucket's first bin, b = freq' | value << 16
-        const __m512i start_lo = _mm512_and_si512(a, lo16);
-        const __m512i start_hi = _mm512_add_epi32(start_lo, _mm512_srli_epi32(a, 16));
-        const __mmask16 sel = _mm512_cmpge_epu32_mask(cum, start_hi);
-        __m512i freq = _mm512_mask_blend_epi32(sel, _mm512_srli_epi32(a, 16), _mm512_and_si512(b, lo16));
-        __m512i start = _mm512_mask_blend_epi32(sel, start_lo, start_hi);
-        __m512i v = _mm512_srai_epi32(b, 16);
-        v = _mm512_mask_add_epi32(v, sel, v, one);
+        gather64(j, entries, a, b);  // a = start | f0 << 16, b = f1 | f2 << 16 (Tables::simd_entries)
+        const __m512i s0 = _mm512_and_si512(a, lo16);
+        const __m512i f1 = _mm512_and_si512(b, lo16);
+        const __m512i s1 = _mm512_add_epi32(s0, _mm512_srli_epi32(a, 16));
+        const __m512i s2 = _mm512_add_epi32(s1, f1);
+        const __mmask16 sel1 = _mm512_cmpge_epu32_mask(cum, s1);
+        const __mmask16 sel2 = _mm512_cmpge_epu32_mask(cum, s2);
+        __m512i freq = _mm512_mask_blend_epi32(sel2, _mm512_mask_blend_epi32(sel1, _mm512_srli_epi32(a, 16), f1),
+                                               _mm512_srli_epi32(b, 16));
+        __m512i start = _mm512_mask_blend_epi32(sel2, _mm512_mask_blend_epi32(sel1, s0, s1), s2);
+        // value: int16 at byte 2j (a 4-byte read; the arena has 2 bytes to spare), sign-extended
+        __m512i v = _mm512_srai_epi32(_mm512_slli_epi32(_mm512_i32gather_epi32(j, values, 2), 16), 16);
+        v = _mm512_mask_add_epi32(v, sel1, v, one);
+        v = _mm512_mask_add_epi32(v, sel2, v, one);
         const __mmask16 slow = _mm512_testn_epi32_mask(freq, freq);
         if (slow) {  // fallback searches lane by lane (as lookup() does); an escape goes to the scalar code
             alignas(64) uint32_t ka[16], ca[16];
@@ -564,9 +572,11 @@ Step decode_block(const Tables& t, Lane& L, Bytes& bytes, const int32_t* idx, in
 constexpr size_t kPrefetchSymbols = 4096;
 
 void prefetch_simd_entries(const Tables& t) {
-    const char* p = reinterpret_cast<const char*>(t.simd_entries());
-    const size_t bytes = static_cast<size_t>(t.size()) * (size_t(8) << Tables::kSimdBits);
-    for (size_t at = 0; at < bytes; at += 64) __builtin_prefetch(p + at, 0, 2);
+    const size_t buckets = static_cast<size_t>(t.size()) << Tables::kSimdBits;
+    const char* entries = reinterpret_cast<const char*>(t.simd_entries());
+    const char* values = reinterpret_cast<const char*>(t.simd_values());
+    for (size_t at = 0; at < buckets * 8; at += 64) __builtin_prefetch(entries + at, 0, 2);
+    for (size_t at = 0; at < buckets * 2; at += 64) __builtin_prefetch(values + at, 0, 2);
 }
 
 constexpr size_t kTailSymbols = 64;  // symbols per block on the zero-padded copy of a tile's last bytes

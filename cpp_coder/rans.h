@@ -90,12 +90,14 @@ public:
     const uint32_t* sf(uint32_t table) const { return sf_ + sf_pos_[table]; }  // start | freq << 16 per bin
     // The vector decoder's lookup: 2^kSimdBits buckets per table (the same for all, so that bucket j of table k is
     // entry k << kSimdBits | j without a per-table lookup), valid when simd_ok() (at most 2^22 tables, every
-    // bucket's first bin + offset in int16): entry = start(first) | freq(first) << 16 | freq'(first + 1) << 32 |
-    // (first + offset) << 48, with freq' the `hi` freq of BucketEntry (0 where the fallback applies) and
-    // freq(first) 0 for the escape bin. The start of first + 1 is start(first) + freq(first), so one 8-byte entry
-    // holds what BucketEntry and `value` hold.
+    // bucket's first bin + offset in int16). Per bucket, with `first` the bin of its first cum:
+    // entry = start(first) | f0 << 16 | f1 << 32 | f2 << 48, the frequencies of first, first + 1, first + 2, so that
+    // cum >= start(first) + f0 (+ f1) selects among three bins with no further load; a frequency is 0 for the
+    // escape bin, past it, after a 0, and for first + 2 when a fourth bin starts in the bucket (the fallback
+    // search then); value = first + offset (int16, read off the dependency chain of the state).
     static constexpr int kSimdBits = 7;
     const uint64_t* simd_entries() const { return simd_entry_; }
+    const int16_t* simd_values() const { return simd_value_; }
     bool simd_ok() const { return simd_ok_; }
     // Estimated cost of a symbol coded with table k, in 1/256 bits (see Tables::build): integer arithmetic
     // only, so every platform (and the Python reference) makes the same choices from it.
@@ -115,6 +117,7 @@ private:
     size_t* sf_pos_ = nullptr;
     EncBin* bins_ = nullptr;
     uint64_t* simd_entry_ = nullptr;
+    int16_t* simd_value_ = nullptr;
     uint32_t* cost_ = nullptr;
     bool simd_ok_ = false;
     int64_t max_length_ = 0;

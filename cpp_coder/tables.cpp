@@ -100,6 +100,7 @@ Status Tables::build(const int32_t* cdf, int64_t num_tables, int64_t row_width, 
     const size_t at_sf = reserve(total_bins * sizeof(uint32_t));
     const size_t at_sf_pos = reserve(T * sizeof(size_t));
     const size_t at_simd_entry = reserve((T << kSimdBits) * sizeof(uint64_t));
+    const size_t at_simd_value = reserve((T << kSimdBits) * sizeof(int16_t) + 2);  // + 2: 4-byte reads
     const size_t at_cost = reserve(T * sizeof(uint32_t));
     void* p = nullptr;
     if (posix_memalign(&p, 64, std::max<size_t>(size, 64)) != 0) throw std::bad_alloc();
@@ -114,6 +115,7 @@ Status Tables::build(const int32_t* cdf, int64_t num_tables, int64_t row_width, 
     sf_ = reinterpret_cast<uint32_t*>(base + at_sf);
     sf_pos_ = reinterpret_cast<size_t*>(base + at_sf_pos);
     simd_entry_ = reinterpret_cast<uint64_t*>(base + at_simd_entry);
+    simd_value_ = reinterpret_cast<int16_t*>(base + at_simd_value);
     cost_ = reinterpret_cast<uint32_t*>(base + at_cost);
     simd_ok_ = T <= (size_t(1) << (31 - kSimdBits));  // the vector decoder's int32 bucket numbers
     num_tables_ = num_tables;
@@ -138,11 +140,19 @@ Status Tables::build(const int32_t* cdf, int64_t num_tables, int64_t row_width, 
         }
         v = 0;
         for (int64_t j = 0; j < (int64_t(1) << kSimdBits); ++j) {
-            const BucketEntry b = make_bucket(row, bins, kSimdBits, j, v);
+            const int shift = 16 - kSimdBits;
+            const int64_t lo = j << shift, last = ((j + 1) << shift) - 1;
+            while (row[v + 1] <= lo) ++v;
+            // freq of bin b for the vector lookup: 0 for the escape bin (the last one) and past it
+            auto freq = [&](int64_t b) -> uint64_t { return b + 1 < bins ? uint64_t(row[b + 1] - row[b]) : 0; };
+            const uint64_t f0 = freq(v);
+            uint64_t f1 = v + 1 < bins ? freq(v + 1) : 0, f2 = v + 2 < bins ? freq(v + 2) : 0;
+            if (v + 3 <= bins && row[v + 3] <= last) f2 = 0;  // a fourth bin starts in the bucket: the fallback
+            if (f1 == 0) f2 = 0;
+            simd_entry_[(k << kSimdBits) + j] = uint64_t(row[v]) | f0 << 16 | f1 << 32 | f2 << 48;
             const int64_t value = v + int64_t(offset[k]);
             simd_ok_ = simd_ok_ && value >= INT16_MIN && value <= INT16_MAX;
-            simd_entry_[(k << kSimdBits) + j] = uint64_t((b.lo >> 16) | (b.lo << 16)) |
-                                                uint64_t(b.hi & 0xFFFFu) << 32 | uint64_t(uint16_t(value)) << 48;
+            simd_value_[(k << kSimdBits) + j] = static_cast<int16_t>(value);
         }
         dec_[k] = DecView{bucket_ + bucket_pos, value_ + bucket_pos, shift,
                           static_cast<uint32_t>(bins - 1), offset[k], static_cast<uint32_t>(k)};
