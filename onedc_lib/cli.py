@@ -524,13 +524,19 @@ def main(argv: list[str] | None = None) -> int:
     return args.run(args)
 
 
+QUICK_EXIT_COMMANDS = ("compress", "decompress", "info")
+
+
 def run() -> None:
-    """The `onedc` command: main(), then exit without the interpreter's teardown, which takes 0.3-0.5 s after
-    importing torch (a quarter of `onedc decompress` of a small file). Every file is closed by then (atomic
-    writes); standard output and error are flushed here."""
+    """The `onedc` command: main(), then, for the one-file commands, exit without the interpreter's teardown,
+    which takes 0.3-0.5 s after importing torch (a quarter of `onedc decompress` of a small file). Their files are
+    closed by then (atomic writes); standard output and error are flushed here. Other commands (training, bundles,
+    evaluation) exit normally, so that atexit handlers (e.g. of torch.distributed) run."""
     import os
 
     code = main()
+    if len(sys.argv) < 2 or sys.argv[1] not in QUICK_EXIT_COMMANDS:
+        sys.exit(code)
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(code)

@@ -120,6 +120,9 @@ def test_subprocess_exit_codes_and_no_torch(tmp_path, odc_file):
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 1 and result.stdout == ""
     assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
+    result = subprocess.run([sys.executable, "-m", "onedc_lib.cli", "frobnicate"], cwd=REPO, env=env,
+                            capture_output=True, text=True, timeout=60)  # not a quick-exit command: sys.exit
+    assert result.returncode == 2 and "frobnicate" in result.stderr
     check = ("import sys; from onedc_lib.cli import main; code = main(['info', sys.argv[1]]); "
              "sys.exit(code if 'torch' not in sys.modules else 99)")
     result = subprocess.run([sys.executable, "-c", check, str(odc_file)], cwd=REPO, env=env, capture_output=True,
