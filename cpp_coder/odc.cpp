@@ -464,24 +464,26 @@ struct Simd16 {
                                                _mm512_srli_epi32(b, 16));
         __m512i start = _mm512_mask_blend_epi32(sel2, _mm512_mask_blend_epi32(sel1, s0, s1), s2);
         // value: int16 at byte 2j (a 4-byte read; the arena has 2 bytes to spare), sign-extended
-        __m512i v = _mm512_srai_epi32(_mm512_slli_epi32(_mm512_i32gather_epi32(j, values, 2), 16), 16);
-        v = _mm512_mask_add_epi32(v, sel1, v, one);
+        const __m512i first = _mm512_srai_epi32(_mm512_slli_epi32(_mm512_i32gather_epi32(j, values, 2), 16), 16);
+        __m512i v = _mm512_mask_add_epi32(first, sel1, first, one);
         v = _mm512_mask_add_epi32(v, sel2, v, one);
         const __mmask16 slow = _mm512_testn_epi32_mask(freq, freq);
-        if (slow) {  // fallback searches lane by lane (as lookup() does); an escape goes to the scalar code
-            alignas(64) uint32_t ka[16], ca[16];
+        if (slow) {  // a forward search from the bucket's first bin, lane by lane; an escape: the scalar code
+            alignas(64) uint32_t ka[16], ca[16], fa[16];
             _mm512_store_si512(ka, k);
             _mm512_store_si512(ca, cum);
+            _mm512_store_si512(fa, first);
             for (uint32_t m = slow; m; m &= m - 1) {
                 const int l = __builtin_ctz(m);
                 const DecView& dv = t.dec()[ka[l]];
-                uint32_t bin;
-                const uint32_t e = lookup_search(t, dv, ca[l] >> dv.shift, ca[l], bin);
+                const uint32_t* const sf = t.sf(dv.table);  // start | freq << 16 per bin
+                uint32_t bin = fa[l] - static_cast<uint32_t>(dv.offset), f = sf[bin];
+                while (ca[l] - (f & 0xFFFFu) >= (f >> 16)) f = sf[++bin];
                 if (bin == dv.esc) return false;
                 const __mmask16 at = static_cast<__mmask16>(1u << l);  // into the lane without a store and reload
-                freq = _mm512_mask_set1_epi32(freq, at, static_cast<int>(e & 0xFFFFu));
-                start = _mm512_mask_set1_epi32(start, at, static_cast<int>(e >> 16));
-                v = _mm512_mask_set1_epi32(v, at, static_cast<int>(bin + static_cast<uint32_t>(dv.offset)));
+                freq = _mm512_mask_set1_epi32(freq, at, static_cast<int>(f >> 16));
+                start = _mm512_mask_set1_epi32(start, at, static_cast<int>(f & 0xFFFFu));
+                v = _mm512_mask_set1_epi32(v, at, static_cast<int>(fa[l] + (bin - (fa[l] - dv.offset))));
             }
         }
         _mm512_storeu_si512(out, v);
@@ -566,17 +568,24 @@ Step decode_block(const Tables& t, Lane& L, Bytes& bytes, const int32_t* idx, in
     return r;
 }
 
-// The vector lookup is read at random: fetched into L2 ahead of a long enough segment, it is not waited for entry
-// by entry (a decode usually runs right after work that evicted it; benchmarks/entropy_coder.py interleaves
-// coders the same way).
-constexpr size_t kPrefetchSymbols = 4096;
+constexpr size_t kPrefetchSymbols = 4096;  // segments at least this long start with warm_tables()
 
-void prefetch_simd_entries(const Tables& t) {
-    const size_t buckets = static_cast<size_t>(t.size()) << Tables::kSimdBits;
-    const char* entries = reinterpret_cast<const char*>(t.simd_entries());
-    const char* values = reinterpret_cast<const char*>(t.simd_values());
-    for (size_t at = 0; at < buckets * 8; at += 64) __builtin_prefetch(entries + at, 0, 2);
-    for (size_t at = 0; at < buckets * 2; at += 64) __builtin_prefetch(values + at, 0, 2);
+// The vector decoder's tables and the slow path's (DecView, bins), loaded into the caches before a long segment:
+// a decode usually runs right after work that evicted them, and a fallback search that misses the caches three
+// times costs as much as a few hundred symbols. Loads, not prefetches: a burst of thousands of prefetches is mostly
+// dropped.
+void warm_tables(const Tables& t) {
+    uint32_t sum = 0;
+    auto touch = [&sum](const void* p, size_t bytes) {
+        const uint8_t* const b = static_cast<const uint8_t*>(p);
+        for (size_t at = 0; at < bytes; at += 64) sum += b[at];
+    };
+    const size_t T = static_cast<size_t>(t.size()), buckets = T << Tables::kSimdBits;
+    touch(t.simd_entries(), buckets * 8);
+    touch(t.simd_values(), buckets * 2);
+    touch(t.dec(), T * sizeof(DecView));
+    for (uint32_t k = 0; k < T; ++k) touch(t.sf(k), (t.dec()[k].esc + 1) * sizeof(uint32_t));
+    __asm__ volatile("" : : "r"(sum));
 }
 
 constexpr size_t kTailSymbols = 64;  // symbols per block on the zero-padded copy of a tile's last bytes
@@ -587,7 +596,7 @@ Status decode_lane(const Tables& t, Lane& L, const int32_t* idx, int32_t* out, s
     const uint32_t T = static_cast<uint32_t>(t.size());
     Status status;
     size_t i = 0;
-    if (simd && L.width == 16 && n >= kPrefetchSymbols) prefetch_simd_entries(t);
+    if (simd && L.width == 16 && n >= kPrefetchSymbols) warm_tables(t);
     while (i < n) {
         const size_t left = L.in.nb - L.in.q;
         Step r;
