@@ -31,14 +31,20 @@
 //
 // Speed (benchmarks/entropy_coder.py, AMD Zen 5): the scalar loop avoids branches on renormalisation (cmov / adc; a
 // rare second byte is a predictable branch) and keeps the state in a register for W = 1. With W = 16 and AVX-512
-// (checked at run time) sixteen symbols are decoded per step: a gather of the lookup entries (Tables::
-// simd_entries(), the same bucket count for every table, so no per-table gather), a vector multiply, and the
-// renormalisation bytes handed to the lanes by a prefix count and a byte permute. A fallback search is done lane by
-// lane inside the step; an escape or a bad index sends the step to the scalar code, which decodes the same bytes
-// the same way (decode(..., simd=False) is the reference the vector decoder is tested against). Measured and not
-// kept: 16-bit word renormalisation (L = 2^16: simpler vector code, but +0.13% size), 32 states in two vectors (no
-// gain: the gathers' throughput, ~4.8 ns per 16-lane gather here, then limits), 8-byte gathers, per-table bucket
-// counts in the vector lookup (one more gather), finer buckets (more cache misses).
+// (checked at run time) sixteen symbols are decoded per step: two gathers of the lookup entries (Tables::
+// simd_entries(): the same bucket count for every table, so no per-table load, and three bins per bucket), a
+// vector multiply, and the renormalisation bytes handed to the lanes by a prefix count and a byte permute; the
+// values are gathered off the states' dependency chain. A fallback search is done lane by lane inside the step; an
+// escape or a bad index sends the step to the scalar code, which decodes the same bytes the same way
+// (decode(..., simd=False) is the reference the vector decoder is tested against). The step is bound by its
+// dependency chain (~60 cycles, a third of it the gather's latency). Before a long segment (or tile, for the
+// encoder) the tables are loaded into the caches: a decode usually follows work that evicted them, and a fallback
+// search that misses three times costs as much as hundreds of symbols.
+// Measured and not kept: 16-bit word renormalisation (L = 2^16: simpler vector code, but +0.13% size), 32 states
+// in two vectors (no gain: the gathers' throughput, ~4.8 ns per 16-lane gather here, then limits), 8-byte gathers
+// (slower than two 4-byte ones), per-table bucket counts in the vector lookup (a per-table gather, or shifts held
+// in registers: faster on random tables, slower on the latent-like case), finer buckets (more cache misses),
+// software prefetches instead of loads (a burst of thousands is mostly dropped), streaming stores of the output.
 
 #include <algorithm>
 #include <atomic>
@@ -212,6 +218,19 @@ uint32_t choose_lanes(const Tables& t, const std::vector<Range>& ranges) {
     return w;
 }
 
+constexpr size_t kWarmSymbols = 4096;  // tiles at least this long start with warm_encoder_tables()
+
+// The encoder's bins loaded into the caches before a long tile (as warm_tables() for the decoder).
+void warm_encoder_tables(const Tables& t) {
+    uint32_t sum = 0;
+    for (uint32_t k = 0; k < static_cast<uint32_t>(t.size()); ++k) {
+        const EncView& ev = t.enc()[k];
+        const uint8_t* const b = reinterpret_cast<const uint8_t*>(ev.bins);
+        for (size_t at = 0; at < (ev.esc + 1) * sizeof(EncBin); at += 64) sum += b[at];
+    }
+    __asm__ volatile("" : : "r"(sum));
+}
+
 // Codes the ranges' symbols in reverse on the W states st (symbol g of the tile on st[g mod W]); w: free bytes.
 // W is a template parameter so that g mod W is a mask known to the compiler (and W = 1 keeps its state in a
 // register).
@@ -252,6 +271,7 @@ Status encode_tile(const Tables& t, const std::vector<Range>& ranges, uint32_t l
     const uint32_t W = lanes ? lanes : choose_lanes(t, ranges);
     size_t total = 0;
     for (const Range& r : ranges) total += r.n;
+    if (total >= kWarmSymbols) warm_encoder_tables(t);
     o.cap = kItemBytes * total + total / 32 + 128;  // >= 2 x symbols + 2; escapes grow it
     o.mem.reset(new uint8_t[kHeadMax + o.cap]);
     size_t w = o.cap;  // free bytes; the bytes written are [w, cap)
