@@ -34,7 +34,6 @@ import numpy as np
 import torch
 
 from . import weights as W
-from .weights import MetricWeightsError
 
 PATCH = 256
 GRID2_OFFSET = 128
@@ -108,23 +107,6 @@ def ms_ssim(ref, dist) -> float | None:
     return float(_ms_ssim(x, y, data_range=1.0, size_average=True))
 
 
-def _load_sliced(model: torch.nn.Module, prefix_slices: str, features: dict[str, torch.Tensor], what: str) -> None:
-    """Copies torchvision `features.{i}.*` into a model built from slices of `features` (lpips' sliceK.{i}.*,
-    DISTS' stageK.{i}.*), requiring that every sliced parameter gets a tensor and every tensor is used."""
-    used = set()
-    params = {name: p for name, p in model.named_parameters() if name.startswith(prefix_slices)}
-    with torch.no_grad():
-        for name, param in params.items():
-            parts = name.split(".")  # [..., sliceK, idx, weight|bias]
-            key = f"features.{parts[-2]}.{parts[-1]}"
-            if key not in features or features[key].shape != param.shape:
-                raise MetricWeightsError(f"{what}: weights do not fit parameter {name} ({key})")
-            param.copy_(features[key])
-            used.add(key)
-    if used != set(features):
-        raise MetricWeightsError(f"{what}: unused weights {sorted(set(features) - used)[:4]}")
-
-
 class LPIPSMetric:
     """LPIPS (lpips 0.1.4, AlexNet, v0.1). weights: torchvision AlexNet weights file; None: provisioned."""
 
@@ -137,7 +119,7 @@ class LPIPSMetric:
             warnings.simplefilter("ignore", UserWarning)  # torchvision's deprecation notes on `pretrained`
             # pnet_rand=True: the trunk is built without touching the network; the real weights are loaded next.
             model = lpips.LPIPS(net="alex", version="0.1", pretrained=True, pnet_rand=True, verbose=False)
-        _load_sliced(model, "net.", features, "LPIPS AlexNet")
+        W.load_sliced(model, "net.", features, "LPIPS", "alexnet")
         self.model = model.eval().to(self.device)
         self.provenance = {**self.provenance, "lpips": W.lpips_version(), "linear_layers": "lpips wheel v0.1/alex.pth"}
 
@@ -174,7 +156,7 @@ class DISTSMetric:
         with torch.no_grad():
             model.alpha.copy_(ab["alpha"])
             model.beta.copy_(ab["beta"])
-        _load_sliced(model, "stage", features, "DISTS VGG16")
+        W.load_sliced(model, "stage", features, "DISTS", "vgg16")
         self.model = model.eval().to(self.device)
         self.provenance = {**self.provenance, "alpha_beta": "DISTS_pytorch wheel weights.pt",
                            "alpha_beta_sha256": W.sha256_file(str(ab_path))}

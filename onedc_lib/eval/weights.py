@@ -58,6 +58,26 @@ class MetricWeightsError(WeightsError):
     """Metric backbone weights that are missing, corrupt or do not fit, with what to do about it."""
 
 
+def load_sliced(model, prefix: str, features: dict, what: str, arch: str, error: type = MetricWeightsError) -> None:
+    """Copies torchvision `features.{i}.*` of `arch` into the parameters under `prefix` of a network built from
+    slices of `features` (lpips' net.sliceK.{i}.*, DISTS' stageK.{i}.*): exactly the sliced layers, each of its
+    shape. Used by the metrics and by the LPIPS training loss."""
+    import torch
+
+    params = {name: p for name, p in model.named_parameters() if name.startswith(prefix)}
+    source = {name: "features.{}.{}".format(*name.split(".")[-2:]) for name in params}
+    if set(features) != set(source.values()):
+        missing, extra = sorted(set(source.values()) - set(features)), sorted(set(features) - set(source.values()))
+        raise error(f"{what}: not a torchvision {arch} state_dict (missing {missing[:4]}, unexpected {extra[:4]})")
+    with torch.no_grad():
+        for name, param in params.items():
+            tensor = features[source[name]]
+            if tensor.shape != param.shape:
+                raise error(f"{what}: {source[name]} has shape {tuple(tensor.shape)}, {arch} needs "
+                            f"{tuple(param.shape)}")
+            param.copy_(tensor)
+
+
 @dataclass(frozen=True)
 class Source:
     """A pinned registry archive."""

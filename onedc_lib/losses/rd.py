@@ -15,11 +15,7 @@ from torch import nn
 
 from ..weights import WeightsError
 
-# torchvision `features` indices of the convolutions (what a backbone file must hold).
-VGG16_CONVS = (0, 2, 5, 7, 10, 12, 14, 17, 19, 21, 24, 26, 28)
-ALEXNET_CONVS = (0, 3, 6, 8, 10)
-# LPIPS net name -> (torchvision architecture of its backbone, the backbone's conv indices)
-BACKBONES = {"vgg": ("vgg16", VGG16_CONVS), "alex": ("alexnet", ALEXNET_CONVS)}
+BACKBONES = {"vgg": "vgg16", "alex": "alexnet"}  # LPIPS net name -> the torchvision architecture of its backbone
 
 
 # ---------------------------------------------------------------------------------------------------- rate
@@ -134,7 +130,7 @@ class LPIPSLoss(nn.Module):
             raise ValueError(f"LPIPSLoss: net must be one of {sorted(BACKBONES)}, got {net!r}")
         if not pretrained and backbone_weights is not None:
             raise ValueError("LPIPSLoss: backbone_weights given with pretrained=False; pass one or the other")
-        arch, convs = BACKBONES[net]
+        arch = BACKBONES[net]
         features = None
         if pretrained:  # resolve the weights first: a missing file fails before building anything
             features = (_read_backbone(backbone_weights) if backbone_weights is not None
@@ -144,7 +140,9 @@ class LPIPSLoss(nn.Module):
             # pnet_rand=True builds the trunk without downloading; its weights are loaded below.
             model = lpips.LPIPS(net=net, version="0.1", pretrained=True, pnet_rand=True, verbose=False)
         if features is not None:
-            self._load_backbone(model, features, arch, convs)
+            from ..eval.weights import load_sliced
+
+            load_sliced(model, "net.", features, "LPIPSLoss", arch, LPIPSWeightsError)
         else:
             warnings.warn(f"LPIPSLoss(pretrained=False): the {arch} backbone is RANDOM; this LPIPS is not a "
                           "perceptual metric (use it for tests and nano runs that opt in only)", stacklevel=2)
@@ -155,22 +153,6 @@ class LPIPSLoss(nn.Module):
                         setattr(slice_, name, nn.AvgPool2d(kernel_size=2, stride=2))
         self.model = model.requires_grad_(False).eval()
         self.pretrained = pretrained
-
-    @staticmethod
-    def _load_backbone(model: nn.Module, features: Mapping[str, torch.Tensor], arch: str, convs) -> None:
-        wanted = {f"features.{i}.{p}" for i in convs for p in ("weight", "bias")}
-        if set(features) != wanted:
-            missing, extra = sorted(wanted - set(features)), sorted(set(features) - wanted)
-            raise LPIPSWeightsError(f"LPIPSLoss: not a torchvision {arch} state_dict (missing {missing[:4]}, "
-                                    f"unexpected {extra[:4]})")
-        with torch.no_grad():
-            for name, param in model.net.named_parameters():  # slice{k}.{feature index}.{weight,bias}
-                _, index, kind = name.split(".")
-                source = features[f"features.{index}.{kind}"]
-                if source.shape != param.shape:
-                    raise LPIPSWeightsError(f"LPIPSLoss: features.{index}.{kind} has shape {tuple(source.shape)}, "
-                                            f"{arch} needs {tuple(param.shape)}")
-                param.copy_(source)
 
     def train(self, mode: bool = True):
         """The loss stays in eval mode whatever the surrounding model does."""

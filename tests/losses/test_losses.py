@@ -176,6 +176,12 @@ def test_lpips_refuses_missing_or_wrong_weights(monkeypatch, tmp_path):
         LPIPSLoss(backbone_weights=tmp_path / "missing.pth")
     with pytest.raises(LPIPSWeightsError, match="not a torchvision vgg16"):
         LPIPSLoss(backbone_weights={"features.0.weight": torch.zeros(64, 3, 3, 3)})
+    import torchvision
+
+    alexnet = {f"features.{k}": v for k, v in torchvision.models.alexnet(weights=None).features.state_dict().items()}
+    alexnet["features.3.bias"] = torch.zeros(7)
+    with pytest.raises(LPIPSWeightsError, match=r"features.3.bias has shape \(7,\), alexnet needs \(192,\)"):
+        LPIPSLoss(backbone_weights=alexnet, net="alex")
     with pytest.raises(ValueError):
         LPIPSLoss(backbone_weights={}, pretrained=False)
 
