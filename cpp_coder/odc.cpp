@@ -424,6 +424,11 @@ struct Lane {
 };
 
 #ifdef ONEDC_AVX512
+#if !defined(__clang__)
+// GCC 12 warns inside its own AVX-512 headers (their pass-through operands are left undefined on purpose).
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#endif
 #define ONEDC_TARGET_AVX512 \
     __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512vbmi,avx512vpopcntdq,popcnt")))
 
@@ -542,6 +547,9 @@ ONEDC_TARGET_AVX512 void simd_steps(const Tables& t, uint32_t* states, Bytes& in
     in.q = q;
     pos = i;
 }
+#if !defined(__clang__)
+#pragma GCC diagnostic pop
+#endif
 #endif
 
 // Symbols [pos, end) of a lane (2 (end - pos) <= bytes.nb - bytes.q). A slow symbol (which may read more) or a bad
