@@ -159,7 +159,7 @@ constexpr size_t kHeadMax = 1 + 4 * kMaxLanes;  // W byte + drained states
 struct TileBuf {
     std::unique_ptr<uint8_t[]> mem;
     size_t cap = 0;
-    uint8_t* begin = nullptr;  // after encoding: W | states | words
+    uint8_t* begin = nullptr;  // after encoding: W | states | bytes
     size_t size = 0;
     Status status;
     uint8_t* body() const { return mem.get() + kHeadMax; }
@@ -201,8 +201,7 @@ struct Range {
 };
 
 // W for a tile: the largest power of two <= min(16, estimated bytes / 4096), at least 1 (a state costs about 3.5
-// bytes: at most ~0.1% of the stream). Indexes out of range
-// count nothing (the encoder reports them).
+// bytes: at most ~0.1% of the stream). Indexes out of range count nothing (the encoder reports them).
 uint32_t choose_lanes(const Tables& t, const std::vector<Range>& ranges) {
     const uint32_t* const cost = t.cost();
     const uint32_t T = static_cast<uint32_t>(t.size());
@@ -218,16 +217,22 @@ uint32_t choose_lanes(const Tables& t, const std::vector<Range>& ranges) {
     return w;
 }
 
-constexpr size_t kWarmSymbols = 4096;  // tiles at least this long start with warm_encoder_tables()
+// Tables are loaded into the caches before a tile (encoder) or segment (decoder) of at least this many symbols:
+// coding usually runs right after work that evicted them (the vector decoder's fallback search missing the caches
+// three times costs as much as hundreds of symbols). Loads, not prefetches: a burst of thousands of prefetches is
+// mostly dropped.
+constexpr size_t kWarmSymbols = 4096;
 
-// The encoder's bins loaded into the caches before a long tile (as warm_tables() for the decoder).
+// Loads one byte of every cache line of [p, p + bytes) into `sum` (which the caller keeps alive).
+inline void load_lines(const void* p, size_t bytes, uint32_t& sum) {
+    const uint8_t* const b = static_cast<const uint8_t*>(p);
+    for (size_t at = 0; at < bytes; at += 64) sum += b[at];
+}
+
 void warm_encoder_tables(const Tables& t) {
     uint32_t sum = 0;
-    for (uint32_t k = 0; k < static_cast<uint32_t>(t.size()); ++k) {
-        const EncView& ev = t.enc()[k];
-        const uint8_t* const b = reinterpret_cast<const uint8_t*>(ev.bins);
-        for (size_t at = 0; at < (ev.esc + 1) * sizeof(EncBin); at += 64) sum += b[at];
-    }
+    for (uint32_t k = 0; k < static_cast<uint32_t>(t.size()); ++k)
+        load_lines(t.enc()[k].bins, (t.enc()[k].esc + 1) * sizeof(EncBin), sum);
     __asm__ volatile("" : : "r"(sum));
 }
 
@@ -501,14 +506,13 @@ struct Simd16 {
             for (uint32_t m = slow; m; m &= m - 1) {
                 const int l = __builtin_ctz(m);
                 const DecView& dv = t.dec()[ka[l]];
-                const uint32_t* const sf = t.sf(dv.table);  // start | freq << 16 per bin
-                uint32_t bin = fa[l] - static_cast<uint32_t>(dv.offset), f = sf[bin];
-                while (ca[l] - (f & 0xFFFFu) >= (f >> 16)) f = sf[++bin];
+                uint32_t bin = fa[l] - static_cast<uint32_t>(dv.offset);
+                const uint32_t e = search_bins(t.sf(dv.table), ca[l], bin);
                 if (bin == dv.esc) return false;
                 const __mmask16 at = static_cast<__mmask16>(1u << l);  // into the lane without a store and reload
-                freq = _mm512_mask_set1_epi32(freq, at, static_cast<int>(f >> 16));
-                start = _mm512_mask_set1_epi32(start, at, static_cast<int>(f & 0xFFFFu));
-                v = _mm512_mask_set1_epi32(v, at, static_cast<int>(fa[l] + (bin - (fa[l] - dv.offset))));
+                freq = _mm512_mask_set1_epi32(freq, at, static_cast<int>(e & 0xFFFFu));
+                start = _mm512_mask_set1_epi32(start, at, static_cast<int>(e >> 16));
+                v = _mm512_mask_set1_epi32(v, at, static_cast<int>(bin + static_cast<uint32_t>(dv.offset)));
             }
         }
         _mm512_storeu_si512(out, v);
@@ -596,23 +600,14 @@ Step decode_block(const Tables& t, Lane& L, Bytes& bytes, const int32_t* idx, in
     return r;
 }
 
-constexpr size_t kPrefetchSymbols = 4096;  // segments at least this long start with warm_tables()
-
-// The vector decoder's tables and the slow path's (DecView, bins), loaded into the caches before a long segment:
-// a decode usually runs right after work that evicted them, and a fallback search that misses the caches three
-// times costs as much as a few hundred symbols. Loads, not prefetches: a burst of thousands of prefetches is mostly
-// dropped.
-void warm_tables(const Tables& t) {
+// The vector decoder's lookup and what its fallback search reads (DecView, bins), see kWarmSymbols.
+void warm_decoder_tables(const Tables& t) {
     uint32_t sum = 0;
-    auto touch = [&sum](const void* p, size_t bytes) {
-        const uint8_t* const b = static_cast<const uint8_t*>(p);
-        for (size_t at = 0; at < bytes; at += 64) sum += b[at];
-    };
     const size_t T = static_cast<size_t>(t.size()), buckets = T << Tables::kSimdBits;
-    touch(t.simd_entries(), buckets * 8);
-    touch(t.simd_values(), buckets * 2);
-    touch(t.dec(), T * sizeof(DecView));
-    for (uint32_t k = 0; k < T; ++k) touch(t.sf(k), (t.dec()[k].esc + 1) * sizeof(uint32_t));
+    load_lines(t.simd_entries(), buckets * 8, sum);
+    load_lines(t.simd_values(), buckets * 2, sum);
+    load_lines(t.dec(), T * sizeof(DecView), sum);
+    for (uint32_t k = 0; k < T; ++k) load_lines(t.sf(k), (t.dec()[k].esc + 1) * sizeof(uint32_t), sum);
     __asm__ volatile("" : : "r"(sum));
 }
 
@@ -624,7 +619,7 @@ Status decode_lane(const Tables& t, Lane& L, const int32_t* idx, int32_t* out, s
     const uint32_t T = static_cast<uint32_t>(t.size());
     Status status;
     size_t i = 0;
-    if (simd && L.width == 16 && n >= kPrefetchSymbols) warm_tables(t);
+    if (simd && L.width == 16 && n >= kWarmSymbols) warm_decoder_tables(t);
     while (i < n) {
         const size_t left = L.in.nb - L.in.q;
         Step r;

@@ -146,13 +146,18 @@ inline uint32_t select_at_least(uint32_t x, uint32_t bound, uint32_t alt) {
 #endif
 }
 
-// The fallback of `lookup`: bin of cum by a forward search from the bucket's first bin.
-inline uint32_t lookup_search(const Tables& t, const DecView& dv, uint32_t j, uint32_t cum, uint32_t& v) {
-    const uint32_t* sf = t.sf(dv.table);
-    v = dv.value[j] - static_cast<uint32_t>(dv.offset);
+// The bin v of cum by a forward search over a table's bins sf (start | freq << 16) from bin v, which starts at or
+// before cum; returns its start << 16 | freq.
+inline uint32_t search_bins(const uint32_t* sf, uint32_t cum, uint32_t& v) {
     uint32_t f = sf[v];
     while (cum - (f & 0xFFFFu) >= (f >> 16)) f = sf[++v];
     return (f << 16) | (f >> 16);
+}
+
+// The fallback of `lookup`: bin of cum by a forward search from the bucket's first bin.
+inline uint32_t lookup_search(const Tables& t, const DecView& dv, uint32_t j, uint32_t cum, uint32_t& v) {
+    v = dv.value[j] - static_cast<uint32_t>(dv.offset);
+    return search_bins(t.sf(dv.table), cum, v);
 }
 
 // The bin v of cum = x mod 2^16; returns its start << 16 | freq.

@@ -5,6 +5,7 @@ Both formats are specified in cpp_coder/STREAMS.md. Every decoding error raises 
 from __future__ import annotations
 
 import bisect
+import functools
 
 import numpy as np
 
@@ -153,13 +154,16 @@ def _bits_q8(freq: int) -> int:
     return 256 * (16 - e) - (((freq - (1 << e)) << 8) >> e)
 
 
+@functools.lru_cache(maxsize=None)  # per table set (hashed by identity): not recomputed for every tile
 def table_costs(tables: CodingTables) -> np.ndarray:
     """Estimated cost of a symbol per table, in 1/256 bits (the encoder's choice of lanes rests on it)."""
     costs = []
     for row, length in zip(tables.cdf, tables.cdf_length):
         freqs = np.diff(np.asarray(row[: int(length)], dtype=np.int64)).tolist()
         costs.append(sum(f * _bits_q8(f) for f in freqs) >> 16)
-    return np.asarray(costs, dtype=np.int64)
+    costs = np.asarray(costs, dtype=np.int64)
+    costs.setflags(write=False)  # shared by every caller (cached)
+    return costs
 
 
 def choose_lanes(tables: CodingTables, indexes) -> int:
