@@ -253,10 +253,10 @@ def bundle(source, name: str, dest=None, runs=(), description: str = "",
         shutil.rmtree(old, ignore_errors=True)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    from .models.export import BUNDLED_GRAPHS, graph_key, save_graph
+    from .models.export import bundled_graph, save_graph
 
     # `onedc decompress` then decodes without importing diffusers (models/export.py)
-    save_graph(model, dest / BUNDLED_GRAPHS / f"{graph_key(model.config)}.pt")
+    save_graph(model, bundled_graph(dest, model.config))
     _prune(dest)
     provenance["bytes"] = _model_bytes(dest / name)
     provenance["bundle_bytes"] = bundle_bytes(dest)
@@ -292,11 +292,11 @@ def _prune(dest: Path) -> None:
 def _model_bytes(folder: Path) -> int:
     """Bytes a model loads: its own files, the shared files it refers to and its architecture's exported graph."""
     from .config import config_from_dict
-    from .models.export import BUNDLED_GRAPHS, graph_key
+    from .models.export import bundled_graph
 
     meta = json.loads((folder / "config.json").read_text())
     own = sum(p.stat().st_size for p in folder.iterdir() if p.is_file())
-    graph = folder.parent / BUNDLED_GRAPHS / f"{graph_key(config_from_dict(meta['config']))}.pt"
+    graph = bundled_graph(folder.parent, config_from_dict(meta["config"]))
     return (own + sum((folder / e["file"]).stat().st_size for e in meta.get("shared", []))
             + (graph.stat().st_size if graph.is_file() else 0))
 

@@ -29,6 +29,11 @@ def bundled_dir() -> Path:
     return Path(os.environ.get(BUNDLED_DIR_ENV) or BUNDLED_DIR)
 
 
+def cache_root() -> Path:
+    """The user cache (metric weights, exported decoder graphs): $ONEDC_CACHE, default ~/.cache/onedc."""
+    return Path(os.environ.get("ONEDC_CACHE") or Path.home() / ".cache" / "onedc")
+
+
 class WeightsError(ValueError):
     """Missing, unreadable or mismatched weights, with what to do about it."""
 
@@ -100,8 +105,10 @@ def load_model_folder(folder: str | os.PathLike, decode_only: bool = False):
     if model is None:
         model = OneDC(config)
         _load_strict(model, tensors, what)
-        if decode_only:
-            _cache_graph(model)
+        if decode_only:  # exported into the user cache: the next decode-only load needs no diffusers
+            from .models.export import save_graph
+
+            save_graph(model)
     saved_id = meta.get("model_id")
     if saved_id is not None and saved_id != model.model_id.hex():
         raise WeightsError(
@@ -128,13 +135,6 @@ def _decoder(config, tensors: dict[str, torch.Tensor], what: str):
     model.decoder_graph = graph
     model._model_id = model_id_of(config, tensors)
     return model.eval()
-
-
-def _cache_graph(model) -> None:
-    """Exports the whole model's graph into the user cache: its next decode-only load needs no diffusers."""
-    from .models.export import save_graph
-
-    save_graph(model)
 
 
 def bundled_models(folder: str | os.PathLike | None = None) -> list[str]:

@@ -48,7 +48,7 @@ import numpy as np
 import torch
 
 from ..bitstream import atomic_write
-from ..weights import WeightsError
+from ..weights import WeightsError, cache_root
 
 MANIFEST = "manifest.json"
 MANIFEST_FORMAT = 1
@@ -136,8 +136,7 @@ HOW_TO_PROVISION = ("Provision them with `python -m onedc_lib.eval.weights` (pip
 
 
 def default_cache_dir() -> Path:
-    root = os.environ.get("ONEDC_CACHE")
-    return (Path(root) if root else Path.home() / ".cache" / "onedc") / "metric_weights"
+    return cache_root() / "metric_weights"
 
 
 def sha256_bytes(data: bytes) -> str:

@@ -21,7 +21,6 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import os
 import warnings
 from importlib import metadata
 from pathlib import Path
@@ -153,17 +152,16 @@ def load_graph(data: bytes, config: ModelConfig, tensors: dict[str, torch.Tensor
     return DecoderGraph(module.eval(), list(meta["tensors"]))
 
 
-def cache_root() -> Path:
-    """$ONEDC_CACHE, default ~/.cache/onedc (the metric weights live there too)."""
-    return Path(os.environ.get("ONEDC_CACHE") or Path.home() / ".cache" / "onedc")
+def bundled_graph(bundled: Path, config: ModelConfig) -> Path:
+    """The graph file of this architecture in a bundled-models folder."""
+    return bundled / BUNDLED_GRAPHS / f"{graph_key(config)}.pt"
 
 
 def graph_paths(config: ModelConfig) -> list[Path]:
     """Where the graph of this architecture is looked for, in order: bundled, then the user cache."""
-    from ..weights import bundled_dir
+    from ..weights import bundled_dir, cache_root
 
-    name = f"{graph_key(config)}.pt"
-    return [bundled_dir() / BUNDLED_GRAPHS / name, cache_root() / CACHE_GRAPHS / name]
+    return [bundled_graph(bundled_dir(), config), cache_root() / CACHE_GRAPHS / f"{graph_key(config)}.pt"]
 
 
 def find_graph(config: ModelConfig, tensors: dict[str, torch.Tensor]) -> DecoderGraph | None:
