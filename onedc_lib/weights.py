@@ -18,20 +18,9 @@ import torch
 
 from .bitstream import atomic_write
 from .config import config_from_dict, config_to_dict, load_config
+from .paths import BUNDLED_DIR, BUNDLED_DIR_ENV, bundled_dir, cache_root  # noqa: F401 (public names here too)
 
-BUNDLED_DIR = Path(__file__).parent / "weights"
-BUNDLED_DIR_ENV = "ONEDC_BUNDLED_DIR"  # another folder of bundled models (tests, a private model zoo)
 DEFAULT_MODEL = "nano_q3"
-
-
-def bundled_dir() -> Path:
-    """Where bundled models live: $ONEDC_BUNDLED_DIR when set, else onedc_lib/weights/ inside the package."""
-    return Path(os.environ.get(BUNDLED_DIR_ENV) or BUNDLED_DIR)
-
-
-def cache_root() -> Path:
-    """The user cache (metric weights, exported decoder graphs): $ONEDC_CACHE, default ~/.cache/onedc."""
-    return Path(os.environ.get("ONEDC_CACHE") or Path.home() / ".cache" / "onedc")
 
 
 class WeightsError(ValueError):

@@ -48,7 +48,8 @@ import numpy as np
 import torch
 
 from ..bitstream import atomic_write
-from ..weights import WeightsError, cache_root
+from ..paths import cache_root
+from ..weights import WeightsError
 
 MANIFEST = "manifest.json"
 MANIFEST_FORMAT = 1

@@ -28,7 +28,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..config import ModelConfig, config_to_dict
+from ..config import ModelConfig, identity_dict
+from ..paths import bundled_dir, cache_root
 
 EXPORT_FORMAT = 1  # bump when what export_graph traces changes: older graphs are then rebuilt
 BUNDLED_GRAPHS = "_graphs"  # folder of the bundled dir
@@ -88,7 +89,7 @@ def graph_key(config: ModelConfig) -> str:
         except metadata.PackageNotFoundError:
             return "none"
 
-    parts = config_to_dict(config)
+    parts = identity_dict(config, ("generator", "vae"))
     facts = {"format": EXPORT_FORMAT, "generator": parts["generator"], "vae": parts["vae"],
              "ctrl_ch": config.codec.ctrl_ch, "torch": torch.__version__,
              "diffusers": version("diffusers"), "peft": version("peft")}
@@ -159,8 +160,6 @@ def bundled_graph(bundled: Path, config: ModelConfig) -> Path:
 
 def graph_paths(config: ModelConfig) -> list[Path]:
     """Where the graph of this architecture is looked for, in order: bundled, then the user cache."""
-    from ..weights import bundled_dir, cache_root
-
     return [bundled_graph(bundled_dir(), config), cache_root() / CACHE_GRAPHS / f"{graph_key(config)}.pt"]
 
 
