@@ -73,7 +73,14 @@ class VAEConfig:
         up_block_types=("UpDecoderBlock2D",) * 4, layers_per_block=2, latent_channels=4, sample_size=768))
     scaling_factor: float = 0.18215
     attention_window: int = 16  # mid-block self-attention in windows of this many latent pixels
+    # "window": encoder and decoder mid-block attention per window, GroupNorm statistics per window (the release,
+    # sd15); "global": decoder only, global statistics (nano, and every model saved before this field existed)
+    attention_statistics: str = "global"
     sample_posterior: bool = False  # the release samples; we default to the mean (deterministic encoding)
+
+    def __post_init__(self):
+        if self.attention_statistics not in ("window", "global"):
+            raise ValueError(f"vae.attention_statistics must be 'window' or 'global', not {self.attention_statistics!r}")
 
 
 @dataclass(frozen=True)
@@ -249,6 +256,23 @@ def load_config(preset: str, overrides: dict[str, Any] | None = None) -> ModelCo
 
 def config_to_dict(config) -> dict:
     return dataclasses.asdict(config)
+
+
+# Fields added after models were saved, with the value those models have: left out of identities (model ids,
+# exported-graph keys) while they hold it, so that earlier models keep theirs.
+LATER_FIELDS = {"vae": {"attention_statistics": "global"}}
+
+
+def identity_dict(config: ModelConfig, parts: tuple[str, ...]) -> dict:
+    """config_to_dict of `parts`, without the LATER_FIELDS that hold their earlier value."""
+    tree = config_to_dict(config)
+    out = {part: tree[part] for part in parts}
+    for part, fields in LATER_FIELDS.items():
+        if part in out:
+            for key, value in fields.items():
+                if out[part].get(key) == value:
+                    out[part].pop(key)
+    return out
 
 
 def config_from_dict(values: dict) -> ModelConfig:

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .. import bitstream
-from ..config import ModelConfig, config_to_dict
+from ..config import ModelConfig, identity_dict
 from ..entropy import release_format
 from ..entropy.coder import GaussianCoder
 from ..entropy.context import NUM_STEPS
@@ -95,7 +95,7 @@ def pad_to_multiple(x: torch.Tensor, multiple: int = PAD) -> torch.Tensor:
 def model_id_of(config: ModelConfig, state_dict: dict[str, torch.Tensor]) -> bytes:
     """16 bytes of SHA-256 over the decoding config and every tensor of the whole model's state_dict."""
     # Only what decoding computes with: the loss, training and teacher settings do not change a file.
-    decoding = {k: config_to_dict(config)[k] for k in ("codec", "generator", "vae")}
+    decoding = identity_dict(config, ("codec", "generator", "vae"))
     if config.codec.guidance == "hyperprior":  # the text fields do not decode anything then:
         for key in TEXT_FIELDS:                 # the ids of hyperprior models stay what they were
             decoding["codec"].pop(key)

@@ -1,8 +1,13 @@
-"""The frozen SD VAE (diffusers AutoencoderKL) as OneDC uses it: scaled latents, windowed decoder attention.
+"""The frozen SD VAE (diffusers AutoencoderKL) as OneDC uses it: scaled latents, windowed mid-block attention.
 
-The decoder's mid-block self-attention runs at latent resolution over all positions; at full attention its
-memory grows with the square of the pixel count (a 2048x2048 image: 65536 positions, 16 GiB of scores per
-head in fp32). The release computes it in 16x16-latent tiles, and so do we.
+The mid-block self-attention runs at latent resolution over all positions; at full attention its memory grows
+with the square of the pixel count (a 2048x2048 image: 65536 positions, 16 GiB of scores per head in fp32). It is
+computed in 16x16-latent windows. `attention_statistics` (VAEConfig) says how:
+- "window" (sd15, release checkpoints; compat README 9.1): in the encoder's and the decoder's mid-block every
+  window passes whole through the attention block, its GroupNorm statistics taken over the window alone (edge
+  windows are the remainders); exactly what the release computes.
+- "global" (nano, and every model saved before the field existed): the decoder only, GroupNorm statistics over
+  the whole map and only the softmax restricted to a window; the encoder attends globally.
 
 The rest of the decoder is convolutional, but its activations at full resolution are large (SD's VAE: 128
 channels, 5.9 GB in fp32 for a 4096x2816 image), so a latent larger than `decode_tile` is decoded in overlapping
@@ -29,43 +34,55 @@ if TYPE_CHECKING:
 DECODE_TILE = 128  # latent pixels (1024 image pixels): images up to 1024 x 1024 decode whole
 
 
-class WindowedAttnProcessor:
-    """diffusers attention processor: spatial self-attention within non-overlapping window x window tiles.
+ATTENTION_STATISTICS = ("window", "global")  # VAEConfig.attention_statistics, see the module docstring
 
-    GroupNorm statistics stay global, as in full attention; only the softmax is restricted to a tile
-    (edge tiles may be smaller). A map no larger than one tile gets exactly diffusers' full attention.
+
+class WindowedAttnProcessor:
+    """diffusers attention processor: spatial self-attention within non-overlapping window x window tiles (edge
+    tiles may be smaller). `window_statistics`: each tile is group-normalised with its own statistics (the
+    release); else with the whole map's (a map no larger than one tile then gets exactly diffusers' attention).
     """
 
-    def __init__(self, window: int):
+    def __init__(self, window: int, window_statistics: bool = False):
         self.window = window
+        self.window_statistics = window_statistics
 
     def __call__(self, attn, hidden_states: torch.Tensor, encoder_hidden_states=None, attention_mask=None,
                  temb=None) -> torch.Tensor:
         # Traced (models/export.py) through the scripted function, so that its loops follow the input's size.
         attend = _scripted_windowed_attention() if torch.jit.is_tracing() else windowed_attention
-        out = attend(attn.group_norm(hidden_states), attn.to_q.weight, attn.to_q.bias, attn.to_k.weight,
-                     attn.to_k.bias, attn.to_v.weight, attn.to_v.bias, attn.to_out[0].weight, attn.to_out[0].bias,
-                     attn.heads, self.window)
+        norm = attn.group_norm
+        # Global statistics through the module (the tiled decode substitutes pooled ones there); per-window ones
+        # are local to a tile, whose windows line up with a whole decode's.
+        x = hidden_states if self.window_statistics else norm(hidden_states)
+        out = attend(x, attn.to_q.weight, attn.to_q.bias, attn.to_k.weight, attn.to_k.bias, attn.to_v.weight,
+                     attn.to_v.bias, attn.to_out[0].weight, attn.to_out[0].bias, attn.heads, self.window,
+                     self.window_statistics, norm.num_groups, norm.weight, norm.bias, norm.eps)
         if attn.residual_connection:
             out = out + hidden_states
         return out / attn.rescale_output_factor
 
 
-def windowed_attention(normed: torch.Tensor, q_weight: torch.Tensor, q_bias: Optional[torch.Tensor],
+def windowed_attention(x: torch.Tensor, q_weight: torch.Tensor, q_bias: Optional[torch.Tensor],
                        k_weight: torch.Tensor, k_bias: Optional[torch.Tensor], v_weight: torch.Tensor,
                        v_bias: Optional[torch.Tensor], out_weight: torch.Tensor, out_bias: Optional[torch.Tensor],
-                       heads: int, window: int) -> torch.Tensor:
-    """Multi-head self-attention of a normalised [B, C, H, W] map within window x window tiles (TorchScript-able)."""
-    out = torch.empty_like(normed)
-    height, width = normed.shape[-2], normed.shape[-1]
+                       heads: int, window: int, tile_norm: bool = False, groups: int = 1,
+                       norm_weight: Optional[torch.Tensor] = None, norm_bias: Optional[torch.Tensor] = None,
+                       eps: float = 1e-6) -> torch.Tensor:
+    """Multi-head self-attention of a [B, C, H, W] map within window x window tiles (TorchScript-able). x is
+    normalised already, or with `tile_norm` each tile is group-normalised here with its own statistics."""
+    out = torch.empty_like(x)
+    height, width = x.shape[-2], x.shape[-1]
     for top in range(0, height, window):
         for left in range(0, width, window):
-            tile = normed[:, :, top:top + window, left:left + window]
+            tile = x[:, :, top:top + window, left:left + window]
+            if tile_norm:
+                tile = F.group_norm(tile, groups, norm_weight, norm_bias, eps)
             tile_h, tile_w = tile.shape[-2], tile.shape[-1]
-            x = tile.flatten(2).transpose(1, 2)  # B, positions, C
-            q = F.linear(x, q_weight, q_bias).unflatten(-1, [heads, -1]).transpose(1, 2)  # B, heads, positions, d
-            k = F.linear(x, k_weight, k_bias).unflatten(-1, [heads, -1]).transpose(1, 2)
-            v = F.linear(x, v_weight, v_bias).unflatten(-1, [heads, -1]).transpose(1, 2)
+            seq = tile.flatten(2).transpose(1, 2)  # B, positions, C
+            q = F.linear(seq, q_weight, q_bias).unflatten(-1, [heads, -1]).transpose(1, 2)  # B, heads, positions, d
+            k = F.linear(seq, k_weight, k_bias).unflatten(-1, [heads, -1]).transpose(1, 2)
+            v = F.linear(seq, v_weight, v_bias).unflatten(-1, [heads, -1]).transpose(1, 2)
             y = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).flatten(2)
             y = F.linear(y, out_weight, out_bias)  # to_out[1] is dropout: identity at inference
             out[:, :, top:top + tile_h, left:left + tile_w] = y.transpose(1, 2).unflatten(-1, [tile_h, tile_w])
@@ -94,9 +111,12 @@ class VAE(nn.Module):
         self.sample_posterior = cfg.sample_posterior
         self.attention_window = cfg.attention_window
         self.decode_tile = DECODE_TILE  # a decoding setting, not part of the model (files do not depend on it)
-        for attn in self.autoencoder.decoder.mid_block.attentions:
-            if attn is not None:
-                attn.set_processor(WindowedAttnProcessor(cfg.attention_window))
+        per_window = cfg.attention_statistics == "window"
+        parts = (self.autoencoder.encoder, self.autoencoder.decoder) if per_window else (self.autoencoder.decoder,)
+        for part in parts:
+            for attn in part.mid_block.attentions:
+                if attn is not None:
+                    attn.set_processor(WindowedAttnProcessor(cfg.attention_window, per_window))
         self.requires_grad_(False)
 
     @classmethod
