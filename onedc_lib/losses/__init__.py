@@ -8,6 +8,7 @@ rd.py       rate_bpp(codec_out | bits_y, num_pixels=None) -> bpp of y over the p
             l1_loss(x_hat, x)
             LPIPSLoss(backbone_weights=None, pretrained=True)(x_hat, x) -> LPIPS-VGG with average pools (frozen)
             LPIPSWeightsError
+            build_lpips(choice, net) -> the training loss's LPIPS term: 'auto' | 'random' | 'off' | a weights file
 distill.py  distillation_term(head, tokenizer, x01_padded, c_map) -> DistillTerms(loss (unweighted), ce, accuracy)
             teacher_targets(tokenizer, x01_padded)
 dmd.py      dmd_loss(latent, real_unet, fake_unet, cond, uncond, *, cfg_scale, t_min, t_max, alphas_cumprod,
@@ -31,7 +32,7 @@ from .dmd import (DMDOutput, add_noise, dmd_gradient, dmd_loss, fake_score_loss,
                   sample_timesteps)
 from .gan import (CriticOutput, GANClassifier, classifier_loss, critic_loss, gan_generator_loss, gan_logits,
                   mid_block_features)
-from .rd import LPIPSLoss, LPIPSWeightsError, l1_loss, lmbda_at, rate_bpp, z_bpp
+from .rd import LPIPSLoss, LPIPSWeightsError, build_lpips, l1_loss, lmbda_at, rate_bpp, z_bpp
 
 __all__ = [
     "stage1_loss", "stage2_generator_loss",
@@ -40,5 +41,5 @@ __all__ = [
     "sample_timesteps",
     "CriticOutput", "GANClassifier", "classifier_loss", "critic_loss", "gan_generator_loss", "gan_logits",
     "mid_block_features",
-    "LPIPSLoss", "LPIPSWeightsError", "l1_loss", "lmbda_at", "rate_bpp", "z_bpp",
+    "LPIPSLoss", "LPIPSWeightsError", "build_lpips", "l1_loss", "lmbda_at", "rate_bpp", "z_bpp",
 ]

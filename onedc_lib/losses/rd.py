@@ -160,3 +160,23 @@ class LPIPSLoss(nn.Module):
 
     def forward(self, x_hat: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         return self.model(x_hat * 2 - 1, x * 2 - 1).mean()
+
+
+def build_lpips(choice: str | None, net: str = "vgg"):
+    """The LPIPS term of a training loss. 'auto': the provisioned backbone of LPIPS-`net` (python -m
+    onedc_lib.eval.weights), or no LPIPS term with a warning when there is none; 'random': a random backbone
+    (tests); 'off'; or a backbone weights file."""
+    choice = choice or "auto"
+    if choice == "off":
+        return None
+    if choice == "random":
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return LPIPSLoss(pretrained=False, net=net)
+    try:
+        return LPIPSLoss(backbone_weights=None if choice == "auto" else choice, net=net)
+    except LPIPSWeightsError as error:
+        if choice != "auto":
+            raise
+        warnings.warn(f"training WITHOUT the LPIPS term: {error}", stacklevel=2)
+        return None

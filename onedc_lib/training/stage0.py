@@ -126,7 +126,7 @@ class VAETask(_Part):
     def __init__(self, config: ModelConfig, target: Path, lpips: str | None = "auto"):
         from diffusers import AutoencoderKL
 
-        from .stage1 import build_lpips
+        from ..losses import build_lpips
 
         super().__init__(config, target, config.train.stage0_lr)
         autoencoder = AutoencoderKL(**config.vae.autoencoder).train()
@@ -205,7 +205,7 @@ class TokenizerTask(_Part):
 
     def __init__(self, config: ModelConfig, target: Path, lpips: str | None = "auto"):
         from ..models.tokenizer import MaskGITTokenizer
-        from .stage1 import build_lpips
+        from ..losses import build_lpips
 
         super().__init__(config, target, config.train.stage0_lr)
         self.step_module = TokenizerStep(MaskGITTokenizer(config.tokenizer).train(),

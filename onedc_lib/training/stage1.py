@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from ..config import ModelConfig
+from ..losses import build_lpips
 from ..models.distill_head import DistillationHead
 from ..models.generator import OneStepGenerator
 from ..models.onedc import OneDC, pad_to_multiple
@@ -139,27 +140,6 @@ def build_tokenizer(config: ModelConfig, pretrained: Pretrained) -> MaskGITToken
         _random_warning("MaskGIT tokenizer", "nano: --stage0 DIR; sd15: --tokenizer maskgit-vqgan-imagenet-f16-256.bin")
         tokenizer = MaskGITTokenizer(config.tokenizer)
     return tokenizer.eval().requires_grad_(False)
-
-
-def build_lpips(choice: str | None, net: str = "vgg"):
-    """'auto': the provisioned backbone of LPIPS-`net` (python -m onedc_lib.eval.weights), or no LPIPS term with a
-    warning when there is none; 'random': a random backbone (tests); 'off'; or a backbone weights file."""
-    from ..losses import LPIPSLoss, LPIPSWeightsError
-
-    choice = choice or "auto"
-    if choice == "off":
-        return None
-    if choice == "random":
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            return LPIPSLoss(pretrained=False, net=net)
-    try:
-        return LPIPSLoss(backbone_weights=None if choice == "auto" else choice, net=net)
-    except LPIPSWeightsError as error:
-        if choice != "auto":
-            raise
-        warnings.warn(f"training WITHOUT the LPIPS term: {error}", stacklevel=2)
-        return None
 
 
 class Frozen:

@@ -36,11 +36,12 @@ import torch
 from torch import nn
 
 from ..config import ModelConfig
+from ..losses import build_lpips
 from ..models.onedc import OneDC, pad_to_multiple
 from ..weights import load_unet_state_dict
 from . import loop
 from .stage0 import null_tokens
-from .stage1 import Frozen, Pretrained, add_pretrained_arguments, build_lpips, build_onedc, psnr
+from .stage1 import Frozen, Pretrained, add_pretrained_arguments, build_onedc, psnr
 
 
 # ================================================================================================ conditioning
