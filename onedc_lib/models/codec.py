@@ -9,11 +9,11 @@ from typing import NamedTuple
 import torch
 
 from ..config import CodecConfig
-from ..entropy.context import FourStepPrior, HyperDecoder
 from ..entropy.fsq import FSQ
 from ..entropy.rate import gaussian_bits
 from .analysis import AnalysisTransform
 from .hyper import HyperEncoder
+from .prior import FourStepPrior, HyperDecoder
 from .semantic import SemanticAdaptor
 from .synthesis import SynthesisTransform
 

@@ -1,7 +1,7 @@
 """h_enc: (y, sem) -> z, the 7-channel code at 1/64 that FSQ turns into one 14-bit index per 64x64 block.
 
 y is brought down to 1/64 and fused with g_a's semantic feature, so z carries the semantics that the decoder's
-h_sem turns into the generator's tokens. The hyper-decoder lives with the prior (entropy/context.py).
+h_sem turns into the generator's tokens. The hyper-decoder lives with the prior (models/prior.py).
 """
 import torch
 from torch import nn

@@ -5,7 +5,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from onedc_lib.entropy.context import FourStepPrior, HyperDecoder, fold_quarters, four_step_masks
+from onedc_lib.entropy.context import fold_quarters, four_step_masks
+from onedc_lib.models.prior import FourStepPrior, HyperDecoder
 from onedc_lib.entropy.fsq import FSQ
 from onedc_lib.entropy.rate import gaussian_bits
 from onedc_lib.entropy.tables import scale_to_index
