@@ -180,7 +180,7 @@ PYBIND11_MODULE(_coder, m) {
         "`simd`: use the vector decoder where the CPU has one (same result; False: the scalar reference).");
 
     m.def("simd_available", &onedc::simd_available,
-          "Whether this CPU runs the vector odc decoder (AVX-512 F/BW/VL/DQ).");
+          "Whether this CPU runs the vector odc decoder (AVX-512 F, BW, VL, DQ, VBMI and VPOPCNTDQ).");
 
     py::class_<PyOdcDecoder>(m, "OdcDecoder",
                              "Decodes an odc stream one segment at a time: decode(indexes) per segment, then "

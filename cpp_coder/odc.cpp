@@ -69,6 +69,8 @@ constexpr int kMaxTiles = 255;
 constexpr uint32_t kMaxLanes = 16;
 constexpr size_t kItemBytes = 2;     // bytes an item emits (encoder) or reads (decoder) at most
 constexpr size_t kEscapeSlack = 16;  // bytes kept free before an escape (it needs at most 5 x 2)
+constexpr size_t kSimdSymbols = 16;  // symbols of a vector step (one per state)
+constexpr size_t kSimdReadBytes = 32;  // bytes a vector step reads
 
 inline uint32_t load_u32le(const uint8_t* p) {
     return uint32_t(p[0]) | uint32_t(p[1]) << 8 | uint32_t(p[2]) << 16 | uint32_t(p[3]) << 24;
@@ -546,7 +548,7 @@ ONEDC_TARGET_AVX512 void simd_steps(const Tables& t, uint32_t* states, Bytes& in
     const Simd16 v(t);
     __m512i x = _mm512_load_si512(states);
     size_t i = pos, q = in.q;
-    while (end - i >= 16 && v.step(x, idx + i, out + i, in.base, q)) i += 16;
+    while (end - i >= kSimdSymbols && v.step(x, idx + i, out + i, in.base, q)) i += kSimdSymbols;
     _mm512_store_si512(states, x);
     in.q = q;
     pos = i;
@@ -574,7 +576,7 @@ Step decode_block(const Tables& t, Lane& L, Bytes& bytes, const int32_t* idx, in
         uint32_t phase = L.phase;
         while (i < end) {
 #ifdef ONEDC_AVX512
-            if (simd && phase == 0 && L.width == 16 && end - i >= 16) {  // simd: checked by open()
+            if (simd && phase == 0 && L.width == kSimdSymbols && end - i >= kSimdSymbols) {  // simd: checked by open()
                 simd_steps(t, L.x, in, idx, out, i, end);
                 if (i == end) break;
             }
@@ -613,6 +615,13 @@ void warm_decoder_tables(const Tables& t) {
 
 constexpr size_t kTailSymbols = 64;  // symbols per block on the zero-padded copy of a tile's last bytes
 constexpr size_t kTailBytes = 64;    // tiles with fewer bytes left than this use the copy
+constexpr size_t kTailPad = kTailBytes + kItemBytes * kTailSymbols;  // the copy's size
+// The reads on the copy stay inside it: a block starts with at most kTailBytes - 1 bytes left, and every symbol
+// decoded before a read moves it at most kItemBytes further. A scalar symbol reads its (at most) kItemBytes bytes;
+// the vector step reads kSimdReadBytes bytes and runs only while kSimdSymbols symbols are left.
+static_assert(kTailPad >= (kTailBytes - 1) + kItemBytes * kTailSymbols, "scalar reads past the tail copy");
+static_assert(kTailPad >= (kTailBytes - 1) + kItemBytes * (kTailSymbols - kSimdSymbols) + kSimdReadBytes,
+              "vector reads past the tail copy");
 
 // Decodes a lane's part of a segment: n symbols.
 Status decode_lane(const Tables& t, Lane& L, const int32_t* idx, int32_t* out, size_t n, bool simd) {
@@ -629,7 +638,7 @@ Status decode_lane(const Tables& t, Lane& L, const int32_t* idx, int32_t* out, s
         } else {
             // The last bytes: the same loop on a zero-padded copy. Reading into the padding means the stream
             // ends before its last symbol (checked after the block; a slow symbol checks against `left`).
-            uint8_t pad[kTailBytes + kItemBytes * kTailSymbols] = {};
+            uint8_t pad[kTailPad] = {};
             std::memcpy(pad, L.in.base + L.in.q, left);
             Bytes tail{pad, 0, left};
             const size_t end = i + std::min(n - i, kTailSymbols);
@@ -656,7 +665,7 @@ Status check_end(const Lane& L) {
 // ---------------------------------------------------------------------------------------------------------
 // Tiles and threads
 
-// Runs f(0 .. count-1) on up to `threads` threads (the caller's included). f must not throw.
+// Runs f(0 .. count-1) on up to `threads` threads (the caller's included). f must not throw (see guarded).
 template <class F>
 void parallel_for(size_t count, int threads, F&& f) {
     const size_t workers = std::min<size_t>(count, static_cast<size_t>(std::max(threads, 1)));
@@ -681,9 +690,23 @@ void parallel_for(size_t count, int threads, F&& f) {
     for (auto& th : pool) th.join();
 }
 
+// f() for a pool thread: any exception it throws becomes an error status instead of leaving the thread.
+template <class F>
+Status guarded(const char* what, F&& f) {
+    try {
+        return f();
+    } catch (const std::exception& ex) {
+        return Status::error(std::string(what) + ex.what());
+    } catch (...) {
+        return Status::error(std::string(what) + "unknown exception");
+    }
+}
+
 constexpr size_t kMaxSymbols = size_t(1) << 48;
 
-// Segment lengths (none: one segment of n); they must be >= 0 and add up to n.
+// Segment lengths (none: one segment of n); they must be >= 0 and add up to n, the length of the caller's
+// arrays. The running sum is compared with n at every step, so it can neither wrap around nor pass the arrays
+// (65536 lengths of 2^48 once added up to 0 == n).
 Status check_segments(const int64_t* segments, size_t count, size_t n, std::vector<size_t>& out) {
     out.clear();
     if (!segments) {
@@ -692,8 +715,10 @@ Status check_segments(const int64_t* segments, size_t count, size_t n, std::vect
     }
     size_t sum = 0;
     for (size_t i = 0; i < count; ++i) {
-        if (segments[i] < 0 || static_cast<uint64_t>(segments[i]) > kMaxSymbols)
+        if (segments[i] < 0)
             return Status::error("segment lengths must be >= 0, got " + std::to_string(segments[i]));
+        if (static_cast<uint64_t>(segments[i]) > n - sum)
+            return Status::error("segments add up to more than the " + std::to_string(n) + " symbols");
         out.push_back(static_cast<size_t>(segments[i]));
         sum += static_cast<size_t>(segments[i]);
     }
@@ -750,11 +775,7 @@ Status odc_encode(const Tables& t, const int32_t* symbols, const int32_t* indexe
     }
     std::vector<TileBuf> bufs(T);
     parallel_for(T, threads, [&](size_t k) {
-        try {
-            bufs[k].status = encode_tile(t, ranges(k), W, bufs[k]);
-        } catch (const std::exception& ex) {
-            bufs[k].status = Status::error(std::string("odc encode: ") + ex.what());
-        }
+        bufs[k].status = guarded("odc encode: ", [&] { return encode_tile(t, ranges(k), W, bufs[k]); });
     });
     size_t total = 2 + 4 * (T - 1);
     for (size_t k = 0; k < T; ++k) {
@@ -843,12 +864,10 @@ Status OdcDecoder::decode(const int32_t* indexes, size_t n, int32_t* out) {
     std::vector<Status> status(T);
     const Tables& t = *tables_;
     parallel_for(T, threads_, [&](size_t k) {
-        try {
+        status[k] = guarded("odc decode: ", [&] {
             const size_t lo = tile_begin(n, T, k), hi = tile_begin(n, T, k + 1);
-            status[k] = decode_lane(t, lanes[k], indexes + lo, out + lo, hi - lo, simd_);
-        } catch (const std::exception& ex) {
-            status[k] = Status::error(std::string("odc decode: ") + ex.what());
-        }
+            return decode_lane(t, lanes[k], indexes + lo, out + lo, hi - lo, simd_);
+        });
     });
     for (const Status& st : status)
         if (!st.ok()) return st;

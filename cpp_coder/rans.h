@@ -184,7 +184,7 @@ Status release_encode(const Tables& t, const int32_t* symbols, const int32_t* in
 Status release_decode(const Tables& t, const uint8_t* data, size_t size, const int32_t* indexes, size_t n,
                       int32_t* out);
 
-// odc mode: tiles of W interleaved 32-bit states (W in {1, 2, 4, 8, 16}), 16-bit word renormalisation (L = 2^16).
+// odc mode: tiles of W interleaved 32-bit states (W in {1, 2, 4, 8, 16}), byte-wise renormalisation (L = 2^23).
 // threads >= 1. lanes: W of every tile, or 0 to choose it per tile from the tile's estimated size.
 // segments: optional lengths (>= 0, adding up to n) of the segments; tile t codes its part
 // [t*n_k//T, (t+1)*n_k//T) of every segment k, in order (STREAMS.md). nullptr: one segment.
@@ -194,7 +194,7 @@ Status odc_encode(const Tables& t, const int32_t* symbols, const int32_t* indexe
 Status odc_decode(const Tables& t, const uint8_t* data, size_t size, const int32_t* indexes, size_t n,
                   const int64_t* segments, size_t num_segments, int threads, bool simd, int32_t* out);
 
-// Whether this CPU runs the vector decoder (AVX-512 F/BW/VL/DQ on x86-64).
+// Whether this CPU runs the vector decoder (x86-64 with AVX-512 F, BW, VL, DQ, VBMI and VPOPCNTDQ).
 bool simd_available();
 
 // Incremental odc decoder: one decode() per segment (the indexes of a segment may depend on the symbols of

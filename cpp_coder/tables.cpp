@@ -54,6 +54,23 @@ BucketEntry make_bucket(const int32_t* row, int64_t bins, int bits, int64_t j, i
 
 Status Tables::build(const int32_t* cdf, int64_t num_tables, int64_t row_width, const int32_t* cdf_length,
                      const int32_t* offset) {
+    // A second build starts afresh: the first one's arena is freed, its sizes do not accumulate.
+    std::free(arena_);
+    arena_ = nullptr;
+    arena_size_ = 0;
+    num_tables_ = 0;
+    dec_ = nullptr;
+    enc_ = nullptr;
+    bucket_ = nullptr;
+    value_ = nullptr;
+    sf_ = nullptr;
+    sf_pos_ = nullptr;
+    bins_ = nullptr;
+    simd_entry_ = nullptr;
+    simd_value_ = nullptr;
+    cost_ = nullptr;
+    simd_ok_ = false;
+    max_length_ = 0;
     if (num_tables < 1 || num_tables > UINT32_MAX) return Status::error("tables: need between 1 and 2^32 - 1 tables");
     if (row_width < 3) return Status::error("tables: cdf rows must have at least 3 entries");
 

@@ -1,6 +1,9 @@
 """Safety of the C++ coder: corrupt, truncated and padded streams, bad indexes, bad tables and bad arguments
 raise ValueError (never crash, never read or write out of bounds); tiny and improbable streams work; the
 atheris differential fuzz harness runs clean."""
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -341,3 +344,33 @@ def test_stream_decoder_fails_for_good():
 
 def test_fuzz_harness_runs_clean(run_fuzz_harness):
     assert run_fuzz_harness("fuzz_entropy_decoder") > 500
+
+
+_HUGE_SEGMENTS = """
+import numpy as np
+from onedc_lib.entropy.coder import GaussianCoder
+
+coder = GaussianCoder()
+huge = [2**48] * 65536  # each length allowed; their sum wraps a 64-bit size to 0
+empty = np.zeros(0, np.int32)
+stream = coder.encode(np.zeros(64, np.int32), np.full(64, 10, np.int32))
+for call in (lambda: coder.encode(empty, empty, segments=huge),
+             lambda: coder.decode(stream, empty, segments=huge),
+             lambda: coder.encode(empty, empty, segments=[2**48, 2**48, -(2**49)]),
+             lambda: coder.decode(stream, np.full(64, 10, np.int32), segments=[65, -1])):
+    try:
+        call()
+    except ValueError as e:
+        assert "segment" in str(e), e
+    else:
+        raise AssertionError("accepted segments that do not add up to the symbols")
+print("ok")
+"""
+
+
+def test_segments_that_overflow_are_rejected():
+    """Segment lengths whose sum wraps around 2^64 (65536 x 2^48 == 0) once passed the check and sent encode and
+    decode far past empty arrays (a segmentation fault). Run in a child process: a crash fails this test."""
+    result = subprocess.run([sys.executable, "-c", _HUGE_SEGMENTS], cwd=REPO, capture_output=True, text=True,
+                            env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=120)
+    assert result.returncode == 0 and result.stdout.strip() == "ok", (result.returncode, result.stderr[-2000:])
