@@ -46,7 +46,7 @@ def main() -> int:
     import lpips
 
     from onedc_lib.eval import metrics as M
-    from onedc_lib.eval import weights as W
+    from onedc_lib.eval import backbones as W
     from test_metrics import reference_pairs
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])

@@ -30,7 +30,7 @@ NOTEBOOKS["00_demo_compress"] = {
 
 One image through each rate point of a model family, written as real `.odc` files and decoded again: original
 and reconstruction side by side (with a zoomed crop), the bpp of the file (8 x bytes / pixels), PSNR, LPIPS and
-DISTS (when their weights are provisioned: `python -m onedc_lib.eval.weights`), encode and decode times.
+DISTS (when their weights are provisioned: `python -m onedc_lib.eval.backbones`), encode and decode times.
 The slider at the end re-encodes on demand and caches every rate.
 
 Models: the bundled trained models of the family when there are any, else the family's presets with **seeded

@@ -242,7 +242,7 @@ def _metrics(args: argparse.Namespace) -> int:
         return _fail(EXIT_USAGE, f"images differ in size: {args.ref} is {ref.shape[1]}x{ref.shape[2]}, "
                                  f"{args.dist} is {dist.shape[1]}x{dist.shape[2]} (H x W)")
     from onedc_lib.eval.metrics import ImageMetrics
-    from onedc_lib.eval.weights import MetricWeightsError
+    from onedc_lib.eval.backbones import MetricWeightsError
 
     try:
         values = ImageMetrics(device=args.device)(ref, dist)
@@ -445,7 +445,7 @@ def _parser() -> argparse.ArgumentParser:
                                   description="Compare a distorted image with its reference: PSNR (8-bit), "
                                               "MS-SSIM, LPIPS (AlexNet) and DISTS, with the evaluation protocol "
                                               "of onedc_lib.eval.metrics. The LPIPS/DISTS backbones must be "
-                                              "provisioned first: python -m onedc_lib.eval.weights.")
+                                              "provisioned first: python -m onedc_lib.eval.backbones.")
     metrics.add_argument("ref", metavar="REF", help="the reference (original) image")
     metrics.add_argument("dist", metavar="DIST", help="the distorted (decoded) image, same size")
     metrics.add_argument("--json", action="store_true", help="print one JSON object instead of text")
@@ -458,7 +458,7 @@ def _parser() -> argparse.ArgumentParser:
                     "baseline (jpeg, webp, avif, jxl, hevc: its whole quality sweep). Writes the bitstreams and "
                     "reconstructions, a per-image CSV and a summary JSON (means per rate point, FID/KID, metric "
                     "protocol, versions, device, commit) that `onedc bdrate` and `onedc plot` read. Rows already "
-                    "in the CSV are kept (resume). Metric backbones: python -m onedc_lib.eval.weights.")
+                    "in the CSV are kept (resume). Metric backbones: python -m onedc_lib.eval.backbones.")
     evaluation.add_argument("--codec", metavar="C",
                             help="onedc:<model or path>[,...], jpeg, webp, avif, jxl or hevc")
     evaluation.add_argument("--model", metavar="NAME[,NAME...]",

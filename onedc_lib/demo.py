@@ -1,6 +1,6 @@
 """The main job: compress and decompress the sample photographs with a model, write the files, the
 reconstructions and a results table (bpp from the real files; PSNR, MS-SSIM, and LPIPS / DISTS where their
-weights are provisioned: `python -m onedc_lib.eval.weights`, which `make setup` runs)."""
+weights are provisioned: `python -m onedc_lib.eval.backbones`, which `make setup` runs)."""
 from __future__ import annotations
 
 import json
@@ -17,7 +17,7 @@ def demo_metrics():
     """The evaluation's ImageMetrics: all four metrics, or PSNR and MS-SSIM (with a warning) when the LPIPS /
     DISTS backbones are not provisioned. Returns (metrics, note on what is missing or None)."""
     from .eval.metrics import ImageMetrics
-    from .eval.weights import MetricWeightsError
+    from .eval.backbones import MetricWeightsError
 
     try:
         return ImageMetrics(), None

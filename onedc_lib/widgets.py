@@ -14,7 +14,7 @@ rate) upwards. Presets that differ only in training settings (the nano q1..q5 di
 untrained model: their z and y streams are identical, and the table says "same model as ...".
 
 bpp is always 8 x (bytes of the written .odc file) / pixels of the image. PSNR is on 8-bit values; LPIPS and
-DISTS are computed when their backbone weights are provisioned (`python -m onedc_lib.eval.weights`), and
+DISTS are computed when their backbone weights are provisioned (`python -m onedc_lib.eval.backbones`), and
 reported as "not provisioned" otherwise, never with random backbones.
 """
 from __future__ import annotations
@@ -152,7 +152,7 @@ class _Metrics:
         self.status: dict[str, str] = {}
         self.nets = {}
         from .eval import metrics as M
-        from .eval.weights import MetricWeightsError
+        from .eval.backbones import MetricWeightsError
 
         for name in self.names:
             if name in ("lpips", "dists"):

@@ -19,7 +19,7 @@ computed from the PNG files.
   clean-fid and torchmetrics) patches on each side; with fewer it is reported as None with the reason. Kodak gives
   8 patches per image, 192 in all: FID yes, KID missing.
 
-Backbone weights come from `onedc_lib.eval.weights` (provisioned and verified, or files you pass); a metric
+Backbone weights come from `onedc_lib.eval.backbones` (provisioned and verified, or files you pass); a metric
 whose weights are missing raises MetricWeightsError and never runs with random weights.
 """
 from __future__ import annotations
@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from . import weights as W
+from . import backbones as W
 
 PATCH = 256
 GRID2_OFFSET = 128

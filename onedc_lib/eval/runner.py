@@ -349,7 +349,7 @@ def cpu_name() -> str | None:
 
 def _protocol(metrics, fid: bool, fid_min_patches: int, image_metrics, fid_features, cache_dir) -> dict:
     from . import metrics as M
-    from .weights import read_manifest
+    from .backbones import read_manifest
 
     protocol = {key: M.PROTOCOL[key] for key in ("images", *metrics)}
     if fid:
@@ -554,7 +554,7 @@ def evaluate(codec_spec: str, images_dir, out_dir, metrics=DEFAULT_METRICS, fid:
 
 
 def _sha256(path: Path) -> str:
-    from .weights import sha256_file
+    from .backbones import sha256_file
 
     return sha256_file(path)
 

@@ -30,7 +30,7 @@ NANO_DATA = "out/nano_data"  # where `onedc prepare` writes the nano photographs
 def nano_test_folder(data_dir=NANO_DATA) -> Path:
     """data_dir/test, checked against the committed nano_manifest.json: exactly its test photographs, same bytes."""
     from ..data.prepare import REFERENCE_MANIFEST
-    from .weights import sha256_file
+    from .backbones import sha256_file
 
     folder = Path(data_dir) / "test"
     how = f"build it with `onedc prepare --out {data_dir}`"
@@ -119,7 +119,7 @@ def expand_codecs(codecs, preset: str = "nano", smoke: bool = False) -> list[tup
 
 def _provisioned(metrics, cache_dir) -> tuple[list[str], list[str]]:
     """(metrics whose weights are there, notes about the others)."""
-    from .weights import MetricWeightsError, provisioned_file
+    from .backbones import MetricWeightsError, provisioned_file
 
     keep, notes = [], []
     for metric in metrics:
@@ -131,7 +131,7 @@ def _provisioned(metrics, cache_dir) -> tuple[list[str], list[str]]:
             provisioned_file(key, cache_dir)
             keep.append(metric)
         except MetricWeightsError:
-            notes.append(f"{metric}: weights not provisioned (python -m onedc_lib.eval.weights); left out")
+            notes.append(f"{metric}: weights not provisioned (python -m onedc_lib.eval.backbones); left out")
     return keep, notes
 
 

