@@ -51,6 +51,7 @@
 #include <climits>
 #include <cstring>
 #include <exception>
+#include <stdexcept>
 #include <thread>
 
 #if defined(__GNUC__) && defined(__x86_64__)
@@ -172,10 +173,14 @@ struct TileBuf {
 // Returns the new w (passed by value so that the caller's w can stay in a register).
 __attribute__((noinline)) size_t encode_escape(const EncView& ev, int64_t v, size_t i, TileBuf& o, size_t w,
                                                uint32_t& x) {
-    if (w < kItemBytes * i + kEscapeSlack) {
+    if (w < kItemBytes * i + kEscapeSlack) {  // i < kMaxSymbols: no wrap
         const size_t used = o.cap - w;
-        const size_t cap = std::max(2 * o.cap, used + kItemBytes * i + 4 * kEscapeSlack);
-        std::unique_ptr<uint8_t[]> mem(new uint8_t[kHeadMax + cap]);
+        size_t doubled, needed = used, alloc;
+        if (!mul_size(2, o.cap, doubled) || !add_size(needed, kItemBytes * i + 4 * kEscapeSlack))
+            throw std::length_error("tile buffer size overflows");
+        const size_t cap = std::max(doubled, needed);
+        if (!add_size(alloc = cap, kHeadMax)) throw std::length_error("tile buffer size overflows");
+        std::unique_ptr<uint8_t[]> mem(new uint8_t[alloc]);
         std::memcpy(mem.get() + kHeadMax + (cap - used), o.body() + w, used);
         o.mem = std::move(mem);
         o.cap = cap;
@@ -277,9 +282,10 @@ Status encode_symbols(const Tables& t, const std::vector<Range>& ranges, size_t 
 Status encode_tile(const Tables& t, const std::vector<Range>& ranges, uint32_t lanes, TileBuf& o) {
     const uint32_t W = lanes ? lanes : choose_lanes(t, ranges);
     size_t total = 0;
-    for (const Range& r : ranges) total += r.n;
+    for (const Range& r : ranges)
+        if (!add_size(total, r.n) || total > kMaxSymbols) return Status::error("odc encode: too many symbols");
     if (total >= kWarmSymbols) warm_encoder_tables(t);
-    o.cap = kItemBytes * total + total / 32 + 128;  // >= 2 x symbols + 2; escapes grow it
+    o.cap = kItemBytes * total + total / 32 + 128;  // >= 2 x symbols + 2; escapes grow it (total <= 2^48: no wrap)
     o.mem.reset(new uint8_t[kHeadMax + o.cap]);
     size_t w = o.cap;  // free bytes; the bytes written are [w, cap)
     uint32_t st[kMaxLanes];
@@ -702,11 +708,9 @@ Status guarded(const char* what, F&& f) {
     }
 }
 
-constexpr size_t kMaxSymbols = size_t(1) << 48;
-
 // Segment lengths (none: one segment of n); they must be >= 0 and add up to n, the length of the caller's
-// arrays. The running sum is compared with n at every step, so it can neither wrap around nor pass the arrays
-// (65536 lengths of 2^48 once added up to 0 == n).
+// arrays. The running sum is checked (add_size) and compared with n at every step, so it can neither wrap around
+// nor pass the arrays (65536 lengths of 2^48 once added up to 0 == n).
 Status check_segments(const int64_t* segments, size_t count, size_t n, std::vector<size_t>& out) {
     out.clear();
     if (!segments) {
@@ -717,10 +721,9 @@ Status check_segments(const int64_t* segments, size_t count, size_t n, std::vect
     for (size_t i = 0; i < count; ++i) {
         if (segments[i] < 0)
             return Status::error("segment lengths must be >= 0, got " + std::to_string(segments[i]));
-        if (static_cast<uint64_t>(segments[i]) > n - sum)
+        if (!add_size(sum, static_cast<size_t>(segments[i])) || sum > n)
             return Status::error("segments add up to more than the " + std::to_string(n) + " symbols");
         out.push_back(static_cast<size_t>(segments[i]));
-        sum += static_cast<size_t>(segments[i]);
     }
     if (sum != n)
         return Status::error("segments add up to " + std::to_string(sum) + " symbols, not " + std::to_string(n));
@@ -777,12 +780,12 @@ Status odc_encode(const Tables& t, const int32_t* symbols, const int32_t* indexe
     parallel_for(T, threads, [&](size_t k) {
         bufs[k].status = guarded("odc encode: ", [&] { return encode_tile(t, ranges(k), W, bufs[k]); });
     });
-    size_t total = 2 + 4 * (T - 1);
+    size_t total = 2 + 4 * (T - 1);  // T <= 255
     for (size_t k = 0; k < T; ++k) {
         if (!bufs[k].status.ok()) return bufs[k].status;
         if (k + 1 < T && bufs[k].size > 0xFFFFFFFFu)
             return Status::error("odc encode: a tile exceeds 4 GiB; use more tiles");
-        total += bufs[k].size;
+        if (!add_size(total, bufs[k].size)) return Status::error("odc encode: stream size overflows");
     }
     out.mem.reset(new uint8_t[total]);
     uint8_t* w = out.mem.get();
@@ -819,7 +822,7 @@ Status OdcDecoder::open(std::shared_ptr<const Tables> tables, const uint8_t* dat
         if (size < 2) return Status::error("odc stream: truncated tile table");
         T = data[1];
         if (T < 2) return Status::error("odc stream: a tiled stream has 2 to 255 tiles, got " + std::to_string(T));
-        header = 2 + 4 * (T - 1);
+        header = 2 + 4 * (T - 1);  // T <= 255
         if (size < header) return Status::error("odc stream: truncated tile table");
     }
     if (!borrow) {
@@ -831,7 +834,8 @@ Status OdcDecoder::open(std::shared_ptr<const Tables> tables, const uint8_t* dat
     size_t pos = header;
     for (size_t k = 0; k < T; ++k) {
         const size_t len = k + 1 < T ? load_u32le(d + 2 + 4 * k) : size - pos;
-        if (len > size - pos)
+        size_t end = pos;
+        if (!add_size(end, len) || end > size)
             return Status::error("odc stream: tile " + std::to_string(k) + " extends past the end");
         const std::string tile = "odc stream: tile " + std::to_string(k);
         if (len < 1) return Status::error(tile + " ends inside its initial states (it is empty)");
@@ -847,7 +851,7 @@ Status OdcDecoder::open(std::shared_ptr<const Tables> tables, const uint8_t* dat
         }
         lane.in = Bytes{in.base + in.q, 0, in.nb - in.q};
         impl_->lanes.push_back(lane);
-        pos += len;
+        pos = end;
     }
     failed_ = false;
     return Status{};
@@ -887,6 +891,7 @@ Status OdcDecoder::finish() {
 
 Status odc_decode(const Tables& t, const uint8_t* data, size_t size, const int32_t* indexes, size_t n,
                   const int64_t* segments, size_t num_segments, int threads, bool simd, int32_t* out) {
+    if (n > kMaxSymbols) return Status::error("odc decode: too many symbols");
     std::vector<size_t> seg;
     Status s = check_segments(segments, num_segments, n, seg);
     if (!s.ok()) return s;

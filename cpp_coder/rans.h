@@ -27,6 +27,23 @@ struct Status {
     static Status error(std::string m) { return Status{std::move(m)}; }
 };
 
+// Sizes. Every size the coders compute from their inputs (symbol counts, segment sums, buffer capacities, stream
+// offsets, table storage) goes through add_size / mul_size, which report a result that does not fit in size_t
+// instead of wrapping it: a wrapped sum once passed a bounds check (65536 segments of 2^48 added up to 0). Symbol
+// counts are at most kMaxSymbols at every entry point, so the byte counts derived from them stay far below 2^64.
+constexpr size_t kMaxSymbols = size_t(1) << 48;
+
+// sum += a; false (sum unchanged) when the result does not fit.
+inline bool add_size(size_t& sum, size_t a) {
+    size_t r;
+    if (__builtin_add_overflow(sum, a, &r)) return false;
+    sum = r;
+    return true;
+}
+
+// out = a * b; false when the result does not fit.
+inline bool mul_size(size_t a, size_t b, size_t& out) { return !__builtin_mul_overflow(a, b, &out); }
+
 // Encoder data of one bin (freq in [1, 2^16 - 1]), in the form both byte-wise coders use: the reciprocal
 // rcp = ceil(2^48 / freq) (see `put` in odc.cpp), lim = freq << 15 (renormalise while x >= lim), start and
 // cmpl = 2^16 - freq (the new state is x + start + floor(x / freq) cmpl).

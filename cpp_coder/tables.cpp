@@ -96,29 +96,33 @@ Status Tables::build(const int32_t* cdf, int64_t num_tables, int64_t row_width, 
         int bits = 1;
         while (bits < kMaxBucketBits && slow_mass(row, bins, bits) > kMaxSlowMass) ++bits;
         bucket_bits[k] = bits;
-        total_bins += static_cast<size_t>(bins);
-        total_buckets += size_t(1) << bits;
+        if (!add_size(total_bins, static_cast<size_t>(bins)) || !add_size(total_buckets, size_t(1) << bits))
+            return Status::error("tables: too large");
         max_length_ = std::max(max_length_, len);
     }
 
     // Pass 2: one arena for everything, hot decoder data first.
     const size_t T = static_cast<size_t>(num_tables);
     size_t size = 0;
-    auto reserve = [&size](size_t bytes) {
+    bool fits = true;
+    // Offset of a block of count x item (+ extra) bytes, rounded up to 64 bytes; fits turns false on overflow.
+    auto reserve = [&size, &fits](size_t count, size_t item, size_t extra = 0) {
         const size_t at = size;
-        size += (bytes + 63) & ~size_t(63);
+        size_t bytes;
+        fits = fits && mul_size(count, item, bytes) && add_size(bytes, extra + 63) && add_size(size, bytes & ~size_t(63));
         return at;
     };
-    const size_t at_dec = reserve(T * sizeof(DecView));
-    const size_t at_bucket = reserve(total_buckets * sizeof(BucketEntry));
-    const size_t at_first = reserve(total_buckets * sizeof(uint32_t));
-    const size_t at_enc = reserve(T * sizeof(EncView));
-    const size_t at_bins = reserve(total_bins * sizeof(EncBin));
-    const size_t at_sf = reserve(total_bins * sizeof(uint32_t));
-    const size_t at_sf_pos = reserve(T * sizeof(size_t));
-    const size_t at_simd_entry = reserve((T << kSimdBits) * sizeof(uint64_t));
-    const size_t at_simd_value = reserve((T << kSimdBits) * sizeof(int16_t) + 2);  // + 2: 4-byte reads
-    const size_t at_cost = reserve(T * sizeof(uint32_t));
+    const size_t at_dec = reserve(T, sizeof(DecView));
+    const size_t at_bucket = reserve(total_buckets, sizeof(BucketEntry));
+    const size_t at_first = reserve(total_buckets, sizeof(uint32_t));
+    const size_t at_enc = reserve(T, sizeof(EncView));
+    const size_t at_bins = reserve(total_bins, sizeof(EncBin));
+    const size_t at_sf = reserve(total_bins, sizeof(uint32_t));
+    const size_t at_sf_pos = reserve(T, sizeof(size_t));
+    const size_t at_simd_entry = reserve(T << kSimdBits, sizeof(uint64_t));  // T < 2^32
+    const size_t at_simd_value = reserve(T << kSimdBits, sizeof(int16_t), 2);  // + 2: 4-byte reads
+    const size_t at_cost = reserve(T, sizeof(uint32_t));
+    if (!fits) return Status::error("tables: too large");
     void* p = nullptr;
     if (posix_memalign(&p, 64, std::max<size_t>(size, 64)) != 0) throw std::bad_alloc();
     arena_ = p;
