@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import math
 import struct
+from functools import lru_cache
 
 import numpy as np
 
-from .tables import release_tables
+from .tables import LOG_SCALE_MIN, LOG_SCALE_STEP, NUM_TABLES, release_tables
 
 HEADER = struct.Struct(">IIII")  # original height, width, y-stream bytes (incl. flag byte), caption bytes
 Z_BITS = 14
@@ -20,6 +21,63 @@ def gaussian_tables() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(quantized_cdf int32[256, 103], cdf_length int32[256], offset int32[256]) as the release builds them."""
     tables = release_tables()
     return tables.cdf, tables.cdf_length, tables.offset
+
+
+# The index arithmetic as the release computes it (compat README 9.2): the double constants rounded to float32.
+LOG_SCALE_MIN_F32 = np.float32(LOG_SCALE_MIN)
+LOG_SCALE_STEP_F32 = np.float32(LOG_SCALE_STEP)
+# "cpu": the release on a CPU, torch's float32 log (not correctly rounded; its vector path, which every y tensor
+# of the release takes, C/4 * H * W being a multiple of 32) and a float32 division. "cuda": the emulation of
+# compat 9.2 for CUDA, where a division by a Python scalar is a multiplication by the float32 reciprocal, with a
+# correctly rounded float32 log (CUDA's own logf is not reproduced; bf16 scales, the release's default GPU
+# numerics, map alike under either).
+ARITHMETIC = ("cpu", "cuda")
+VECTOR = 64  # torch's CPU kernels take the scalar path for a tail shorter than two vectors: pad past it
+
+
+def _release_index_f32(scales: np.ndarray, arithmetic: str) -> np.ndarray:
+    """floor(clamp((ln max(s, 1e-5) - ln 0.11) / step, 0, 255)) on float32 scales, in float32."""
+    import torch
+
+    s = np.maximum(np.asarray(scales, dtype=np.float32), np.float32(1e-5))
+    if arithmetic == "cpu":
+        padded = np.concatenate([s, np.ones(-len(s) % VECTOR, dtype=np.float32)])
+        log = torch.log(torch.from_numpy(padded)).numpy()[: len(s)]
+        t = (log - LOG_SCALE_MIN_F32) / LOG_SCALE_STEP_F32
+    else:
+        log = np.log(s.astype(np.float64)).astype(np.float32)
+        t = (log - LOG_SCALE_MIN_F32) * (np.float32(1) / LOG_SCALE_STEP_F32)
+    return np.clip(t, 0, NUM_TABLES - 1).astype(np.int32)
+
+
+@lru_cache(maxsize=None)
+def index_thresholds(arithmetic: str = "cpu") -> np.ndarray:
+    """float32 [256]: entry k (k >= 1) is the smallest float32 scale the release maps to index >= k (entry 0 is 0).
+
+    The map is monotone, so a binary search over the float32 bit patterns of (0.1, 64.5] finds every threshold
+    at once; index(s) is then the number of thresholds <= s, independent of the log of the machine that uses it.
+    """
+    if arithmetic not in ARITHMETIC:
+        raise ValueError(f"arithmetic must be one of {ARITHMETIC}, not {arithmetic!r}")
+    k = np.arange(1, NUM_TABLES, dtype=np.int64)
+    lo = np.full(k.shape, np.float32(0.1).view(np.int32), dtype=np.int64)  # index 0 < k
+    hi = np.full(k.shape, np.float32(64.5).view(np.int32), dtype=np.int64)  # index 255 >= k
+    while (hi - lo > 1).any():
+        mid = (lo + hi) // 2
+        above = _release_index_f32(mid.astype(np.int32).view(np.float32), arithmetic) >= k
+        hi, lo = np.where(above, mid, hi), np.where(above, lo, mid)
+    thresholds = np.zeros(NUM_TABLES, dtype=np.float32)
+    thresholds[1:] = hi.astype(np.int32).view(np.float32)
+    thresholds.setflags(write=False)
+    return thresholds
+
+
+def release_index(scales, arithmetic: str = "cpu") -> np.ndarray:
+    """int32 table index of each scale as the release maps it; float32 or bfloat16 scales (the release's dtypes)
+    are exact here, float64 ones are rounded to float32 first. NaN gives 0."""
+    s = np.asarray(scales, dtype=np.float32)
+    index = np.searchsorted(index_thresholds(arithmetic)[1:], s, side="right").astype(np.int32)
+    return np.where(np.isnan(s), 0, index).astype(np.int32)
 
 
 def encode_y(symbols, indexes) -> bytes:
