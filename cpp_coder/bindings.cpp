@@ -83,6 +83,8 @@ struct PyOdcDecoder {
 
 }  // namespace
 
+void bind_release_decoder(py::module_& m);  // release_bindings.cpp
+
 PYBIND11_MODULE(_coder, m) {
     m.doc() = "rANS entropy coders of onedc (release y-stream format and the odc format), see cpp_coder/STREAMS.md";
 
@@ -219,4 +221,6 @@ PYBIND11_MODULE(_coder, m) {
             }
             check(st);
         });
+
+    bind_release_decoder(m);
 }

@@ -5,7 +5,7 @@
 // digits (one 3 per three chunks, then n mod 3), then the n chunks of r, least significant first.
 #include <cstring>
 
-#include "rans.h"
+#include "release.h"
 
 namespace onedc {
 
@@ -130,32 +130,42 @@ Status release_encode(const Tables& t, const int32_t* symbols, const int32_t* in
 
 namespace {
 
-struct ByteReader {
-    const uint8_t* p;
-    const uint8_t* end;
-    // x = x << 8 | next byte while x < 2^23; false when the stream ends first.
-    bool renorm(uint32_t& x) {
-        while (x < kLow) {
-            if (p == end) return false;
-            x = (x << 8) | *p++;
-        }
-        return true;
+// x = x << 8 | next byte while x < 2^23; false when the stream ends first.
+inline bool renorm(uint32_t& x, const uint8_t* data, size_t size, size_t& pos) {
+    while (x < kLow) {
+        if (pos == size) return false;
+        x = (x << 8) | data[pos++];
     }
-};
+    return true;
+}
 
 }  // namespace
 
-Status release_decode(const Tables& t, const uint8_t* data, size_t size, const int32_t* indexes, size_t n,
-                      int32_t* out) {
+Status ReleaseDecoder::open(std::shared_ptr<const Tables> tables, const uint8_t* data, size_t size) {
+    failed_ = true;
+    if (!tables) return Status::error("release stream: no tables");
     if (size == 0) return Status::error("release stream: empty");
     if (data[0] != 0x01)
         return Status::error("release stream: unsupported flag byte " + std::to_string(data[0]) +
                              " (only 0x01, one sub-stream, is supported)");
     if (size < 5) return Status::error("release stream: truncated state");
+    tables_ = std::move(tables);
+    data_.assign(data, data + size);
+    x_ = load_u32le(data + 1);
+    pos_ = 5;
+    failed_ = false;
+    return Status{};
+}
+
+Status ReleaseDecoder::decode(const int32_t* indexes, size_t n, int32_t* out) {
+    if (failed_) return Status::error("release stream: the decoder failed earlier or was not opened");
+    const Tables& t = *tables_;
     const DecView* tabs = t.dec();
     const int64_t T = t.size();
-    uint32_t x = load_u32le(data + 1);
-    ByteReader in{data + 5, data + size};
+    const uint8_t* const data = data_.data();
+    const size_t size = data_.size();
+    uint32_t x = x_;
+    size_t pos = pos_;
     const char* const past_end = "release stream: truncated (reads past the end)";
     for (size_t i = 0; i < n; ++i) {
         const int32_t k = indexes[i];
@@ -164,12 +174,12 @@ Status release_decode(const Tables& t, const uint8_t* data, size_t size, const i
             continue;
         }
         if (k < -1 || k >= T)
-            return Status::error("index " + std::to_string(k) + " at position " + std::to_string(i) +
-                                 " outside [-1, " + std::to_string(T) + ")");
+            return fail(Status::error("index " + std::to_string(k) + " at position " + std::to_string(i) +
+                                      " outside [-1, " + std::to_string(T) + ")"));
         const DecView& tv = tabs[k];
         uint32_t v;
         x = advance(x, lookup(t, tv, x, v));
-        if (!in.renorm(x)) return Status::error(past_end);
+        if (!renorm(x, data, size, pos)) return fail(Status::error(past_end));
         if (v != tv.esc) {
             out[i] = static_cast<int32_t>(v) + tv.offset;  // in int32 by table validation
             continue;
@@ -177,30 +187,50 @@ Status release_decode(const Tables& t, const uint8_t* data, size_t size, const i
         auto bypass = [&](uint32_t& bits) {
             bits = x & 3u;
             x >>= 2;
-            return in.renorm(x);
+            return renorm(x, data, size, pos);
         };
         int nc = 0;
         uint32_t d;
         do {
-            if (!bypass(d)) return Status::error(past_end);
+            if (!bypass(d)) return fail(Status::error(past_end));
             nc += static_cast<int>(d);
-            if (nc > kMaxChunks) return Status::error("release stream: escape chunk count above 16");
+            if (nc > kMaxChunks) return fail(Status::error("release stream: escape chunk count above 16"));
         } while (d == 3);
         uint64_t r = 0;
         for (int c = 0; c < nc; ++c) {
-            if (!bypass(d)) return Status::error(past_end);
+            if (!bypass(d)) return fail(Status::error(past_end));
             r |= uint64_t(d) << (2 * c);
         }
         const int64_t value = ((r & 1) ? -static_cast<int64_t>((r + 1) >> 1) : static_cast<int64_t>(r >> 1) + tv.esc) +
                               tv.offset;
         if (value < INT32_MIN || value > INT32_MAX)
-            return Status::error("release stream: escaped value outside int32");
+            return fail(Status::error("release stream: escaped value outside int32"));
         out[i] = static_cast<int32_t>(value);
     }
-    if (x != kLow) return Status::error("release stream: corrupt (final state is not 2^23)");
-    if (in.p != in.end)
-        return Status::error("release stream: " + std::to_string(in.end - in.p) + " unread trailing bytes");
+    x_ = x;
+    pos_ = pos;
     return Status{};
+}
+
+Status ReleaseDecoder::finish() {
+    if (failed_) return Status::error("release stream: the decoder failed earlier or was not opened");
+    failed_ = true;  // finish ends the stream
+    if (x_ != kLow)
+        return Status::error("release stream: corrupt, or decoded with other table indexes than it was written "
+                             "with (it does not end in the coder's final state 2^23)");
+    if (pos_ != data_.size())
+        return Status::error("release stream: " + std::to_string(data_.size() - pos_) + " unread trailing bytes");
+    return Status{};
+}
+
+Status release_decode(const Tables& t, const uint8_t* data, size_t size, const int32_t* indexes, size_t n,
+                      int32_t* out) {
+    // A non-owning handle on the caller's tables: the decoder lives only for this call.
+    ReleaseDecoder dec;
+    Status s = dec.open(std::shared_ptr<const Tables>(&t, [](const Tables*) {}), data, size);
+    if (s.ok()) s = dec.decode(indexes, n, out);
+    if (s.ok()) s = dec.finish();
+    return s;
 }
 
 }  // namespace onedc

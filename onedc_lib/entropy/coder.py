@@ -51,20 +51,23 @@ def _segments(segments):
 
 
 class StreamDecoder:
-    """Decodes an odc stream segment by segment (`decode(indexes)` per segment), then `finish()`."""
+    """Decodes a stream segment by segment (`decode(indexes)` per segment), then `finish()`: an odc stream
+    (_coder.OdcDecoder) or a release y stream (_coder.ReleaseDecoder, one segment per prior step)."""
 
-    def __init__(self, tables: _coder.Tables, data: bytes, threads: int = 1, simd: bool = True):
-        self._decoder = _coder.OdcDecoder(tables, bytes(data), threads, simd)
+    def __init__(self, decoder):
+        self._decoder = decoder
 
     @property
     def tiles(self) -> int:
+        """Tiles of an odc stream."""
         return self._decoder.tiles
 
     def decode(self, indexes) -> np.ndarray:
         return self._decoder.decode(as_int32(indexes, "indexes"))
 
     def finish(self) -> None:
-        """Checks that every tile ended exactly where its last symbol did (ValueError otherwise)."""
+        """Checks that the stream ended exactly where its last symbol did (odc: every tile; release: in the coder's
+        final state, every byte read); ValueError otherwise."""
         self._decoder.finish()
 
 
@@ -86,7 +89,7 @@ class GaussianCoder:
                                  simd)
 
     def stream_decoder(self, data: bytes, threads: int = 1, simd: bool = True) -> StreamDecoder:
-        return StreamDecoder(self._cpp, data, threads, simd)
+        return StreamDecoder(_coder.OdcDecoder(self._cpp, bytes(data), threads, simd))
 
     def encode_release(self, symbols, indexes) -> bytes:
         """The release's y stream (flag byte included); index -1 skips a symbol. Symbols must be clamped already."""
@@ -95,3 +98,7 @@ class GaussianCoder:
 
     def decode_release(self, data: bytes, indexes) -> np.ndarray:
         return _coder.release_decode(self._cpp, bytes(data), as_int32(indexes, "indexes"))
+
+    def release_stream_decoder(self, data: bytes) -> StreamDecoder:
+        """The release's y stream one prior step at a time: step k's indexes need step k-1's symbols."""
+        return StreamDecoder(_coder.ReleaseDecoder(self._cpp, bytes(data)))
