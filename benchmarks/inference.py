@@ -184,7 +184,7 @@ def main(argv=None) -> dict:
         overrides[key] = yaml.safe_load(value)
     if args.threads:
         torch.set_num_threads(args.threads)
-    from onedc_lib.notebook import device_info
+    from onedc_lib.eval.runner import device_info
 
     machine = {**device_info(args.device), "platform": platform.platform(), "processor": platform.processor(),
                "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(), "uptime_at_start": uptime()}

@@ -233,7 +233,7 @@ reconstructions, per-image CSV and a summary JSON per codec (metric protocol, ve
 presets, marked untrained in the summaries; presets that build the same untrained model are run once). The
 classical codecs on the sample photographs are already in `results/baselines/` (whole sweeps); list them in
 `codecs` for another dataset. `images="nano"` is the nano test split (out/nano_data/test, checked against
-nano_manifest.json): `onedc eval-nano` (`onedc_lib.eval.nano`) runs it with every bundled nano model and all
+nano_manifest.json): `onedc eval-nano` (`onedc_lib.experiments.nano`) runs it with every bundled nano model and all
 baselines into `results/nano/`. Figures and tables are made from these files by `50_figures_tables`, which also
 plots together the folders evaluated on the same images. The defaults run in minutes on a CPU.
 """,
@@ -311,7 +311,7 @@ without distillation (`loss.distill_weight: 0`), (c) the same with semantic dist
 anchor. Each variant is the preset with only those fields changed, trained through stage I at each lambda, then
 evaluated on real files. Results: `results/ablation/` (per-variant CSV + JSON, `points.csv`, `bdrate.csv`,
 `ablation.json`, `rd_ablation.png`). With two rates per variant the BD-rate is the linear one. Details:
-`onedc_lib.eval.ablation`.
+`onedc_lib.experiments.ablation`.
 """,
     "parameters": """
 preset: str = "nano"  # the base configuration of all three variants
@@ -332,7 +332,7 @@ lpips: str = ""  # the training loss's LPIPS backbone: "" (provisioned weights),
 seed: int = 0
 """ + COMMON,
     "cells": [
-        ("code", ("from onedc_lib.eval.ablation import frame, guidance_ablation\n"
+        ("code", ("from onedc_lib.experiments.ablation import frame, guidance_ablation\n"
                  "from onedc_lib.notebook import setup")),
         ("code", "env = setup(threads=threads, seed=seed, out_dir=out_dir, device=device)"),
         ("code", ("result = guidance_ablation(preset, lmbdas, test_images, out_dir, results_dir, variants=variants, "

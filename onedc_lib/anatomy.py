@@ -292,7 +292,7 @@ def file_anatomy(file: str = "", image: str = "astronaut", model: str = "nano_q3
     out_dir/<image>.odc first. model: a bundled model, a model folder, or a preset (seeded random weights)."""
     from .bitstream import write_file
     from .weights import build_model, load_model
-    from .widgets import load_demo_image
+    from .data.samples import load_demo_image
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")

@@ -283,7 +283,7 @@ def _models(args: argparse.Namespace) -> int:
 
 
 def _eval_nano(args: argparse.Namespace) -> int:
-    from onedc_lib.eval.nano import run_from_args
+    from onedc_lib.experiments.nano import run_from_args
 
     return run_from_args(args)
 
@@ -500,7 +500,7 @@ def _parser() -> argparse.ArgumentParser:
                                            "one for z-only) and JPEG, WebP, AVIF, JPEG XL and HEVC-intra on the nano "
                                            "test photographs (onedc prepare) into results/nano/, then regenerate "
                                            "figures/ from results/ (RD figure, BD-rate tables). Resumable.")
-    from onedc_lib.eval.nano import add_arguments as _nano_arguments
+    from onedc_lib.experiments.nano import add_arguments as _nano_arguments
 
     _nano_arguments(nano)
     nano.set_defaults(run=_eval_nano)

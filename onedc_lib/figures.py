@@ -340,7 +340,7 @@ def regenerate(results_dir="results", figures_dir="figures", out_dir="out/figure
     RD metrics to plot (default: every metric the summaries have); options: {"anchor", "metrics", "dpi"} taking
     precedence over those arguments (the notebook's `overrides`)."""
     from .bitstream import atomic_write
-    from .notebook import output_dir
+    from .paths import output_dir
 
     options = dict(options or {})
     unknown = set(options) - {"anchor", "metrics", "dpi"}

@@ -3,38 +3,22 @@
     from onedc_lib.notebook import setup
     env = setup(threads=threads, out_dir=out_dir)     # the notebook's second cell
 
-Smoke runs (`smoke=True`, CI) never write into the committed `results/` and `figures/`: `output_dir` sends them
-to `out_dir` instead.
+Smoke runs (`smoke=True`, CI) never write into the committed `results/` and `figures/`: `paths.output_dir` sends
+them to `out_dir` instead.
 """
 from __future__ import annotations
 
 import io
 import os
-import platform
 import sys
 from pathlib import Path
 
-__all__ = ["device_info", "output_dir", "setup", "show_figures_inline"]
+from .eval.runner import device_info
+from .paths import output_dir
+
+__all__ = ["device_info", "output_dir", "setup", "show_figures_inline"]  # the first two live below (eval, paths)
 
 REPO = Path(__file__).resolve().parent.parent
-
-
-def device_info(device: str = "cpu") -> dict:
-    """Device, threads, CPU / GPU names and library versions, for the provenance of timings and results."""
-    import torch
-
-    from . import __version__
-    from .eval.runner import cpu_name
-
-    dev = torch.device(device)
-    info = {"device": str(dev), "torch_threads": torch.get_num_threads(), "cpu_count": os.cpu_count(),
-            "cpu": cpu_name(), "platform": platform.platform(), "python": platform.python_version(),
-            "torch": torch.__version__, "onedc": __version__,
-            "omp_num_threads": os.environ.get("OMP_NUM_THREADS")}
-    if dev.type == "cuda":
-        info["gpu"] = torch.cuda.get_device_name(dev)
-        info["cuda"] = torch.version.cuda
-    return info
 
 
 def setup(threads: int = 0, seed: int = 0, out_dir: str | os.PathLike | None = None, device: str = "cpu") -> dict:
@@ -61,14 +45,6 @@ def setup(threads: int = 0, seed: int = 0, out_dir: str | os.PathLike | None = N
     if out_dir:
         info["out_dir"] = str(Path(out_dir).resolve())
     return info
-
-
-def output_dir(target: str | os.PathLike, out_dir: str | os.PathLike, smoke: bool) -> Path:
-    """Where a notebook writes what would be committed: `target` normally; in a smoke run, `out_dir` (so that CI
-    never overwrites results/ or figures/). An empty target also means `out_dir`."""
-    path = Path(out_dir) if smoke or not str(target) else Path(target)
-    path.mkdir(parents=True, exist_ok=True)
-    return path
 
 
 def show_figures_inline() -> bool:

@@ -1,5 +1,6 @@
-"""Where model files live: the bundled-models folder and the user cache. A module of its own, below both
-weights.py (which loads models) and models/export.py (which finds decoder graphs), so neither imports the other."""
+"""Where files live: the bundled-models folder, the user cache, and a run's output folder. A module of its own, below
+weights.py (which loads models), models/export.py (which finds decoder graphs) and everything that writes results,
+so none of them imports another for a path."""
 from __future__ import annotations
 
 import os
@@ -17,3 +18,11 @@ def bundled_dir() -> Path:
 def cache_root() -> Path:
     """The user cache (metric weights, exported decoder graphs): $ONEDC_CACHE, default ~/.cache/onedc."""
     return Path(os.environ.get("ONEDC_CACHE") or Path.home() / ".cache" / "onedc")
+
+
+def output_dir(target: str | os.PathLike, out_dir: str | os.PathLike, smoke: bool) -> Path:
+    """Where a notebook writes what would be committed: `target` normally; in a smoke run, `out_dir` (so that CI
+    never overwrites results/ or figures/). An empty target also means `out_dir`."""
+    path = Path(out_dir) if smoke or not str(target) else Path(target)
+    path.mkdir(parents=True, exist_ok=True)
+    return path

@@ -11,7 +11,9 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -218,3 +220,68 @@ def load_unet_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
             raise WeightsError(f"no UNet weights (*.safetensors or *.bin) in {folder}")
         path = files[0]
     return load_dmd2_unet_state_dict(path)
+
+
+# The rate ladder of a model family: what notebooks, widgets and sweeps offer to choose from.
+
+@dataclass(frozen=True)
+class ModelChoice:
+    name: str      # what load_model / build_model takes: bundled name, model folder or preset
+    label: str     # shown on the slider
+    trained: bool
+
+
+def _rate_rank(name: str) -> tuple:
+    """z-only first (the lowest rate), then q1, q2, ... (q1 = lowest rate), then anything else by name."""
+    stem = Path(name).name
+    if stem.endswith("zonly"):
+        return (0, 0, stem)
+    match = re.search(r"_q(\d+)$", stem)
+    return (1, int(match.group(1)), stem) if match else (2, 0, stem)
+
+
+def available_models(preset: str = "nano", models=()) -> list[ModelChoice]:
+    """The rate ladder of a model family (see the module docstring), or of the `models` given."""
+    from .config import preset_names
+
+    if models:
+        choices = []
+        for name in models:
+            trained = name in bundled_models() or (Path(name) / "config.json").is_file()
+            if not trained and name not in preset_names():
+                raise ValueError(f"unknown model {name!r}: not a bundled model ({', '.join(bundled_models()) or 'none'}"
+                                 f"), not a model folder, not a preset")
+            label = Path(name).name if trained else f"{name} (UNTRAINED)"
+            choices.append(ModelChoice(str(name), label, trained))
+        return choices
+
+    def family(names):
+        return sorted((n for n in names if n.startswith(f"{preset}_")), key=_rate_rank)
+
+    bundled = family(bundled_models())
+    if bundled:
+        return [ModelChoice(n, n, True) for n in bundled]
+    presets = family(preset_names())
+    if not presets:
+        raise ValueError(f"no models of family {preset!r}: no bundled {preset}_* model and no {preset}_* preset "
+                         f"(presets: {', '.join(preset_names())})")
+    return [ModelChoice(n, f"{n} (UNTRAINED)", False) for n in presets]
+
+
+def distinct_models(choices: list[ModelChoice]) -> tuple[list[ModelChoice], dict[str, str]]:
+    """The choices without untrained presets that build the same model as an earlier one (same model id: the
+    nano q1..q5 presets differ only in the training lambda), and {dropped: kept}."""
+    kept, dropped, seen = [], {}, {}
+    for choice in choices:
+        if choice.trained:
+            kept.append(choice)
+            continue
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            model_id = build_model(choice.name, seed=0).model_id
+        if model_id in seen:
+            dropped[choice.name] = seen[model_id]
+        else:
+            seen[model_id] = choice.name
+            kept.append(choice)
+    return kept, dropped

@@ -6,8 +6,8 @@ family, with real files, and an ipywidgets UI (image picker, rate slider, side b
     explorer.compress_all()         # every rate point now: rows + results.json
     explorer.figure("nano_q3")      # original | reconstruction, and the same crop of both enlarged
 
-Models (`available_models`): the bundled trained models of the family (`onedc_lib/weights/<family>_*`) when there
-are any; otherwise the family's presets with seeded random weights, labelled UNTRAINED everywhere (their
+Models (`weights.available_models`): the bundled trained models of the family (`onedc_lib/weights/<family>_*`) when
+there are any; otherwise the family's presets with seeded random weights, labelled UNTRAINED everywhere (their
 reconstructions are meaningless, their files are real). `models=[...]` takes any bundled names, model folders
 (e.g. converted sd15 checkpoints) or presets instead. Rate points are ordered z-only first, then q1 (lowest
 rate) upwards. Presets that differ only in training settings (the nano q1..q5 differ in lambda) give the same
@@ -22,106 +22,17 @@ from __future__ import annotations
 import io
 import json
 import math
-import re
 import time
 import warnings
-from dataclasses import dataclass
 from pathlib import Path
 
-import torch
 
-__all__ = ["ModelChoice", "RateExplorer", "available_models", "distinct_models", "load_demo_image"]
+from .data.samples import load_demo_image
+from .weights import available_models
+
+__all__ = ["RateExplorer"]
 
 NOT_PROVISIONED = "not provisioned"
-
-
-@dataclass(frozen=True)
-class ModelChoice:
-    name: str      # what load_model / build_model takes: bundled name, model folder or preset
-    label: str     # shown on the slider
-    trained: bool
-
-
-def _rate_rank(name: str) -> tuple:
-    """z-only first (the lowest rate), then q1, q2, ... (q1 = lowest rate), then anything else by name."""
-    stem = Path(name).name
-    if stem.endswith("zonly"):
-        return (0, 0, stem)
-    match = re.search(r"_q(\d+)$", stem)
-    return (1, int(match.group(1)), stem) if match else (2, 0, stem)
-
-
-def available_models(preset: str = "nano", models=()) -> list[ModelChoice]:
-    """The rate ladder of a model family (see the module docstring), or of the `models` given."""
-    from .config import preset_names
-    from .weights import bundled_models
-
-    if models:
-        choices = []
-        for name in models:
-            trained = name in bundled_models() or (Path(name) / "config.json").is_file()
-            if not trained and name not in preset_names():
-                raise ValueError(f"unknown model {name!r}: not a bundled model ({', '.join(bundled_models()) or 'none'}"
-                                 f"), not a model folder, not a preset")
-            label = Path(name).name if trained else f"{name} (UNTRAINED)"
-            choices.append(ModelChoice(str(name), label, trained))
-        return choices
-
-    def family(names):
-        return sorted((n for n in names if n.startswith(f"{preset}_")), key=_rate_rank)
-
-    bundled = family(bundled_models())
-    if bundled:
-        return [ModelChoice(n, n, True) for n in bundled]
-    presets = family(preset_names())
-    if not presets:
-        raise ValueError(f"no models of family {preset!r}: no bundled {preset}_* model and no {preset}_* preset "
-                         f"(presets: {', '.join(preset_names())})")
-    return [ModelChoice(n, f"{n} (UNTRAINED)", False) for n in presets]
-
-
-def distinct_models(choices: list[ModelChoice]) -> tuple[list[ModelChoice], dict[str, str]]:
-    """The choices without untrained presets that build the same model as an earlier one (same model id: the
-    nano q1..q5 presets differ only in the training lambda), and {dropped: kept}."""
-    from .weights import build_model
-
-    kept, dropped, seen = [], {}, {}
-    for choice in choices:
-        if choice.trained:
-            kept.append(choice)
-            continue
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            model_id = build_model(choice.name, seed=0).model_id
-        if model_id in seen:
-            dropped[choice.name] = seen[model_id]
-        else:
-            seen[model_id] = choice.name
-            kept.append(choice)
-    return kept, dropped
-
-
-def load_demo_image(image: str, max_side: int = 0) -> tuple[str, torch.Tensor]:
-    """(name, [3, H, W] in [0, 1]) of a sample photograph's name or an image path, shrunk (antialiased) so that
-    its longer side is at most max_side (0: full size)."""
-    from .data.samples import SAMPLES, sample_image
-    from .image_io import load_image
-
-    if image in SAMPLES:
-        name, x = image, sample_image(image)
-    else:
-        path = Path(image).expanduser()
-        if not path.is_file():
-            raise FileNotFoundError(f"{image!r} is neither a sample ({', '.join(SAMPLES)}) nor an image file")
-        name, x = path.stem, load_image(path)
-    h, w = x.shape[-2:]
-    if max_side and max(h, w) > max_side:
-        scale = max_side / max(h, w)
-        size = (max(1, round(h * scale)), max(1, round(w * scale)))
-        x = torch.nn.functional.interpolate(x[None], size=size, mode="bicubic", antialias=True,
-                                            align_corners=False)[0].clamp(0, 1)
-        x = (x * 255).round() / 255  # an 8-bit image, as every codec and metric sees it
-    return name, x.contiguous()
 
 
 def _default_crop(height: int, width: int) -> tuple[int, int, int, int]:
@@ -307,7 +218,7 @@ class RateExplorer:
 
     def save(self, path=None) -> Path:
         from .bitstream import atomic_write
-        from .notebook import device_info
+        from .eval.runner import device_info
 
         path = Path(path) if path else self.out_dir / "results.json"
         rows = [{k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in r.items()

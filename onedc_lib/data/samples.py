@@ -4,6 +4,8 @@ Licences as scikit-image documents them (skimage.data docstrings).
 """
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 
 SAMPLES = {
@@ -26,3 +28,25 @@ def sample_image(name: str) -> torch.Tensor:
 
 def sample_images() -> dict[str, torch.Tensor]:
     return {name: sample_image(name) for name in SAMPLES}
+
+
+def load_demo_image(image: str, max_side: int = 0) -> tuple[str, torch.Tensor]:
+    """(name, [3, H, W] in [0, 1]) of a sample photograph's name or an image path, shrunk (antialiased) so that
+    its longer side is at most max_side (0: full size)."""
+    from ..image_io import load_image
+
+    if image in SAMPLES:
+        name, x = image, sample_image(image)
+    else:
+        path = Path(image).expanduser()
+        if not path.is_file():
+            raise FileNotFoundError(f"{image!r} is neither a sample ({', '.join(SAMPLES)}) nor an image file")
+        name, x = path.stem, load_image(path)
+    h, w = x.shape[-2:]
+    if max_side and max(h, w) > max_side:
+        scale = max_side / max(h, w)
+        size = (max(1, round(h * scale)), max(1, round(w * scale)))
+        x = torch.nn.functional.interpolate(x[None], size=size, mode="bicubic", antialias=True,
+                                            align_corners=False)[0].clamp(0, 1)
+        x = (x * 255).round() / 255  # an 8-bit image, as every codec and metric sees it
+    return name, x.contiguous()

@@ -337,6 +337,23 @@ def _device_info(device) -> dict:
     return info
 
 
+def device_info(device: str = "cpu") -> dict:
+    """Device, threads, CPU / GPU names and library versions, for the provenance of timings and results."""
+    import torch
+
+    from .. import __version__
+
+    dev = torch.device(device)
+    info = {"device": str(dev), "torch_threads": torch.get_num_threads(), "cpu_count": os.cpu_count(),
+            "cpu": cpu_name(), "platform": platform.platform(), "python": platform.python_version(),
+            "torch": torch.__version__, "onedc": __version__,
+            "omp_num_threads": os.environ.get("OMP_NUM_THREADS")}
+    if dev.type == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(dev)
+        info["cuda"] = torch.version.cuda
+    return info
+
+
 def cpu_name() -> str | None:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():

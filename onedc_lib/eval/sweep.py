@@ -54,7 +54,7 @@ def dataset_folder(images: str, out_dir, max_side: int = 0, max_images: int = 0,
     unless max_side / max_images / smoke ask for a shrunk copy under out_dir."""
     from ..data.samples import SAMPLES, sample_image
     from ..image_io import save_image
-    from ..widgets import load_demo_image
+    from ..data.samples import load_demo_image
     from .runner import list_images
 
     if images == "samples":
@@ -86,7 +86,7 @@ def dataset_folder(images: str, out_dir, max_side: int = 0, max_images: int = 0,
 def expand_codecs(codecs, preset: str = "nano", smoke: bool = False) -> list[tuple[str, list | None]]:
     """[(runner codec spec, qualities or None)]: `onedc` -> onedc:<the family's ladder>, without the untrained
     presets that are the same model as an earlier one (a warning names them); smoke: two rates each."""
-    from ..widgets import available_models, distinct_models
+    from ..weights import available_models, distinct_models
     from .baselines import BASELINES
 
     out = []
@@ -143,7 +143,7 @@ def rd_sweep(images: str = "samples", codecs=("onedc",), preset: str = "nano",
              data_dir=NANO_DATA) -> dict:
     """Runs every codec over the dataset; returns {codec tag: summary} (the JSON each run wrote).
     fid_min_patches: the runner's (FID/KID reported missing, uncomputed, below it); data_dir: for "nano"."""
-    from ..notebook import output_dir
+    from ..paths import output_dir
     from .runner import evaluate
 
     if overrides:

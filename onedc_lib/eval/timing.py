@@ -418,7 +418,7 @@ def speed_report(models=("nano_q3",), height: int = 512, width: int = 768, repea
     """Times each model (bundled name, model folder or preset) at height x width on `device`; with out_dir,
     writes speed_<device type>.json (everything, with device information) and .csv (median seconds per
     component). smoke: 64 x 64, one repeat, no GMACs."""
-    from ..notebook import device_info
+    from .runner import device_info
 
     if smoke:
         height, width, repeats, macs = 64, 64, 1, False
@@ -485,7 +485,7 @@ def run_speed(preset: str = "nano_q3", models=(), overrides: dict | None = None,
               out_dir="out/eval_speed", smoke: bool = False) -> dict:
     """The notebook's entry point: `preset` and `models` timed, the report written to results_dir (smoke:
     out_dir/results/speed, never the committed results)."""
-    from ..notebook import output_dir
+    from ..paths import output_dir
 
     names = list(dict.fromkeys([preset, *models]))
     target = output_dir(results_dir, Path(out_dir) / "results" / "speed", smoke)

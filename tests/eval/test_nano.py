@@ -11,7 +11,7 @@ import torch
 
 from onedc_lib.config import load_config
 from onedc_lib.data import prepare
-from onedc_lib.eval import nano
+from onedc_lib.experiments import nano
 from onedc_lib.eval.sweep import nano_test_folder
 from onedc_lib.image_io import save_image
 from onedc_lib.weights import WeightsError, build_model, save_model

@@ -8,8 +8,10 @@ import torch
 
 from onedc_lib.anatomy import bitstream_anatomy
 from onedc_lib.figures import markdown_table, regenerate
-from onedc_lib.notebook import output_dir
-from onedc_lib.widgets import RateExplorer, available_models, load_demo_image
+from onedc_lib.paths import output_dir
+from onedc_lib.data.samples import load_demo_image
+from onedc_lib.weights import available_models
+from onedc_lib.widgets import RateExplorer
 
 
 def test_rate_ladder_orders_zonly_then_q1_up_and_marks_untrained():

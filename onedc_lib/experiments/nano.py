@@ -3,8 +3,8 @@ test photographs -> results/nano/ (per-image CSV and summary JSON per codec), th
 results/ (figures/rd_nano.png, figures/tables/rd_nano.*, bdrate_nano.* against JPEG, bdrate_onedc_nano.*: each
 OneDC curve against every classical codec on DISTS, LPIPS, PSNR and MS-SSIM).
 
-    python -m onedc_lib.eval.nano                        # = onedc eval-nano; resumable, one thread
-    python -m onedc_lib.eval.nano --only baselines       # the classical codecs only (no models needed)
+    python -m onedc_lib.experiments.nano                        # = onedc eval-nano; resumable, one thread
+    python -m onedc_lib.experiments.nano --only baselines       # the classical codecs only (no models needed)
     nano_results(models=["runs/q1/model", ...])          # model folders instead of the bundled models
 
 The evaluation is `sweep.rd_sweep("nano", ...)` (so notebook 20 with `images="nano"` writes the same files) and
@@ -23,7 +23,7 @@ import sys
 import warnings
 from pathlib import Path
 
-from .sweep import NANO_DATA
+from ..eval.sweep import NANO_DATA
 
 __all__ = ["FID_MIN_PATCHES", "nano_codecs", "nano_results"]
 
@@ -64,8 +64,8 @@ def nano_results(data_dir=NANO_DATA, results_dir="results", figures_dir="figures
 
     baselines: names (default all of eval.baselines.BASELINES; [] for none); models / onedc: the OneDC models
     (nano_codecs) / False for none. Bitstreams and reconstructions go to out_dir/runs/nano (not committed)."""
-    from .baselines import BASELINES
-    from .sweep import nano_test_folder, rd_sweep
+    from ..eval.baselines import BASELINES
+    from ..eval.sweep import nano_test_folder, rd_sweep
 
     nano_test_folder(data_dir)  # a clear error before any model is loaded
     codecs = nano_codecs(models) if onedc else []
@@ -131,7 +131,7 @@ def run_from_args(args: argparse.Namespace) -> int:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m onedc_lib.eval.nano", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m onedc_lib.experiments.nano", description=__doc__.split("\n")[0])
     add_arguments(parser)
     return run_from_args(parser.parse_args(argv))
 

@@ -85,7 +85,7 @@ def train_variants(preset: str, lmbdas, out_dir, *, variants=None, steps: int = 
 def bd_table(summaries: dict[str, dict], metrics=BD_METRICS, anchor: str = ANCHOR) -> list[dict]:
     """One row per variant other than the anchor: BD-rate (%) against the anchor on each metric (linear
     interpolation in log rate; None with the reason when a metric is missing or the curves do not overlap)."""
-    from .bdrate import bd_rate, higher_is_better
+    from ..eval.bdrate import bd_rate, higher_is_better
 
     if anchor not in summaries:
         raise ValueError(f"the anchor variant {anchor!r} was not evaluated")
@@ -120,7 +120,7 @@ def per_image_bd(summaries: dict[str, dict], results_dir, metrics=("dists", "lpi
     """BD-rate (%) of each variant against the anchor on every test image alone (each image's own curves, from
     the runner's per-image CSV rows): how much the pooled table depends on which few images were tested.
     One row per variant, metric and image; None where that image's curves do not overlap."""
-    from .bdrate import bd_rate, higher_is_better
+    from ..eval.bdrate import bd_rate, higher_is_better
 
     def rows(summary):
         with open(Path(results_dir) / summary["csv"], newline="") as f:
@@ -185,9 +185,9 @@ def guidance_ablation(preset: str, lmbdas, test_images, out_dir, results_dir, *,
     test_images: a folder, or "samples". smoke (CI): two stage-I steps on 64-px crops per model, one 64x96 test
     crop, the provisioned metrics only, no FID, everything under out_dir (results_dir untouched)."""
     from ..bitstream import atomic_write
-    from ..notebook import output_dir
-    from .runner import evaluate, git_commit, json_safe
-    from .sweep import _provisioned, dataset_folder
+    from ..paths import output_dir
+    from ..eval.runner import evaluate, git_commit, json_safe
+    from ..eval.sweep import _provisioned, dataset_folder
 
     started = time.perf_counter()
     _, test_folder = dataset_folder(test_images, out_dir, smoke=smoke)
