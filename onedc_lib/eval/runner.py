@@ -7,11 +7,23 @@
 
 Command line: `onedc eval --codec C --images DIR --out DIR [--metrics ...] [--no-fid]`.
 
+Protocols (`protocol=`): "ours" (default) and "release", the released OneDC's evaluation (spec section 8) for
+comparisons with the paper. Both compute the metrics alike: per image on the 8-bit reconstruction against the
+8-bit original (PSNR, MS-SSIM, LPIPS, DISTS as `metrics.PROTOCOL` says), FID/KID on 256-px patches on two grids
+(the second shifted by 128 px, only where both sides are >= 384; the patch counts in each point's `fid_kid`).
+They differ in the rate: "ours" divides our file's bytes by the pixels; "release" the bits of the file that the
+release writes for the same image (its 16-byte header, its y stream coded with its tables, z:
+`OneDC.release_bits`), and for the z-only model z's bits alone (the release writes no file for it and counts 14
+bits per 64x64 block). Under "release" the CSV has `release_bits` and `bpp_file` (our file, as "ours" counts it)
+beside `bpp`, which is the release's; a classical codec's file is counted whole under both.
+
 Codecs (`codec_spec`):
 
-    onedc:<models>   comma-separated bundled model names, presets (seeded random weights, marked untrained) or
-                     model folders (`onedc_lib.weights.load_model`); plain `onedc` is the default model. Each
-                     model is one rate point; real `.odc` files are written and read back.
+    onedc:<models>   comma-separated bundled model names, presets (seeded random weights, marked untrained),
+                     model folders (`onedc_lib.weights.load_model`) or release checkpoint folders (model.safetensors
+                     + model_1.safetensors; `vae=` the SD-2.1 VAE folder, `zonly=` the folders of the z-only
+                     model); plain `onedc` is the default model. Each model is one rate point; real `.odc` files
+                     are written and read back.
     jpeg webp avif jxl hevc   `onedc_lib.eval.baselines.BASELINES`, every quality of its sweep (or `qualities=`).
 
 Written under `out_dir` (CSV and JSON under `results_dir` when given), with `<tag>` = `jpeg`, `onedc-nano_q3`, ...:
@@ -62,11 +74,17 @@ TIME_COLUMNS = ("enc_s", "dec_s")
 CSV_COLUMNS = (*FIXED_COLUMNS, "psnr", "ms_ssim", "lpips", "dists", *TIME_COLUMNS)  # with all four metrics
 DEFAULT_METRICS = ("psnr", "ms_ssim", "lpips", "dists")
 SUMMARY_FORMAT = 1
+PROTOCOLS = ("ours", "release")
+RELEASE_COLUMNS = ("release_bits", "bpp_file")  # the "release" protocol's, after FIXED_COLUMNS
 FID_MIN_PATCHES = 2  # metrics.PatchFIDKID's minimum
 
 PROTOCOL_NOTES = {
     "bpp": "8 * bytes of the whole written file / original pixels (H * W); payload_bytes beside it for codecs "
            "with a container (HEIF/AVIF boxes), never instead of it",
+    "bpp_release": "protocol 'release': bits of the file the released OneDC writes (16-byte header, y coded with "
+                   "its tables and its float32 scale -> index map, z) / original pixels; the z-only model: 14 bits "
+                   "per 64x64 block of z alone (the release writes no file); classical codecs: the whole file; "
+                   "bpp_file beside it is our file's",
     "reference": "each image loaded with onedc_lib.image_io.load_image and rounded to 8-bit RGB; codecs encode "
                  "that 8-bit image and every metric compares against it",
     "means": "a point's metric is the mean over its images of the per-image values; null when any image lacks "
@@ -125,12 +143,15 @@ class _Baseline(_Codec):
     def payload_bytes(self, data: bytes) -> int:
         return self.codec.payload_bytes(data)
 
+    def release_bits(self, rate, image: np.ndarray, data: bytes) -> int:
+        return 8 * len(data)  # a classical codec's file is the same file under both protocols
+
 
 class _OneDC(_Codec):
-    def __init__(self, spec: str, models: str, device):
+    def __init__(self, spec: str, models: str, device, vae=None, zonly=()):
         import torch
 
-        from ..weights import DEFAULT_MODEL, load_model
+        from ..weights import DEFAULT_MODEL
 
         names = [m.strip() for m in (models or DEFAULT_MODEL).split(",")]
         if not all(names):
@@ -139,7 +160,7 @@ class _OneDC(_Codec):
         for name in names:
             with warnings.catch_warnings(record=True) as record:
                 warnings.simplefilter("always")
-                model = load_model(name).to(device)
+                model = _load_model(name, vae, zonly).to(device)
             caught += [str(w.message) for w in record]
             rate = _model_label(name)
             if rate in self.models:
@@ -171,6 +192,22 @@ class _OneDC(_Codec):
     def payload_bytes(self, data: bytes) -> int:
         return len(data)
 
+    def release_bits(self, rate, image: np.ndarray, data: bytes) -> int:
+        x = self.torch.from_numpy(image).permute(2, 0, 1)[None].float().div(255)
+        return self.models[rate].release_bits(x)
+
+
+def _load_model(name: str, vae=None, zonly=()):
+    """A release checkpoint folder (no config.json; its two safetensors files) with `vae`, as the z-only model when
+    it is among `zonly` (its layout is a y model's); anything else through weights.load_model."""
+    from ..weights import load_model, load_release_checkpoint
+
+    folder = Path(name)
+    if folder.is_dir() and not (folder / "config.json").is_file() and (folder / "model_1.safetensors").is_file():
+        z_only = any(Path(z).resolve() == folder.resolve() for z in zonly)
+        return load_release_checkpoint(folder, vae, preset="sd15_zonly" if z_only else "sd15")
+    return load_model(name)
+
 
 def _model_label(name: str) -> str:
     """A bundled name or preset as it is; a folder by its name, a training run's OUT/model by its run's name."""
@@ -181,8 +218,9 @@ def _model_label(name: str) -> str:
     return path.parent.name if path.name == "model" and (path.parent / "log.csv").is_file() else path.name
 
 
-def parse_codec(codec_spec: str, qualities=None, device="cpu") -> _Codec:
-    """`onedc[:<models>]` or a baseline name -> the codec object the runner uses (models are loaded here)."""
+def parse_codec(codec_spec: str, qualities=None, device="cpu", vae=None, zonly=()) -> _Codec:
+    """`onedc[:<models>]` or a baseline name -> the codec object the runner uses (models are loaded here);
+    vae / zonly: for release checkpoint folders (module docstring)."""
     from .baselines import BASELINES
 
     spec = codec_spec.strip()
@@ -190,7 +228,7 @@ def parse_codec(codec_spec: str, qualities=None, device="cpu") -> _Codec:
         if qualities is not None:
             raise ValueError("qualities= applies to the baselines; a OneDC sweep is a list of models "
                              "(onedc:<model>,<model>,...)")
-        return _OneDC(spec, spec.partition(":")[2], device)
+        return _OneDC(spec, spec.partition(":")[2], device, vae, zonly)
     if spec.lower() in BASELINES:
         return _Baseline(spec.lower(), qualities)
     raise ValueError(f"unknown codec {codec_spec!r}: one of onedc:<model or path>, {', '.join(BASELINES)}")
@@ -261,9 +299,12 @@ def _csv_text(columns, rows) -> str:
 
 def _parse_row(row: dict, metrics) -> dict:
     out = dict(row)
-    for key in ("height", "width", "bytes", "payload_bytes"):
-        out[key] = int(row[key])
-    for key in ("bpp", *metrics, *TIME_COLUMNS):
+    for key in ("height", "width", "bytes", "payload_bytes", "release_bits"):
+        if key in row:
+            out[key] = int(row[key])
+    for key in ("bpp", "bpp_file", *metrics, *TIME_COLUMNS):
+        if key not in row:
+            continue
         out[key] = None if row.get(key, "") == "" else float(row[key])
     return out
 
@@ -364,18 +405,18 @@ def cpu_name() -> str | None:
     return platform.processor() or None
 
 
-def _protocol(metrics, fid: bool, fid_min_patches: int, image_metrics, fid_features, cache_dir) -> dict:
+def _protocol(name: str, metrics, fid: bool, fid_min_patches: int, image_metrics, fid_features, cache_dir) -> dict:
     from . import metrics as M
     from .backbones import read_manifest
 
-    protocol = {key: M.PROTOCOL[key] for key in ("images", *metrics)}
+    protocol = {"name": name, **{key: M.PROTOCOL[key] for key in ("images", *metrics)}}
     if fid:
         protocol["fid_kid"] = M.PROTOCOL["fid_kid"]
     protocol["patch_grid"] = {"patch": M.PATCH, "grid1": "non-overlapping from (0, 0), remainders dropped",
                               "grid2_offset": M.GRID2_OFFSET, "grid2_min_side": M.GRID2_MIN_SIDE,
                               "fid_min_patches": max(fid_min_patches, 2), "kid_subset_size": M.KID_SUBSET_SIZE,
                               "kid_subsets": M.KID_SUBSETS}
-    protocol.update(PROTOCOL_NOTES)
+    protocol.update({k: v for k, v in PROTOCOL_NOTES.items() if k != "bpp_release" or name == "release"})
     protocol["packages"] = {"lpips": _package_version("lpips"), "DISTS_pytorch": _package_version("DISTS-pytorch"),
                             "pytorch_msssim": _package_version("pytorch-msssim"),
                             "clean-fid": _package_version("clean-fid"), "scipy": _package_version("scipy")}
@@ -421,6 +462,8 @@ class _ReferenceCache:
 def _mean_point(rows: list[dict], metrics, n_images: int) -> dict:
     point = {"bpp": float(np.mean([r["bpp"] for r in rows])), "bytes": float(np.mean([r["bytes"] for r in rows])),
              "payload_bytes": float(np.mean([r["payload_bytes"] for r in rows]))}
+    if rows and "bpp_file" in rows[0]:
+        point["bpp_file"] = float(np.mean([r["bpp_file"] for r in rows]))
     for name in metrics:
         values = [r[name] for r in rows]
         missing = sum(v is None for v in values)
@@ -444,7 +487,7 @@ def _mean_point(rows: list[dict], metrics, n_images: int) -> dict:
 def evaluate(codec_spec: str, images_dir, out_dir, metrics=DEFAULT_METRICS, fid: bool = True, device="cpu",
              qualities=None, results_dir=None, resume: bool = True, progress: bool = True, cache_dir=None,
              metric_weights: dict | None = None, fid_min_patches: int = FID_MIN_PATCHES,
-             command: str | None = None) -> dict:
+             command: str | None = None, protocol: str = "ours", vae=None, zonly=()) -> dict:
     """Evaluates one codec on every image of `images_dir`; writes files, reconstructions, CSV and summary JSON
     (see the module docstring) and returns the summary.
 
@@ -455,7 +498,8 @@ def evaluate(codec_spec: str, images_dir, out_dir, metrics=DEFAULT_METRICS, fid:
     "inception": path}); fid_min_patches: FID/KID are reported missing (and not computed: each FID costs a
     2048 x 2048 matrix square root, about a minute on one CPU core) when the images give fewer 256-px patches
     (default 2, the protocol's own minimum; KID needs metrics.KID_SUBSET_SIZE in any case);
-    command: the command line recorded in the summary.
+    command: the command line recorded in the summary; protocol: "ours" or "release" (how bpp is counted, see
+    the module docstring); vae, zonly: for release checkpoint folders among the models.
     """
     from tqdm import tqdm
 
@@ -467,15 +511,17 @@ def evaluate(codec_spec: str, images_dir, out_dir, metrics=DEFAULT_METRICS, fid:
     unknown = set(metrics) - set(DEFAULT_METRICS)
     if unknown:
         raise ValueError(f"unknown metrics {sorted(unknown)}; available: {', '.join(DEFAULT_METRICS)}")
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"unknown protocol {protocol!r}: one of {', '.join(PROTOCOLS)}")
     images = list_images(images_dir)
-    codec = parse_codec(codec_spec, qualities, device)
+    codec = parse_codec(codec_spec, qualities, device, vae, zonly)
     out_dir = Path(out_dir)
     results_dir = Path(results_dir) if results_dir is not None else out_dir
     files_dir, recon_dir = out_dir / codec.tag / "files", out_dir / codec.tag / "recon"
     for folder in (results_dir, files_dir, recon_dir):
         folder.mkdir(parents=True, exist_ok=True)
     csv_path, json_path = results_dir / f"{codec.tag}.csv", results_dir / f"{codec.tag}.json"
-    columns = (*FIXED_COLUMNS, *metrics, *TIME_COLUMNS)
+    columns = (*FIXED_COLUMNS, *(RELEASE_COLUMNS if protocol == "release" else ()), *metrics, *TIME_COLUMNS)
 
     # Metric networks first: missing weights fail before any encoding.
     image_metrics = M.ImageMetrics(metrics, metric_weights, cache_dir, device) if metrics else None
@@ -515,7 +561,7 @@ def evaluate(codec_spec: str, images_dir, out_dir, metrics=DEFAULT_METRICS, fid:
                         codec.decode(rate, codec.encode(rate, reference, caption))
                         warmed.add(warm_key)
                     row, reconstruction = _run_one(codec, rate, name, reference, bitstream_path, recon_path,
-                                                   image_metrics, out_dir, caption)
+                                                   image_metrics, out_dir, caption, protocol)
                 rows[(str(rate), name)] = row
                 if fid_active:
                     accumulators[str(rate)].add(reference, reconstruction, name)
@@ -552,7 +598,7 @@ def evaluate(codec_spec: str, images_dir, out_dir, metrics=DEFAULT_METRICS, fid:
                    "sha256": {n: _sha256(p) for n, p in images}},
         "metrics": list(metrics),
         "points": points,
-        "protocol": _protocol(metrics, fid, fid_min_patches, image_metrics, fid_features, cache_dir),
+        "protocol": _protocol(protocol, metrics, fid, fid_min_patches, image_metrics, fid_features, cache_dir),
         "versions": _versions(codec),
         "device": _device_info(device),
         "git_commit": git_commit(),
@@ -598,7 +644,7 @@ def _reusable(row, reference, bitstream_path: Path, recon_path: Path, fid: bool)
 
 
 def _run_one(codec: _Codec, rate, name: str, reference: np.ndarray, bitstream_path: Path, recon_path: Path,
-             image_metrics, out_dir: Path, caption: str = "") -> tuple[dict, np.ndarray]:
+             image_metrics, out_dir: Path, caption: str = "", protocol: str = "ours") -> tuple[dict, np.ndarray]:
     from ..bitstream import read_bytes
 
     t0 = time.perf_counter()
@@ -621,6 +667,9 @@ def _run_one(codec: _Codec, rate, name: str, reference: np.ndarray, bitstream_pa
     row = {"codec": codec.tag, "rate": rate, "name": name, "file": os.path.relpath(bitstream_path, out_dir),
            "height": height, "width": width, "bytes": num_bytes, "payload_bytes": codec.payload_bytes(stored),
            "bpp": 8.0 * num_bytes / (height * width), "enc_s": enc_s, "dec_s": dec_s}
+    if protocol == "release":  # computed after the timings, never inside them
+        row["release_bits"] = codec.release_bits(rate, reference, stored)
+        row["bpp_file"], row["bpp"] = row["bpp"], row["release_bits"] / (height * width)
     row.update({k: v for k, v in values.items() if k not in ("height", "width")})
     return row, reconstruction
 

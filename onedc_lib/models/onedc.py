@@ -275,18 +275,9 @@ class OneDC(nn.Module):
         if self.text_guided and not isinstance(caption, str):
             raise ValueError(f"{self.config.name} is text-guided: pass the image's caption (a str), not {caption!r}")
         h, w = x.shape[-2:]
-        bitstream.check_image_size(h, w)
-        xp = pad_to_multiple(x.to(self._device, torch.float32))
-        cond = self.encode_latents(xp)
-        y, sem = self.codec.analysis(xp * 2 - 1, cond)
-        z = self.codec.hyper_analysis(y, sem)
-        _, z_indices = self.codec.quantize_z(z)
+        z_indices, enc = self._entropy_inputs(x)
         sections = [bitstream.Section("z", release_format.pack_z(z_indices.cpu().numpy()))]
-        if not self.config.codec.z_only:
-            with self._float64_entropy_path():
-                z_hat = self.codec.z_from_indices(z_indices).to(torch.float64)
-                params, _ = self.codec.hyper_synthesis(z_hat)
-                enc = self.codec.encode_steps(y.to(torch.float64), params)
+        if enc is not None:
             symbols = np.concatenate([s.cpu().numpy().astype(np.int32).reshape(-1) for s in enc.symbols])
             indexes = np.concatenate([self.tables.scale_to_index(s.cpu()).numpy().reshape(-1) for s in enc.scales])
             segments = [s.numel() for s in enc.symbols]
@@ -301,6 +292,34 @@ class OneDC(nn.Module):
             sections.append(bitstream.Section(UNTRAINED_NOTE, note.encode()))
         container = bitstream.Container(self.model_id, self.tables.table_hash, h, w, tuple(sections))
         return CompressedImage(container)
+
+    def _entropy_inputs(self, x: torch.Tensor):
+        """(z indices, the prior's steps with y's symbols and scales, or None for the z-only model) of an image."""
+        bitstream.check_image_size(*x.shape[-2:])
+        xp = pad_to_multiple(x.to(self._device, torch.float32))
+        cond = self.encode_latents(xp)
+        y, sem = self.codec.analysis(xp * 2 - 1, cond)
+        z = self.codec.hyper_analysis(y, sem)
+        _, z_indices = self.codec.quantize_z(z)
+        if self.config.codec.z_only:
+            return z_indices, None
+        with self._float64_entropy_path():
+            z_hat = self.codec.z_from_indices(z_indices).to(torch.float64)
+            params, _ = self.codec.hyper_synthesis(z_hat)
+            return z_indices, self.codec.encode_steps(y.to(torch.float64), params)
+
+    @torch.no_grad()
+    def release_bits(self, x: torch.Tensor) -> int:
+        """Bits that the released OneDC counts for x (spec section 8: its bpp is these over the original pixels):
+        its file, i.e. its 16-byte header, its y stream (its tables, its scale -> index map on the float32 scales,
+        its coder) and z; for the z-only model z's 14 bits per block alone (the release writes no file for it)."""
+        z_indices, enc = self._entropy_inputs(x)
+        if enc is None:
+            return release_format.Z_BITS * z_indices.numel()
+        symbols = np.concatenate([s.cpu().numpy().reshape(-1) for s in enc.symbols])
+        indexes = release_format.release_index(np.concatenate([s.cpu().numpy().reshape(-1) for s in enc.scales]))
+        y_stream = release_format.encode_y(symbols, indexes)
+        return 8 * (release_format.HEADER.size + len(y_stream) + release_format.z_bytes(z_indices.numel()))
 
     @torch.no_grad()
     def decompress(self, compressed: CompressedImage | bitstream.Container | bytes) -> torch.Tensor:
