@@ -2,7 +2,7 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: setup demo test bench figures notebooks
+.PHONY: setup demo test sanitize bench figures notebooks
 setup: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml setup.py $(wildcard cpp_coder/*.cpp cpp_coder/*.h)
@@ -18,6 +18,11 @@ demo: setup
 
 test: setup
 	$(PY) -m pytest -q
+
+# The coder built with AddressSanitizer + UndefinedBehaviorSanitizer (in build/sanitize/, this checkout's build
+# stays), its tests and short fuzz runs of the stream decoders and the container parser against it (.ci/sanitize).
+sanitize: setup
+	.ci/sanitize
 
 bench: setup
 	$(PY) benchmarks/entropy_coder.py --json results/bench_entropy_coder.json
