@@ -1,4 +1,5 @@
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -33,9 +34,13 @@ def no_bundled_models(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def compat_dir() -> Path:
-    """The compatibility data beside the checkout (../shared/compat); tests that need it skip without it."""
+    """The compatibility data beside the checkout (../shared/compat); tests that need it skip without it, or fail
+    when ONEDC_REQUIRE_COMPAT is set (.ci/run sets it: CI must not pass with its oracles skipped)."""
     if not (COMPAT_DIR / "index.json").is_file():
-        pytest.skip(f"compatibility data not found at {COMPAT_DIR}")
+        reason = f"compatibility data not found at {COMPAT_DIR}"
+        if os.environ.get("ONEDC_REQUIRE_COMPAT"):
+            pytest.fail(f"ONEDC_REQUIRE_COMPAT is set but {reason}", pytrace=False)
+        pytest.skip(reason)
     return COMPAT_DIR
 
 
@@ -75,11 +80,13 @@ def run_fuzz_harness(tmp_path):
     the checkout. A forked child inherits the peak RSS of this (torch-loaded) pytest process, which libFuzzer's
     default 2 GB limit would count as its own, so the limit is raised above that baseline.
     """
-    import os
+    import importlib.util
     import re
     import subprocess
     import sys
 
+    if importlib.util.find_spec("atheris") is None:  # a test dependency: missing fails, never skips
+        pytest.fail("atheris is not installed (pip install -e '.[test]')", pytrace=False)
     repo = Path(__file__).resolve().parents[1]
 
     def run(name: str, seconds: int = 4) -> int:

@@ -3,13 +3,12 @@ curves with a known offset, overlap handling, errors, and loading RD points from
 import json
 import warnings
 
+import bjontegaard
 import numpy as np
 import pytest
 
 from onedc_lib.eval.bdrate import (METHODS, bd_metric, bd_rate, higher_is_better, load_curve,
                                    load_rd_points)
-
-bjontegaard = pytest.importorskip("bjontegaard")
 
 TOLERANCE_PP = 0.1  # the bar (percentage points); the two agree to ~1e-9 in practice
 
