@@ -3,6 +3,14 @@ colour photographs that scikit-image ships.
 
     python -m onedc_lib.data.prepare --out out/nano_data        (or: onedc prepare --out out/nano_data)
 
+Packages: the system release's wallpaper packages (SYSTEM_PACKAGES, whatever version it has) and packages of
+other Debian releases pinned by version and .deb sha256 (PINNED_PACKAGES: Enlightenment themes, Budgie, LXQt and
+GNOME backgrounds), fetched under a private APT configuration that names the system's own mirror with the other
+release's suite (debian_release.py; the system's APT state is not touched). A pinned package's wallpapers are the
+files its `pictures` patterns name; an Enlightenment .edj theme counts as the largest JPEG stream inside it
+(embedded_jpeg.py). Licences a package states outside its copyright file (a per-file AUTHORS list, a License file
+beside the wallpapers) are recorded from that file (LicenseNote, `license_file` in the manifest).
+
 Steps: `apt-get download` each package (nothing is installed; the .deb files are kept in OUT/.cache/debs),
 `dpkg-deb -x` into a temporary folder, read the package's DEP-5 `usr/share/doc/<pkg>/copyright` and give each
 image the licence and copyright holder of the last `Files:` paragraph that matches it (a glob matches the
@@ -12,10 +20,13 @@ metadata.json, recorded beside it. Images are left out when their licence is unc
 not free (NC / ND or unknown), when they are renders or drawings rather than photographs (NOT_PHOTOGRAPHS; kept
 with --include-renders), when they are another size of an image already taken (Plasma ships several), or when
 they are near-duplicates of one. Each photograph becomes a PNG whose short side is `short_side` (512; images
-already smaller keep their size, nothing is upscaled), in OUT/<split>/<package>__<name>.png.
+already smaller keep their size, nothing is upscaled), in OUT/<split>/<package>__<name>.png. A JPEG of a pinned
+package is averaged by area to at most half its size (JPEG_MIN_REDUCTION), so that its compression artefacts
+fall below a pixel; the system packages' images keep the Lanczos resize they were first made with.
 
 The split is fixed by the source image: sha256(source id) mod 10 gives 0-7 train, 8 val, 9 test, so no crop of a
-test image can ever be in training. scikit-image's photographs always go to test: they are the demo's images.
+test image can ever be in training. scikit-image's photographs always go to test: they are the demo's images;
+so do TEST_PHOTOGRAPHS, chosen for variety (people, food, animals, interiors, cities).
 
 OUT/manifest.json lists every file (source package and version, original path and size, size, sha256 of the PNG
 and of its pixels, licence, copyright, split) and every exclusion with its reason. It is rewritten atomically
@@ -36,20 +47,26 @@ import shutil
 import subprocess
 import sys
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Sequence
 
 from onedc_lib.bitstream import atomic_write
 
+from .debian_release import FetchError, fetch_from_release, file_sha256
+from .embedded_jpeg import largest_embedded_jpeg
+
 REFERENCE_MANIFEST = Path(__file__).with_name("nano_manifest.json")
 MANIFEST_FORMAT = "onedc-nano-data/1"
-DEFAULT_PACKAGES = ("lomiri-wallpapers", "lomiri-wallpapers-16.04", "lomiri-wallpapers-20.04", "mate-backgrounds",
-                    "plasma-workspace-wallpapers")
-SPLIT_RULE = "sha256(source id) mod 10: 0-7 train, 8 val, 9 test; scikit-image samples: test"
-FORCED_SPLITS = {"scikit-image/*": "test"}  # the demo's photographs never train the shipped model
+SYSTEM_PACKAGES = ("lomiri-wallpapers", "lomiri-wallpapers-16.04", "lomiri-wallpapers-20.04", "mate-backgrounds",
+                   "plasma-workspace-wallpapers")  # from the system's own release, whatever version it has
+SPLIT_RULE = ("sha256(source id) mod 10: 0-7 train, 8 val, 9 test; scikit-image samples and the photographs of "
+              "TEST_PHOTOGRAPHS: test")
 SPLITS = ("train", "val", "test")
 RASTER_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
+THEME_SUFFIX = ".edj"  # an Enlightenment theme: its picture is the largest JPEG stream inside
+JPEG_SUFFIXES = {".jpg", ".jpeg", THEME_SUFFIX}
+JPEG_MIN_REDUCTION = 2  # pinned packages' JPEGs shrink at least this much, by area (block artefacts fade)
 
 # Wallpapers of these packages that are renders, drawings or logos, not photographs (looked at one by one in
 # the bookworm versions: lomiri-wallpapers 20.04.0-2, mate-backgrounds 1.26.0-1, plasma-workspace-wallpapers
@@ -62,7 +79,99 @@ NOT_PHOTOGRAPHS = {
     "plasma-workspace-wallpapers": [f"*/wallpapers/{name}/*" for name in (
         "Altai", "Autumn", "Canopee", "Cascade", "Cluster", "Elarun", "Flow", "FlyingKonqui", "Honeywave",
         "IceCold", "Kay", "Kokkini", "MilkyWay", "Opal", "PastelHills", "Patak", "SafeLanding", "Shell", "Volna")],
+    # packages of other releases (PINNED_PACKAGES), keyed by label; looked at one by one in the pinned versions
+    "enlightenment-data-0.24": ["*/Dark_Gradient.edj", "*/Light_Gradient.edj", "*/Pattern_*.edj",
+                                "*/Grassy.edj"],  # gradients and patterns; Grassy is a thin tiling strip
+    "enlightenment-data-0.25": ["*/Dunes.edj", "*/Flat-*.edj", "*/Paper-Flower.edj", "*/Squiggle*.edj",
+                                "*/Sunset-Hills.edj"],  # drawings, textures and a graded render
+    "budgie-backgrounds": ["*/ocean-waves.jpg", "*/saturnian-profile.jpg", "*/valley-midnight.jpg",
+                           "*/waves-midnight.jpg"],  # a print, a mostly black space composite, two drawings
+    "lxqt-themes": ["*/kde-plasma.png", "*/lxqt-origami-green.png", "*/origami-*.png", "*/plasma-logo-*.png",
+                    "*/plasma_arch.png", "*/simple_blue_widescreen.png", "*/triangles*.png", "*/waves-logo.png",
+                    "*/waves-purple-logo.jpg"],  # logos and drawn backgrounds
+    "gnome-backgrounds": ["*/Acrylic.jpg", "*/Endless-shapes.jpg", "*/Stripes.jpg", "*/Symbolics-*.jpg",
+                          "*/Wood.jpg", "*/adwaita-*.jpg", "*/VNC.png"],  # a painting, renders, a plain colour
 }
+
+
+@dataclass(frozen=True)
+class LicenseNote:
+    """A licence that a package states outside its machine-readable copyright file (a per-file list, a License
+    file beside the pictures); for the files it matches it wins over the copyright file's paragraphs."""
+
+    pattern: str  # fnmatch pattern on the installed path
+    license: str
+    copyright: str
+    evidence: str  # the installed file that says so
+
+
+@dataclass(frozen=True)
+class PinnedPackage:
+    """A package of a given Debian release (fetched under a private APT configuration, checked by sha256)."""
+
+    name: str
+    version: str
+    suite: str
+    sha256: str  # of the .deb
+    label: str  # the source name in ids and file names (two releases of one package need two)
+    pictures: tuple[str, ...]  # fnmatch patterns of the installed files that are wallpapers; nothing else is read
+    licenses: tuple[LicenseNote, ...] = ()
+
+
+_GNOME_AUTHORS = "usr/share/doc/gnome-backgrounds/AUTHORS"
+_LXQT_LICENSE = "usr/share/lxqt/wallpapers/License"
+_LXQT = "2022 LXQt Project Team"
+PINNED_PACKAGES = (
+    PinnedPackage("enlightenment-data", "0.24.2-8+deb11u1", "bullseye",
+                  "5545803a4f1a4ac8ef564ab724aee9fda24632ca4ea4bd7b46dc3aaee66cbf0e", "enlightenment-data-0.24",
+                  ("usr/share/enlightenment/data/backgrounds/*.edj",)),
+    PinnedPackage("enlightenment-data", "0.25.4-2", "bookworm",
+                  "205df83b80b3a999757b07d7ad1908332c96c6edae559548346bc8af4f292bef", "enlightenment-data-0.25",
+                  ("usr/share/enlightenment/data/backgrounds/*.edj",)),
+    PinnedPackage("budgie-backgrounds", "3.0-1", "trixie",
+                  "b91c2d5209558bc11d8d3a161f22a608857e3f8c735980cfab0d6650b03014ca", "budgie-backgrounds",
+                  ("usr/share/backgrounds/budgie/*",)),
+    PinnedPackage("lxqt-themes", "1.2.0-1", "bookworm",
+                  "d518df36b515b09d36cb00b12645dd8ce170bb82bb0966297741905ce3edc8e1", "lxqt-themes",
+                  ("usr/share/lxqt/wallpapers/*",), tuple(
+                      LicenseNote(f"*/wallpapers/{name}", "CC-BY-SA-3.0", f"{_LXQT}; photograph: stefonarch",
+                                  _LXQT_LICENSE)
+                      for name in ("beam.png", "flowers.png", "butterfly.png", "fog.jpg", "this-is-not-windows.jpg",
+                                   "appleflower.png", "after-the-rain.jpg", "drop.png"))
+                  + (LicenseNote("*/wallpapers/*", "CC-BY-SA-3.0", _LXQT, _LXQT_LICENSE),)),
+    PinnedPackage("gnome-backgrounds", "3.38.0-1", "bullseye",
+                  "76d8a4c52e5f346d9cb08bc8a1f58ad443d2bae211721af8a7248457c7a520e8", "gnome-backgrounds",
+                  ("usr/share/backgrounds/gnome/*",), tuple(
+                      LicenseNote(f"*/gnome/{name}", license_name, holder, _GNOME_AUTHORS)
+                      for name, license_name, holder in (
+                          ("Dark_Ivy.jpg", "CC-BY-SA-3.0", "2012 Garrett LeSage"),
+                          ("LightWaves.jpg", "CC0", "Skitterphoto (Pexels)"),
+                          ("Road.jpg", "CC0", "Joshua Welch (Pexels)"),
+                          ("ColdWarm.jpg", "CC0", "invisiblepower (Pexels)"),
+                          ("SeaSunset.jpg", "CC0", "Sebastian Voortman (Pexels)"),
+                          ("Acrylic.jpg", "CC0", "Steve Johnson (Pexels)"),
+                          ("adwaita-*.jpg", "CC-BY-SA-3.0", "2011-2020 Jakub Steiner"),
+                          ("Symbolics-*.jpg", "CC-BY-SA-3.0", "2011-2020 Jakub Steiner"),
+                          ("Endless-shapes.jpg", "CC-BY-SA-3.0", "2011-2020 Jakub Steiner"),
+                          ("Stripes.jpg", "CC-BY-SA-3.0", "2011-2020 Jakub Steiner"),
+                          ("Wood.jpg", "CC-BY-SA-3.0", "2011-2020 Jakub Steiner")))),
+)
+DEFAULT_PACKAGES = SYSTEM_PACKAGES + PINNED_PACKAGES
+
+# Test photographs of the pinned packages, chosen by eye for variety (people, food, animals, interiors, cities,
+# besides landscapes and flowers); the others follow the hash rule.
+TEST_PHOTOGRAPHS = (
+    *(f"enlightenment-data-0.24/{n}" for n in ("Train", "Temple", "Ramen", "Go_Away", "Light", "Wall_Lanterns",
+                                               "Colorful_Roses", "Ocean_Beach", "Whiterock")),
+    *(f"budgie-backgrounds/{n}" for n in ("oakland-zoo-otters", "perched-osprey", "beacon-street-sunset",
+                                          "singaporean-cityscape", "roman-colosseum", "casa-mila",
+                                          "extreme-desert-hike", "lake-sherburne")),
+    "lxqt-themes/butterfly", "lxqt-themes/fog", "lxqt-themes/Valendas",
+    "gnome-backgrounds/Road", "gnome-backgrounds/SeaSunset",
+    "enlightenment-data-0.25/Snow-Trees", "enlightenment-data-0.25/Yellow-Flower", "enlightenment-data-0.25/Mountain",
+)
+FORCED_SPLITS = {"scikit-image/*": "test",  # the demo's photographs never train the shipped model
+                 **{source_id: "test" for source_id in TEST_PHOTOGRAPHS}}
 
 _FREE = re.compile(r"^(cc0|cc-by(-sa)?|public[- ]domain|pd|l?gpl|agpl|lgplv?\d|gplv?\d|expat|mit|bsd|apache|zlib|isc|"
                    r"unlicense|artistic|mpl|ofl|wtfpl|fal|free-art)", re.I)
@@ -183,6 +292,15 @@ class PackageSource:
     version: str
     root: Path
     deb_sha256: str | None = None
+    label: str = ""  # the source name in ids and file names; empty: the package name
+    pictures: tuple[str, ...] = ()  # fnmatch patterns of the wallpapers; empty: every raster image
+    licenses: tuple[LicenseNote, ...] = ()
+    jpeg_reduction: int = 1  # JPEG originals shrink at least this much, by area (1: Lanczos to the size)
+    suite: str | None = None  # the Debian release it came from, when not the system's
+
+    @property
+    def source_name(self) -> str:
+        return self.label or self.name
 
 
 @dataclass
@@ -196,6 +314,8 @@ class Candidate:
     copyright: str = ""
     upstream_license: str | None = None
     upstream_author: str | None = None
+    license_file: str | None = None  # where the licence is stated, when not in the copyright file
+    jpeg_reduction: int = 1
     kind: str = "photograph"
     excluded: list[str] = field(default_factory=list)
     array: object = None  # an [H, W, 3] uint8 array instead of a file
@@ -213,20 +333,33 @@ def split_of(source_id: str) -> str:
     return "train" if bucket < 8 else "val" if bucket == 8 else "test"
 
 
-def _header_size(path: Path) -> tuple[int, int]:
-    """(width, height) as displayed (EXIF orientation applied), from the header only."""
+def _open_original(path: Path):
+    """The picture in `path` as a PIL image (an .edj theme: the largest JPEG stream inside it)."""
     from PIL import Image
 
-    with Image.open(path) as image:
+    if path.suffix.lower() == THEME_SUFFIX:
+        data = largest_embedded_jpeg(path)
+        if data is None:
+            raise ValueError(f"{path.name} holds no JPEG picture")
+        return Image.open(io.BytesIO(data))
+    return Image.open(path)
+
+
+def _header_size(path: Path) -> tuple[int, int]:
+    """(width, height) as displayed (EXIF orientation applied), from the header only."""
+    with _open_original(path) as image:
         width, height = image.size
         orientation = image.getexif().get(0x0112, 1)
     return (height, width) if orientation in (5, 6, 7, 8) else (width, height)
 
 
 def package_candidates(package: PackageSource) -> list[Candidate]:
-    """Every raster image the package installs (outside usr/share/doc), one per source image, with its licence
-    and exclusion reasons; Plasma's several sizes of one wallpaper become the largest one."""
+    """Every raster image the package installs (outside usr/share/doc; only its `pictures` when it names them),
+    one per source image, with its licence and exclusion reasons; Plasma's several sizes of one wallpaper become
+    the largest one. An .edj theme counts as the JPEG picture it holds."""
     root = package.root
+    source = package.source_name
+    suffixes = RASTER_SUFFIXES | {THEME_SUFFIX}
     copyright_file = root / "usr/share/doc" / package.name / "copyright"
     paragraphs = parse_dep5(copyright_file.read_text(encoding="utf-8", errors="replace")) \
         if copyright_file.is_file() else []
@@ -235,13 +368,15 @@ def package_candidates(package: PackageSource) -> list[Candidate]:
     # links are other names of a file of the package (Plasma links each screen size to one image): not images
     for path in sorted(p for p in root.rglob("*") if p.is_file() and not p.is_symlink()):
         rel = path.relative_to(root).as_posix()
-        if rel.startswith("usr/share/doc/") or path.suffix.lower() not in RASTER_SUFFIXES:
+        if rel.startswith("usr/share/doc/") or path.suffix.lower() not in suffixes:
+            continue
+        if package.pictures and not any(fnmatch.fnmatchcase(rel, pattern) for pattern in package.pictures):
             continue
         match = re.search(r"/wallpapers/([^/]+)/contents/(.+)$", rel)
         if match:
             name, inner = match.groups()
             if not inner.startswith("images/"):  # screenshot.png (a preview), images_dark/ (a variant)
-                extra.append(Candidate(package.name, package.version, name, rel, path,
+                extra.append(Candidate(source, package.version, name, rel, path,
                                        excluded=["variant or preview of another image"]))
                 continue
         else:
@@ -259,12 +394,19 @@ def package_candidates(package: PackageSource) -> list[Candidate]:
         best = max(paths, key=lambda p: (sizes[p], p.name))
         for p in paths:
             if p is not best:
-                extra.append(Candidate(package.name, package.version, name, p.relative_to(root).as_posix(), p,
+                extra.append(Candidate(source, package.version, name, p.relative_to(root).as_posix(), p,
                                        excluded=[f"another size of {best.relative_to(root).as_posix()}"]))
-        candidates.append(Candidate(package.name, package.version, name, best.relative_to(root).as_posix(), best))
+        candidates.append(Candidate(source, package.version, name, best.relative_to(root).as_posix(), best,
+                                    jpeg_reduction=package.jpeg_reduction,
+                                    excluded=[] if sizes[best] >= 0 else ["no readable picture"]))
     for c in candidates:
         paragraph = dep5_match(paragraphs, c.original_path)
-        if paragraph is None:
+        note = next((n for n in package.licenses if fnmatch.fnmatchcase(c.original_path, n.pattern)), None)
+        if note is not None:
+            c.license, c.copyright, c.license_file = note.license, note.copyright, note.evidence
+            if license_is_free(c.license) is not True:
+                c.excluded.append(f"licence {c.license!r} is not known to be free")
+        elif paragraph is None:
             c.excluded.append("licence unclear: no Files paragraph of the copyright file matches"
                               if paragraphs else "licence unclear: no machine-readable copyright file")
         else:
@@ -279,7 +421,7 @@ def package_candidates(package: PackageSource) -> list[Candidate]:
                 c.upstream_license, c.upstream_author = meta
                 if c.upstream_license and license_is_free(c.upstream_license) is False:
                     c.excluded.append(f"upstream licence {c.upstream_license!r} is not free")
-        if any(fnmatch.fnmatchcase(c.original_path, pattern) for pattern in NOT_PHOTOGRAPHS.get(package.name, [])):
+        if any(fnmatch.fnmatchcase(c.original_path, pattern) for pattern in NOT_PHOTOGRAPHS.get(source, [])):
             c.kind = "render"
     return sorted(candidates + extra, key=lambda c: (c.source_id, c.original_path))
 
@@ -312,14 +454,6 @@ def _sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def _file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def target_size(width: int, height: int, short_side: int) -> tuple[int, int]:
     """(width, height) with the short side at `short_side` (aspect kept, rounded); smaller images unchanged."""
     short = min(width, height)
@@ -337,7 +471,7 @@ def _to_rgb_image(candidate: Candidate):
 
     if candidate.path is None:
         return Image.fromarray(np.asarray(candidate.array, dtype=np.uint8)).convert("RGB")
-    with Image.open(candidate.path) as image:
+    with _open_original(candidate.path) as image:
         image = ImageOps.exif_transpose(image)
         if image.mode in ("I;16", "I;16B", "I;16L", "I"):
             array = np.asarray(image, dtype=np.float64)
@@ -350,15 +484,26 @@ def _to_rgb_image(candidate: Candidate):
         return image.convert("RGB")
 
 
+def resampling(candidate: Candidate) -> str:
+    """"area" for a JPEG original of a package whose JPEGs must shrink (jpeg_reduction > 1), else "lanczos"."""
+    jpeg = candidate.path is not None and candidate.path.suffix.lower() in JPEG_SUFFIXES
+    return "area" if jpeg and candidate.jpeg_reduction > 1 else "lanczos"
+
+
 def convert(candidate: Candidate, short_side: int) -> tuple[bytes, "object"]:
-    """-> (PNG bytes, uint8 [H, W, 3] pixels) of the original resized (Lanczos) to the short side."""
+    """-> (PNG bytes, uint8 [H, W, 3] pixels) of the original resized to the short side: Lanczos, or for a JPEG
+    that must shrink by `jpeg_reduction` an area average to at most 1/jpeg_reduction of its short side."""
     import numpy as np
     from PIL import Image
 
     image = _to_rgb_image(candidate)
-    size = target_size(image.width, image.height, short_side)
-    if size != image.size:
-        image = image.resize(size, Image.LANCZOS)
+    if resampling(candidate) == "area":
+        short = min(short_side, min(image.size) // candidate.jpeg_reduction)
+        image = image.resize(target_size(image.width, image.height, short), Image.BOX)
+    else:
+        size = target_size(image.width, image.height, short_side)
+        if size != image.size:
+            image = image.resize(size, Image.LANCZOS)
     buffer = io.BytesIO()
     image.save(buffer, format="PNG")
     return buffer.getvalue(), np.asarray(image)
@@ -426,12 +571,31 @@ def fetch_package(name: str, cache: Path) -> Path:
     return debs[-1]
 
 
+def fetch_pinned(package: PinnedPackage, cache: Path) -> Path:
+    """The pinned .deb in `cache` (checked by sha256), downloaded from its release under a private APT
+    configuration in cache/../apt unless it is there already."""
+    try:
+        return fetch_from_release(package.name, package.version, package.suite, package.sha256, cache,
+                                  cache.parent / "apt", _run)
+    except FetchError as error:
+        raise PrepareError(str(error)) from None
+
+
+def extract_pinned(package: PinnedPackage, deb: Path, dest: Path) -> PackageSource:
+    """The extracted pinned package, with what the spec says about it (label, pictures, licences)."""
+    extracted = extract_package(deb, dest)
+    if (extracted.name, extracted.version) != (package.name, package.version):
+        raise PrepareError(f"{deb.name} is {extracted.name} {extracted.version}, not {package.name} {package.version}")
+    return replace(extracted, label=package.label, pictures=package.pictures, licenses=package.licenses,
+                   jpeg_reduction=JPEG_MIN_REDUCTION, suite=package.suite)
+
+
 def extract_package(deb: Path, dest: Path) -> PackageSource:
     fields = _run(["dpkg-deb", "-f", str(deb), "Package", "Version"])
     values = dict(line.split(": ", 1) for line in fields.strip().splitlines() if ": " in line)
     dest.mkdir(parents=True, exist_ok=True)
     _run(["dpkg-deb", "-x", str(deb), str(dest)])
-    return PackageSource(values["Package"], values["Version"], dest, _file_sha256(deb))
+    return PackageSource(values["Package"], values["Version"], dest, file_sha256(deb))
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -465,13 +629,15 @@ def verify_manifest(manifest: dict, reference: dict) -> list[str]:
 
 
 def prepare(out: str | os.PathLike, short_side: int = 512, include_renders: bool = False,
-            packages: Sequence[str] = DEFAULT_PACKAGES, sources: Sequence[PackageSource] | None = None,
+            packages: Sequence[str | PinnedPackage] = DEFAULT_PACKAGES,
+            sources: Sequence[PackageSource] | None = None,
             skimage_samples: Sequence[str] | bool = True,
             reference: str | os.PathLike | None = REFERENCE_MANIFEST,
             keep_cache: bool = True, duplicate_threshold: float = 0.02,
             log: Callable[[str], None] = print) -> dict:
     """Builds (or completes, or checks) the data set in `out`; returns the manifest. See the module docstring.
 
+    packages: names of the system's release (`apt-get download`) or PinnedPackage specs of other releases.
     sources: packages already extracted (no apt-get; tests use this), instead of `packages`.
     skimage_samples: True for all of onedc_lib.data.samples, False for none, or a list of names.
     reference: a manifest to check the result against (skipped if the file is absent, or None).
@@ -493,10 +659,14 @@ def prepare(out: str | os.PathLike, short_side: int = 512, include_renders: bool
     with tempfile.TemporaryDirectory(prefix="extract-", dir=cache) as tmp:
         if sources is None:
             sources = []
-            for name in packages:
-                deb = fetch_package(name, cache / "debs")
-                sources.append(extract_package(deb, Path(tmp) / name))
-                log(f"{name} {sources[-1].version}: {deb.name}")
+            for package in packages:
+                if isinstance(package, PinnedPackage):
+                    deb = fetch_pinned(package, cache / "debs")
+                    sources.append(extract_pinned(package, deb, Path(tmp) / package.label))
+                else:
+                    deb = fetch_package(package, cache / "debs")
+                    sources.append(extract_package(deb, Path(tmp) / package))
+                log(f"{sources[-1].source_name} {sources[-1].version}: {deb.name}")
         candidates = [c for package in sources for c in package_candidates(package)]
         if skimage_samples:
             candidates += skimage_candidates(None if skimage_samples is True else list(skimage_samples))
@@ -504,7 +674,11 @@ def prepare(out: str | os.PathLike, short_side: int = 512, include_renders: bool
         for package in sources:
             copyright_file = package.root / "usr/share/doc" / package.name / "copyright"
             if copyright_file.is_file():
-                atomic_write(out / "licenses" / f"{package.name}.copyright", copyright_file.read_bytes())
+                atomic_write(out / "licenses" / f"{package.source_name}.copyright", copyright_file.read_bytes())
+            for evidence in sorted({note.evidence for note in package.licenses}):
+                if (package.root / evidence).is_file():
+                    atomic_write(out / "licenses" / f"{package.source_name}.{Path(evidence).name}",
+                                 (package.root / evidence).read_bytes())
         samples = [c for c in candidates if c.source == "scikit-image"]
         if samples:
             atomic_write(out / "licenses" / "scikit-image.txt", "".join(
@@ -514,7 +688,8 @@ def prepare(out: str | os.PathLike, short_side: int = 512, include_renders: bool
         manifest = {
             "format": MANIFEST_FORMAT, "short_side": short_side, "include_renders": include_renders,
             "skimage_samples": [c.name for c in samples], "split_rule": SPLIT_RULE, "complete": False,
-            "packages": {p.name: {"version": p.version, "deb_sha256": p.deb_sha256} for p in sources},
+            "packages": {p.source_name: {"package": p.name, "version": p.version, "deb_sha256": p.deb_sha256,
+                                         **({"suite": p.suite} if p.suite else {})} for p in sources},
             "files": [], "excluded": [],
         }
         thumbnails: list[tuple[str, object]] = []
@@ -529,12 +704,12 @@ def prepare(out: str | os.PathLike, short_side: int = 512, include_renders: bool
             rel = f"{split}/{_safe(c.source)}__{_safe(c.name)}.png"
             if any(f["file"] == rel for f in manifest["files"]):
                 raise PrepareError(f"two source images would both be {rel}: {c.source_id} and an earlier one")
-            source_sha = _file_sha256(c.path) if c.path is not None else _pixels_sha256(c.array)
+            source_sha = file_sha256(c.path) if c.path is not None else _pixels_sha256(c.array)
             reuse = previous.get(rel)
             target = out / rel
             png = None
             if reuse and reuse.get("source_sha256") == source_sha and target.is_file() and \
-                    _file_sha256(target) == reuse.get("sha256"):  # made by an earlier run from the same original
+                    file_sha256(target) == reuse.get("sha256"):  # made by an earlier run from the same original
                 import numpy as np
                 from PIL import Image
 
@@ -549,7 +724,9 @@ def prepare(out: str | os.PathLike, short_side: int = 512, include_renders: bool
                       "original_width": original_size[0], "original_height": original_size[1],
                       "width": int(pixels.shape[1]), "height": int(pixels.shape[0]), "bytes": png_bytes,
                       "sha256": png_sha, "pixels_sha256": _pixels_sha256(pixels), "source_sha256": source_sha,
-                      "license": c.license, "copyright": c.copyright, "kind": c.kind}
+                      "license": c.license, "copyright": c.copyright, "kind": c.kind, "resample": resampling(c)}
+            if c.license_file is not None:
+                record["license_file"] = c.license_file
             if c.upstream_license is not None:
                 record.update(upstream_license=c.upstream_license, upstream_author=c.upstream_author)
             thumb = _thumbnail(pixels)
