@@ -129,7 +129,8 @@ def test_fetch_checks_the_pinned_hash(tmp_path):
 
     pinned = hashlib.sha256(good).hexdigest()
     debs = tmp_path / "debs"
-    deb = rel.fetch_from_release("pkg", "1.0", "bullseye", pinned, debs, tmp_path / "apt", apt_get(good), apt, os_release)
+    deb = rel.fetch_from_release("pkg", "1.0", "bullseye", pinned, debs, tmp_path / "apt", apt_get(good), apt,
+                                 os_release)
     assert deb == debs / "pkg_1.0_all.deb" and deb.read_bytes() == good and calls == ["update", "pkg=1.0"]
     assert rel.fetch_from_release("pkg", "1.0", "bullseye", pinned, debs, tmp_path / "apt", apt_get(bad), apt,
                                   os_release) == deb and len(calls) == 2  # already there: nothing run
