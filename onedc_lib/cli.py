@@ -149,17 +149,25 @@ def _compress(args: argparse.Namespace) -> int:
         c = model.compress_file(src, dst, caption)
         return f"{src} -> {dst}: {c.container.height}x{c.container.width}, {c.num_bytes} bytes, {c.bpp:.4f} bpp"
 
+    if args.format == "release":
+        from functools import partial
+
+        from onedc_lib.release_cli import compress_release
+
+        return _run_jobs(args, IMAGE_SUFFIXES, ".bin", partial(compress_release, numerics=args.numerics))
     return _run_jobs(args, IMAGE_SUFFIXES, ".odc", work)
 
 
 def _decompress(args: argparse.Namespace) -> int:
+    from onedc_lib.release_cli import decompress_file
+
     def work(model, src, dst):
         model.decode_options.exported = not args.reference
-        image = model.decompress_file(src, dst)
+        image = decompress_file(model, src, dst, args.numerics)  # .odc or release-format files
         return f"{src} -> {dst}: {image.shape[-2]}x{image.shape[-1]}"
 
     # the exported graph of the generator and VAE decoder: no diffusers import, a fast start (models/export.py)
-    return _run_jobs(args, {".odc"}, ".png", work, decode_only=not args.reference)
+    return _run_jobs(args, {".odc", ".bin"}, ".png", work, decode_only=not args.reference)
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -376,6 +384,8 @@ def _eval(args: argparse.Namespace) -> int:
 
 
 def _parser() -> argparse.ArgumentParser:
+    from onedc_lib import release_cli  # its options (release checkpoints and files); imports no torch
+
     parser = argparse.ArgumentParser(prog="onedc", description="OneDC: one-step diffusion image codec.")
     parser.add_argument("--version", action="version", version=f"onedc {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -405,13 +415,16 @@ def _parser() -> argparse.ArgumentParser:
             command.add_argument("--reference", action="store_true",
                                  help="decode with the diffusers generator and VAE (the reference path) instead "
                                       "of their exported graph (same bitstreams; images within float rounding)")
+        release_cli.add_file_options(command, name)
         command.set_defaults(run=run)
+    release_cli.add_import_command(commands)
     demo = commands.add_parser("demo", help="compress and decompress the sample photographs",
                                description="Compress and decompress the sample photographs (shipped with "
                                            "scikit-image) with a model; write the .odc files, the reconstructions "
                                            "and results.json (bpp from the files, PSNR, times).")
     demo.add_argument("--model", metavar="NAME", help=MODEL_HELP)
     demo.add_argument("--out", metavar="DIR", default="out/demo", help="output folder (default: out/demo)")
+    release_cli.add_model_options(demo)
     demo.set_defaults(run=_demo)
     bdrate = commands.add_parser("bdrate", help="BD-rate of one results file relative to another",
                                  description="Print the Bjontegaard delta rate of B relative to the anchor A in "
@@ -477,6 +490,7 @@ def _parser() -> argparse.ArgumentParser:
     evaluation.add_argument("--device", default="cpu", help="torch device for the metrics and OneDC (default: cpu)")
     evaluation.add_argument("--threads", type=int, metavar="N", help="torch CPU threads")
     evaluation.add_argument("--no-resume", action="store_true", help="redo rows already in the CSV")
+    release_cli.add_model_options(evaluation)
     evaluation.set_defaults(run=_eval)
     models = commands.add_parser("models", help="list the bundled models",
                                  description="List the models shipped in the package (onedc_lib/weights, or "

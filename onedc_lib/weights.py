@@ -77,12 +77,17 @@ def load_model_folder(folder: str | os.PathLike, decode_only: bool = False):
     folder = Path(folder)
     config_path = folder / "config.json"
     if not config_path.is_file():
-        raise WeightsError(f"{folder} is not a model folder: config.json is missing")
+        raise WeightsError(f"{folder} is not a model folder (config.json is missing) nor a release checkpoint "
+                           "folder (model.safetensors and model_1.safetensors)")
     try:
         meta = json.loads(config_path.read_text())
         config = config_from_dict(meta["config"])
     except (ValueError, KeyError, TypeError) as error:
         raise WeightsError(f"{config_path} is not a valid model config ({error})") from None
+    if "release" in meta:  # written by `onedc import-release`: it references the release's files
+        from .release_checkpoint import load_imported
+
+        return load_imported(folder, meta)
     tensors = _read_safetensors(folder / "model.safetensors")
     for entry in meta.get("shared", []):
         shared = _read_safetensors(folder / entry["file"])
@@ -136,7 +141,8 @@ def bundled_models(folder: str | os.PathLike | None = None) -> list[str]:
 
 
 def load_model(name_or_path: str | None = None, decode_only: bool = False):
-    """None: the default bundled model. Else a bundled model name, a model folder, or a preset name (random).
+    """None: the default bundled model. Else a bundled model name, a model folder, a release checkpoint folder
+    (release_checkpoint.py: its VAE and preset from the environment), or a preset name (random).
 
     decode_only: a model that decodes with the exported graph of its generator and VAE decoder (models/export.py)
     and imports neither diffusers nor peft; it cannot compress. Where no graph exists yet, the whole model (which
@@ -146,6 +152,10 @@ def load_model(name_or_path: str | None = None, decode_only: bool = False):
     if name in bundled_models():
         return load_model_folder(bundled_dir() / name, decode_only)
     if Path(name).is_dir():
+        from .release_checkpoint import is_release_folder, load_release_folder
+
+        if is_release_folder(name):
+            return load_release_folder(name)
         return load_model_folder(name, decode_only)
     from .config import preset_names
 
