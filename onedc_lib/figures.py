@@ -22,6 +22,11 @@ What is recognised under results/ (recursively, by content, not by name):
     figures/speed_<name>.png, figures/tables/speed_<name>.md|csv (median seconds per component and group)
 * the entropy-coder benchmark (`benchmarks/entropy_coder.py`, `{"cases": ...}`):
     figures/tables/entropy_coder.md|csv
+* the paper's published numbers (results/paper/, `onedc_lib.eval.paper`): its main table as
+  figures/tables/paper_main_table.md|csv; and for each summary naming a `paper_dataset` (a reproduction,
+  notebooks/60_reproduce_paper): figures/paper_<folder>_<file>.png (the paper's RD figure, ours and the published
+  points with their reading error), figures/tables/paper_diff_<...>.md|csv (ours minus the paper per point) and
+  paper_bdrate_<...>.md|csv (BD-rate of ours against the published curve)
 
 figures/MANIFEST.json lists every output with the results files (sha256) it was made from; an output in figures/
 that nothing made any more is reported as stale (and removed with prune=True). Figures carry no dates, so an
@@ -34,7 +39,6 @@ import hashlib
 import io
 import json
 import math
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -182,16 +186,18 @@ def _load_json(path: Path):
         return None
 
 
-def _classify(results_dir: Path) -> tuple[dict, list, list, list[str]]:
-    """({dataset: [summary paths]}, [speed paths], [entropy bench paths], notes)."""
+def _classify(results_dir: Path) -> tuple[dict, list, list, dict, list[str]]:
+    """({dataset: [summary paths]}, [speed paths], [entropy bench paths], {kind: published paths}, notes)."""
     datasets: dict[str, list[Path]] = {}
-    speed, entropy, notes = [], [], []
+    speed, entropy, published, notes = [], [], {}, []
     for path in sorted(results_dir.rglob("*.json")):
         if any(part.startswith(".") for part in path.relative_to(results_dir).parts):
             continue
         data = _load_json(path)
         if not isinstance(data, dict):
             notes.append(f"{path.relative_to(results_dir)}: not a summary (a JSON {type(data).__name__}), skipped")
+        elif data.get("kind") in ("published_rd_points", "published_table"):
+            published[data["kind"]] = path
         elif isinstance(data.get("points"), list) and ("codec" in data or "name" in data):
             parent = path.parent.relative_to(results_dir).as_posix()
             datasets.setdefault("results" if parent == "." else parent.replace("/", "_"), []).append(path)
@@ -201,7 +207,7 @@ def _classify(results_dir: Path) -> tuple[dict, list, list, list[str]]:
             entropy.append(path)
         else:
             notes.append(f"{path.relative_to(results_dir)}: not a results format these figures use, skipped")
-    return datasets, speed, entropy, notes
+    return datasets, speed, entropy, published, notes
 
 
 def _shared_image_sets(datasets: dict[str, list[Path]]) -> dict[str, list[Path]]:
@@ -220,7 +226,7 @@ def _is_untrained(summary: dict) -> bool:
 
 
 def _rd(writer: _Writer, dataset: str, paths: list[Path], anchor: str | None, metrics) -> None:
-    from .eval.bdrate import load_curve
+    from .eval.bdrate import bd_rate_row, load_curve
     from .plotting import rd_curves
 
     summaries = {p: _load_json(p) for p in paths}
@@ -259,36 +265,48 @@ def _rd(writer: _Writer, dataset: str, paths: list[Path], anchor: str | None, me
     baselines = [n for n, p in names.items() if summaries[p].get("kind") == "baseline"]
     if onedc and baselines:  # each OneDC curve against every classical codec
         bd_metrics = [m for m in BD_METRICS if m in wanted] or wanted
-        rows = [_bd_row(curves[names[o]], curves[names[b]], bd_metrics) for o in onedc for b in baselines]
+        rows = [bd_rate_row(curves[names[o]], curves[names[b]], bd_metrics) for o in onedc for b in baselines]
         writer.table(f"bdrate_onedc_{dataset}", rows, ["codec", "anchor", *bd_metrics], order, "figures._rd",
                      f"BD-rate (%) of OneDC against each classical codec: {dataset}", note)
     chosen = anchor if anchor in names else next((a for a in ANCHORS if a in names), None)
     if chosen is None:
         writer.outputs.notes.append(f"{dataset}: no anchor codec ({anchor or ', '.join(ANCHORS)}); no BD-rate table")
         return
-    bd_rows = [_bd_row(curves[p], curves[names[chosen]], wanted) for name, p in names.items() if name != chosen]
+    bd_rows = [bd_rate_row(curves[p], curves[names[chosen]], wanted) for name, p in names.items() if name != chosen]
     writer.table(f"bdrate_{dataset}", bd_rows, ["codec", "anchor", *wanted], order, "figures._rd",
                  f"BD-rate (%) against {chosen}: {dataset}", note)
 
 
-def _bd_row(test, base, metrics) -> dict:
-    """{"codec", "anchor", metric: BD-rate % of the test curve against the anchor curve, or "n/a (why)"}."""
-    from .eval.bdrate import bd_rate, higher_is_better
+def _paper(writer: _Writer, path: Path, points_path: Path) -> None:
+    """A reproduction (a summary naming its `paper_dataset`) against the published points: the paper's RD figure
+    with both, ours minus the paper's per point, BD-rate of ours against the published curve."""
+    from .eval import paper
+    from .eval.bdrate import load_curve
 
-    row = {"codec": test.name, "anchor": base.name}
-    for m in metrics:
-        xa, ya = base.points(m) if m in base.metrics else ((), ())
-        xb, yb = test.points(m) if m in test.metrics else ((), ())
-        if min(len(xa), len(xb)) < 4:
-            row[m] = f"n/a ({min(len(xa), len(xb))} points)"
-            continue
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                row[m] = bd_rate(xa, ya, xb, yb, higher_is_better=higher_is_better(m))
-        except ValueError as error:
-            row[m] = f"n/a ({str(error).split(':')[0][:60]})"
-    return row
+    summary, published = _load_json(path), _load_json(points_path)
+    dataset = summary["paper_dataset"]
+    name = "_".join(path.relative_to(writer.results_dir).with_suffix("").parts)
+    curve = load_curve(path)
+    source = f"Published: {points_path.relative_to(writer.results_dir)} ({published['provenance']})"
+    writer.figure(f"paper_{name}", paper.overlay_figure([curve], published, dataset, {curve.name: summary["label"]}),
+                  [path, points_path], "figures._paper")
+    rows = paper.difference_rows(summary, published, dataset)
+    writer.table(f"paper_diff_{name}", rows, list(rows[0]), [path, points_path], "figures._paper",
+                 f"Ours minus the paper, per point: {dataset}",
+                 f"_diff = ours - paper; _diff_% in % of the paper's value; _within: inside the +-"
+                 f"{100 * published['reading_error_relative']:.0f} % reading error. {source}")
+    rows = paper.bdrate_rows(curve, published, dataset)
+    writer.table(f"paper_bdrate_{name}", rows, list(rows[0]), [path, points_path], "figures._paper",
+                 f"BD-rate (%) of ours against the published curve: {dataset}",
+                 f"Positive: we need more bits than the paper for the same quality (pchip). {source}")
+
+
+def _paper_table(writer: _Writer, path: Path) -> None:
+    data = _load_json(path)
+    columns = ["method", *data["columns"]]
+    writer.table("paper_main_table", data["rows"], columns, [path], "figures._paper_table",
+                 f"The paper's main table ({data['dataset']}, BD-rate % with {data['anchor']} as the anchor)",
+                 data["provenance"])
 
 
 def _speed(writer: _Writer, path: Path) -> None:
@@ -354,7 +372,7 @@ def regenerate(results_dir="results", figures_dir="figures", out_dir="out/figure
     if not results_dir.is_dir():
         writer.outputs.notes.append(f"no results folder {results_dir}")
         return writer.outputs
-    datasets, speed, entropy, notes = _classify(results_dir)
+    datasets, speed, entropy, published, notes = _classify(results_dir)
     writer.outputs.notes += notes
     for dataset, paths in datasets.items():
         _rd(writer, dataset, paths, anchor or None, list(metrics))
@@ -364,6 +382,14 @@ def regenerate(results_dir="results", figures_dir="figures", out_dir="out/figure
         _speed(writer, path)
     for path in entropy:
         _entropy(writer, path)
+    if "published_table" in published:
+        _paper_table(writer, published["published_table"])
+    for path in (p for paths in datasets.values() for p in paths if (_load_json(p) or {}).get("paper_dataset")):
+        if "published_rd_points" in published:
+            _paper(writer, path, published["published_rd_points"])
+        else:
+            writer.outputs.notes.append(f"{path.name}: compared with {_load_json(path)['paper_dataset']} but no "
+                                        "published points (paper/rd_points.json) under the results folder")
     written = {e["file"] for e in writer.outputs.entries}
     previous = _load_json(target / MANIFEST) or {}
     candidates = {e["file"] for e in previous.get("outputs", [])}

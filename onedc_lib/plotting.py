@@ -35,21 +35,23 @@ def _metric_label(metric: str) -> str:
 
 
 def rd_curves(results_paths, metrics=("psnr", "ms_ssim", "lpips", "dists"), log_x: bool = False,
-              labels: dict | None = None, ncols: int | None = None):
+              labels: dict | None = None, ncols: int | None = None, reference=None, reference_error: float = 0.0,
+              reference_label: str = ""):
     """One panel per metric (bpp on x), one line per results file (summary JSON or CSV, or RDCurve).
 
     A file without a metric is left out of that panel; a metric that no file has is left out, and a
-    ValueError is raised when none of the metrics is found anywhere.
+    ValueError is raised when none of the metrics is found anywhere. reference: an RDCurve of published points,
+    drawn as black markers with error bars of +-reference_error (relative) on both axes.
     """
     from onedc_lib.eval.bdrate import RDCurve, load_curve
 
     if isinstance(results_paths, (str, os.PathLike, RDCurve)):
         results_paths = [results_paths]
     curves = [p if isinstance(p, RDCurve) else load_curve(p) for p in results_paths]
-    if not curves:
+    if not curves and reference is None:
         raise ValueError("no results to plot")
     metrics = [m for m in ([metrics] if isinstance(metrics, str) else metrics)]
-    present = [m for m in metrics if any(_has(c, m) for c in curves)]
+    present = [m for m in metrics if any(_has(c, m) for c in curves + [reference] if c is not None)]
     if not present:
         have = sorted({m for c in curves for m in c.metrics})
         raise ValueError(f"none of the metrics {', '.join(metrics)} is in the results (they have: {', '.join(have)})")
@@ -64,6 +66,10 @@ def rd_curves(results_paths, metrics=("psnr", "ms_ssim", "lpips", "dists"), log_
             x, y = curve.points(metric)
             label = (labels or {}).get(curve.name, curve.name)
             ax.plot(x, y, marker="o", markersize=3.5, linewidth=1.4, label=label)
+        if reference is not None and _has(reference, metric):
+            x, y = reference.points(metric)
+            ax.errorbar(x, y, xerr=reference_error * x, yerr=reference_error * np.abs(y), fmt="s", color="black",
+                        markersize=3.5, capsize=2, linewidth=0.8, label=reference_label or reference.name)
         if log_x:
             ax.set_xscale("log")
         ax.set_xlabel("bpp")
@@ -72,7 +78,7 @@ def rd_curves(results_paths, metrics=("psnr", "ms_ssim", "lpips", "dists"), log_
     for ax in axes[len(present):]:
         ax.set_visible(False)
     handles, names = axes[0].get_legend_handles_labels()
-    if len(curves) > 1 or names:
+    if len(curves) + (reference is not None) > 1 or names:
         axes[0].legend(handles, names, fontsize="small")
     return fig
 

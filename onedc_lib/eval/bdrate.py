@@ -44,7 +44,7 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["LOWER_IS_BETTER", "METHODS", "RDCurve", "bd_metric", "bd_rate", "higher_is_better",
+__all__ = ["LOWER_IS_BETTER", "METHODS", "RDCurve", "bd_metric", "bd_rate", "bd_rate_row", "higher_is_better",
            "load_curve", "load_rd_points"]
 
 METHODS = ("pchip", "akima", "cubic", "linear")
@@ -170,6 +170,25 @@ def bd_metric(rate_a, metric_a, rate_b, metric_b, higher_is_better: bool = True,
     m_b = _orient(rate_b, metric_b, higher_is_better, "B")
     difference = _mean_difference(np.log10(rate_a), m_a, np.log10(rate_b), m_b, method, min_overlap)
     return difference if higher_is_better else -difference
+
+
+def bd_rate_row(test, base, metrics) -> dict:
+    """{"codec", "anchor", metric: BD-rate (%, pchip) of the test RDCurve against the anchor RDCurve, or
+    "n/a (why)" where a curve has fewer than 4 points of the metric or the curves do not overlap}: a table row."""
+    row = {"codec": test.name, "anchor": base.name}
+    for m in metrics:
+        xa, ya = base.points(m) if m in base.metrics else ((), ())
+        xb, yb = test.points(m) if m in test.metrics else ((), ())
+        if min(len(xa), len(xb)) < MIN_POINTS["pchip"]:
+            row[m] = f"n/a ({min(len(xa), len(xb))} points)"
+            continue
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                row[m] = bd_rate(xa, ya, xb, yb, higher_is_better=higher_is_better(m))
+        except ValueError as error:
+            row[m] = f"n/a ({str(error).split(':')[0][:60]})"
+    return row
 
 
 @dataclass(frozen=True)
