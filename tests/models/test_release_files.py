@@ -82,3 +82,16 @@ def test_near_boundary_counts_scales_by_relative_distance():
     scales = np.concatenate([thresholds[k] * (1 + 5e-6), thresholds[k] * (1 - 2e-5), [0.05, 70.0]])
     assert release.near_boundary(scales) == 3
     assert release.near_boundary(scales, margin=3e-5) == 6
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="the release's bf16-cuda numerics need a CUDA device")
+def test_bf16_cuda_numerics_round_trip(small):
+    """The release's default GPU numerics: the prior under CUDA bf16 autocast, bf16 scales into the index map.
+    No golden exists for them (compat 9.3): our writer and our step-wise decoder must agree, and y_hat stays
+    within bf16 rounding of the float32 golden."""
+    codec, out, _ = small
+    written = release.write_file(codec, out["y"], out["z_indices"], 120, 180, "bf16-cuda")
+    f, z_indices = parts(written.data)
+    dec = release.decode_y(codec, z_indices, f.y_stream, "bf16-cuda")
+    assert all(np.array_equal(a, b) for a, b in zip(dec.indexes, written.indexes))
+    assert (dec.y_hat - out["dec_y_hat"]).abs().max() < 0.2
