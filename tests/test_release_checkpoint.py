@@ -135,6 +135,8 @@ def test_command_line_release_files_in_and_out(release, tmp_path, monkeypatch, c
     assert main(["decompress", str(tmp_path / "a.bin"), "-o", str(tmp_path / "b.png"), "--model", str(folder),
                  "--vae", str(vae), "--release-preset", str(preset), "--numerics", "float32-cpu"]) == 0
     assert np.array_equal(np.asarray(Image.open(tmp_path / "b.png")), theirs.astype(np.uint8))
+    decoded = load_model(str(tmp_path / "model")).decompress(data)  # the library takes release files too
+    assert np.array_equal((decoded[0].permute(1, 2, 0).numpy() * 255 + 0.5).astype(np.uint8), theirs)
     damaged = bytearray(data)
     damaged[40] ^= 0x55
     (tmp_path / "bad.bin").write_bytes(bytes(damaged))

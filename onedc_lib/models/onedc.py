@@ -323,14 +323,13 @@ class OneDC(nn.Module):
 
     @torch.no_grad()
     def decompress(self, compressed: CompressedImage | bitstream.Container | bytes) -> torch.Tensor:
-        """-> float tensor [1, 3, H, W] in [0, 1]."""
+        """-> float tensor [1, 3, H, W] in [0, 1]. Bytes may be a release-format file too (numerics "auto")."""
         container = compressed.container if isinstance(compressed, CompressedImage) else compressed
         if isinstance(container, (bytes, bytearray)):
-            if bitstream.detect_format(container) == "release":
-                raise bitstream.BitstreamError(
-                    "a file of the released OneDC (release format, no model id): decompress reads OneDC "
-                    "containers only; `onedc info` describes the file"
-                )
+            if bitstream.detect_format(container) == "release":  # with the release's numerics (models/release.py)
+                from .release import decompress
+
+                return decompress(self, container)[0]
             container = bitstream.read_container(container)
         self.check_container(container)
         hp, wp = container.padded_height, container.padded_width
