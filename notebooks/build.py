@@ -426,6 +426,54 @@ prune: bool = False  # delete figures/tables that nothing makes any more
 }
 
 
+NOTEBOOKS["60_reproduce_paper"] = {
+    "title": """
+# 60 · Reproduce the paper's RD figure for one dataset
+
+Every image of a dataset through every model — the seven y models (`checkpoints`) and the z-only one (`zonly`):
+release checkpoint folders (`model.safetensors` + `model_1.safetensors`, with the SD-2.1 VAE folder `vae`) or
+model folders of ours — with the release's evaluation protocol (`onedc_lib.eval.runner`, `protocol="release"`:
+bpp as the release counts it, metrics on the 8-bit image, FID/KID on 256-px patches of both grids). One model
+in memory at a time; an interrupted run resumes. The curve goes to `results/<dataset>/onedc-paper.json|csv`,
+then beside the points the paper publishes (`results/paper/`, read off its figure, about +-3 %): the paper's RD
+figure with both, ours minus the paper per point, and BD-rate of ours against the published curve.
+`50_figures_tables` draws the same from `results/`. Details: `onedc_lib.eval.paper`.
+""",
+    "parameters": """
+preset: str = "sd15"  # not used: the models are `checkpoints` and `zonly` (kept for the common parameters)
+overrides: dict = {}  # not supported: models are loaded from their folders
+smoke: bool = False  # CI: one 64x96 crop, provisioned metrics only, no FID, results in out_dir
+out_dir: str = "out/notebooks/60_reproduce_paper"  # bitstreams, reconstructions, per-model runs (resumable)
+results_dir: str = "results"  # onedc-paper.json|csv go to <results_dir>/<dataset>/ (committed)
+paper_dir: str = "results/paper"  # the published points
+checkpoints: list = []  # the y models, lowest rate first: release checkpoint folders, model folders or names
+zonly: str = ""  # the z-only model's folder (empty: none)
+vae: str = ""  # the SD-2.1 VAE folder (diffusers layout) that release checkpoint folders need
+images: str = "data/kodak"  # the dataset folder; its name picks the paper's dataset (kodak, clic2020, coco-30k)
+paper_dataset: str = ""  # Kodak, CLIC2020 or COCO-30K where the folder's name does not say
+metrics: list = ["psnr", "ms_ssim", "lpips", "dists"]
+fid: bool = True  # FID/KID on 256-px patches (grid 2 shifted by 128 px)
+""" + COMMON,
+    "cells": [
+        ("code", "from onedc_lib.eval.paper import reproduce\nfrom onedc_lib.notebook import setup"),
+        ("code", "env = setup(threads=threads, out_dir=out_dir, device=device)"),
+        ("code", ("rep = reproduce(checkpoints, images, vae=vae, zonly=zonly, paper_dataset=paper_dataset, "
+                 "out_dir=out_dir,\n                results_dir=results_dir, paper_dir=paper_dir, metrics=metrics, "
+                 "fid=fid, device=device, smoke=smoke)")),
+        ("md", "## Our points\n\nMeans over the images; `patches`: the 256-px patches behind FID/KID."),
+        ("code", "rep.table()"),
+        ("md", ("## The paper's RD figure\n\nOur curve and the published points, drawn with their reading "
+               "error.")),
+        ("code", "rep.figure()"),
+        ("md", ("## Ours minus the paper\n\nPer point (paired by rank of bpp when the counts agree, else by the "
+               "nearest bpp); `_within`: inside the reading error. Then BD-rate of ours against the published "
+               "curve (positive: we need more bits for the same quality).")),
+        ("code", "rep.differences()"),
+        ("code", "rep.bdrate()"),
+        ("code", "rep.results_file"),
+    ],
+}
+
 def build(names=(), folder=HERE) -> list[Path]:
     written = []
     for name, spec in NOTEBOOKS.items():
