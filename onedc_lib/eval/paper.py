@@ -218,12 +218,16 @@ def reproduce(checkpoints, images: str, vae: str = "", zonly: str = "", paper_da
 
     smoke: one 64x96 crop (sweep.dataset_folder), the provisioned metrics only, no FID."""
     from ..paths import output_dir
-    from .runner import evaluate
+    from .runner import _model_label, evaluate
     from .sweep import _provisioned, dataset_folder
 
     models = ([zonly] if zonly else []) + [str(c) for c in checkpoints]
     if not models:
         raise ValueError("no checkpoints to evaluate")
+    labels = [_model_label(m) for m in models]
+    repeated = sorted({label for label in labels if labels.count(label) > 1})
+    if repeated:  # a model's runs and its point are named by its folder's name
+        raise ValueError(f"several checkpoints named {', '.join(repeated)}: give the folders distinct names")
     published = load_published(paper_dir)
     out_dir = Path(out_dir)
     name, folder = dataset_folder(images, out_dir, smoke=smoke)

@@ -106,3 +106,11 @@ def test_figures_draw_the_overlay_and_tables_from_results(published, tmp_path):
     inputs = {e["file"]: e["inputs"] for e in outputs.entries}
     assert inputs[f"paper_{name}.png"] == [f"kodak/{paper.TAG}.json", "paper/rd_points.json"]
     assert not [n for n in outputs.notes if "paper/" in n]  # the published files are recognised, not skipped
+
+
+def test_reproduce_refuses_checkpoints_of_one_name(tmp_path):
+    for run in ("a", "b"):
+        (tmp_path / run / "model").mkdir(parents=True)
+    with pytest.raises(ValueError, match="several checkpoints named model"):
+        paper.reproduce([tmp_path / "a" / "model", tmp_path / "b" / "model"], "samples", out_dir=tmp_path / "out",
+                        paper_dir=PAPER_DIR)
