@@ -144,3 +144,21 @@ def test_command_line_release_files_in_and_out(release, tmp_path, monkeypatch, c
     err = capsys.readouterr().err
     assert "bad.bin" in err and ("final state" in err or "cannot be decoded" in err)
     assert not (tmp_path / "bad.png").exists()
+
+
+def test_the_z_only_release_model(release, tmp_path):
+    """The z-only model's files look like the others: its architecture comes from the preset. It sends z alone
+    (14 bits per 64 x 64 block) and has no release-format files (the release writes none for it)."""
+    from onedc_lib.bitstream import BitstreamError
+    from onedc_lib.models import release as release_files
+
+    folder, vae, preset, _ = release
+    zonly = tmp_path / "tiny_zonly.yaml"
+    zonly.write_text(f"base: {preset}\ncodec: {{z_only: true}}\n")
+    model = load_release_folder(folder, vae, str(zonly))
+    compressed = model.compress(image())
+    assert model.config.codec.z_only and compressed.container.section_names == ("z",)
+    assert len(compressed.container.section("z").payload) == 7  # 2 x 2 blocks of 14 bits
+    assert model.decompress(compressed.to_bytes()).shape == (1, 3, 72, 88)
+    with pytest.raises(BitstreamError, match="z-only"):
+        release_files.compress(model, image())
