@@ -41,9 +41,9 @@ class BitstreamError(ValueError):
 def check_image_size(height: int, width: int) -> None:
     """Rejects sizes no decoder should try to allocate, before anything is allocated."""
     if height < 1 or width < 1:
-        raise BitstreamError(f"image of {height}x{width} pixels (HxW) is empty: both sides must be at least 1")
+        raise BitstreamError(f"image of {width} x {height} pixels (W x H) is empty: both sides must be at least 1")
     if height > MAX_SIDE or width > MAX_SIDE or height * width > MAX_PIXELS:
-        raise BitstreamError(f"image of {height}x{width} pixels (HxW) exceeds the limit of {MAX_SIDE} pixels "
+        raise BitstreamError(f"image of {width} x {height} pixels (W x H) exceeds the limit of {MAX_SIDE} pixels "
                              f"per side and {MAX_PIXELS} pixels in all")
 
 
@@ -361,8 +361,11 @@ def atomic_write(path: str | os.PathLike, data: bytes) -> None:
     """Writes a temporary file in the target's folder and renames it over the target, so that readers never see
     a partial file and a failure leaves nothing behind."""
     path = os.fspath(path)
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)),
-                               prefix=f".{os.path.basename(path)}.", suffix=".tmp")
+    try:
+        fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)),
+                                   prefix=f".{os.path.basename(path)}.", suffix=".tmp")
+    except OSError as error:  # e.g. a read-only folder: name the file asked for, not the temporary one
+        raise type(error)(error.errno, error.strerror, path) from None
     try:
         with os.fdopen(fd, "wb") as f:
             umask = os.umask(0)

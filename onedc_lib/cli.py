@@ -1,6 +1,6 @@
 """The `onedc` command line.
 
-Exit codes: 0 success, 1 a file that is not a valid OneDC file, 2 usage errors and files that cannot be read.
+Exit codes (EXIT_CODES, shown by `onedc --help`): 0 done, 1 bad input or data, 2 usage, 130 interrupted.
 Each command imports what it needs when it runs, so that `onedc info` starts fast and never loads torch.
 """
 from __future__ import annotations
@@ -13,6 +13,11 @@ from onedc_lib import __version__
 
 EXIT_BAD_FILE = 1
 EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report it
+EXIT_CODES = ("exit codes: 0 done; 1 bad input or data (a file missing, unreadable, not an image, corrupt or written "
+              "by another model; an output that cannot be written; nothing to do); 2 usage (unknown command, option "
+              "or model; an output that is an input, or exists without -f/--force); 130 interrupted (Ctrl-C: no "
+              "partial output is left)")
 MODEL_HELP = "a bundled model (see `onedc models`), a model folder or a preset (default: the bundled default model)"
 
 
@@ -28,7 +33,10 @@ def _describe(path: str, data: bytes) -> dict:
     fmt = bitstream.detect_format(data)
     if fmt == "onedc":
         f = bitstream.read_container(data)
-        facts = {"version": f.version, "model_id": f.model_id.hex(), "table_hash": f.table_hash.hex()}
+        from onedc_lib.paths import find_model
+
+        facts = {"version": f.version, "model_id": f.model_id.hex(), "model": find_model(f.model_id.hex()),
+                 "table_hash": f.table_hash.hex()}
         if "note" in f.section_names:
             facts["note"] = f.section("note").payload.decode("utf-8", "replace")
         sections = [{"name": s.name, "bytes": len(s.payload), "crc32": f"{s.crc:08x}",
@@ -46,14 +54,14 @@ def _describe(path: str, data: bytes) -> dict:
 def _as_text(d: dict) -> str:
     if d["format"] == "onedc":
         lines = [f"format      OneDC container, version {d['version']}",
-                 f"model id    {d['model_id']}",
+                 f"model id    {d['model_id']}" + (f" ({d['model']})" if d["model"] else " (not a model here)"),
                  f"table hash  {d['table_hash']}"]
         if "note" in d:
             lines.append(f"note        {d['note']}")
     else:
         lines = ["format      release (16-byte header; no magic, version, model id or checksums)"]
-    lines.append(f"image       {d['height']} x {d['width']} (H x W), padded to "
-                 f"{d['padded_height']} x {d['padded_width']}")
+    lines.append(f"image       {d['width']} x {d['height']} (W x H), padded to "
+                 f"{d['padded_width']} x {d['padded_height']}")
     for i, s in enumerate(d["sections"]):
         line = f"{'sections' if i == 0 else '':12}{s['name']:4} {s['bytes']:>10} bytes"
         if "crc32" in s:
@@ -71,7 +79,7 @@ def _info(args: argparse.Namespace) -> int:
     try:
         facts = _describe(args.file, read_bytes(args.file))
     except OSError as e:
-        return _fail(EXIT_USAGE, f"cannot read {args.file}: {e.strerror or e}")
+        return _fail(EXIT_BAD_FILE, f"cannot read {args.file}: {e.strerror or e}")
     except BitstreamError as e:
         return _fail(EXIT_BAD_FILE, f"{args.file}: {e}")
     print(json.dumps(facts) if args.json else _as_text(facts))
@@ -92,24 +100,48 @@ def _load_model(name: str | None, decode_only: bool = False):
     return model
 
 
+class _JobError(Exception):
+    """Why the jobs cannot start, with the exit code."""
+
+    def __init__(self, code: int, message: str):
+        super().__init__(message)
+        self.code = code
+
+
 def _jobs(args: argparse.Namespace, suffixes: set[str], out_suffix: str) -> list[tuple[str, str]]:
-    """(input, output) pairs: one file, or every matching file of a folder (recursively) into a folder."""
+    """(input, output) pairs: one file, or every matching file of a folder (recursively) into a folder. Refused
+    before any work: an output that is an input file (never destroyed), an existing output without --force, an
+    empty folder."""
     from pathlib import Path
 
     source, target = Path(args.input), Path(args.output)
     if not source.exists():
-        raise FileNotFoundError(f"cannot read {source}: No such file or directory")
+        raise _JobError(EXIT_BAD_FILE, f"cannot read {source}: No such file or directory")
     if not source.is_dir():
-        return [(str(source), str(target))]
-    if target.exists() and not target.is_dir():
-        raise FileNotFoundError(f"{source} is a folder, so OUT must be a folder, but {target} is a file")
-    files = sorted(p for p in source.rglob("*") if p.is_file() and p.suffix.lower() in suffixes)
-    return [(str(p), str((target / p.relative_to(source)).with_suffix(out_suffix))) for p in files]
+        jobs = [(str(source), str(target))]
+    elif target.exists() and not target.is_dir():
+        raise _JobError(EXIT_USAGE, f"{source} is a folder, so OUT must be a folder, but {target} is a file")
+    else:
+        files = sorted(p for p in source.rglob("*") if p.is_file() and p.suffix.lower() in suffixes)
+        if not files:
+            raise _JobError(EXIT_BAD_FILE, f"nothing to do: no {' '.join(sorted(suffixes))} files in {source}")
+        jobs = [(str(p), str((target / p.relative_to(source)).with_suffix(out_suffix))) for p in files]
+    inputs = {Path(src).resolve() for src, _ in jobs}
+    for src, dst in jobs:
+        if Path(dst).resolve() in inputs:
+            raise _JobError(EXIT_USAGE, f"{dst} is an input: refusing to write over it (choose another -o)")
+    existing = [dst for _, dst in jobs if Path(dst).exists()]
+    if existing and not args.force:
+        more = f" and {len(existing) - 1} more outputs" if len(existing) > 1 else ""
+        raise _JobError(EXIT_USAGE, f"{existing[0]}{more} already exist{'' if more else 's'}: "
+                                    "-f/--force replaces existing outputs")
+    return jobs
 
 
 def _run_jobs(args: argparse.Namespace, suffixes: set[str], out_suffix: str, work, decode_only: bool = False) -> int:
     """Runs work(model, src, dst) -> one line per job, with a progress bar for folders; bad files are reported
-    and skipped (exit code 1 at the end), the others still done. decode_only: see weights.load_model."""
+    and skipped (exit code 1 at the end), the others still done. decode_only: see weights.load_model. Without
+    --model, `decompress` takes the model each file names (model_for_file)."""
     from pathlib import Path
 
     from tqdm import tqdm  # torch imports it anyway
@@ -120,23 +152,47 @@ def _run_jobs(args: argparse.Namespace, suffixes: set[str], out_suffix: str, wor
 
     try:
         jobs = _jobs(args, suffixes, out_suffix)
-    except FileNotFoundError as e:
-        return _fail(EXIT_USAGE, str(e))
+    except _JobError as e:
+        return _fail(e.code, str(e))
+    from_file = args.command == "decompress" and not args.model  # the model each file names
+    models = {}
     try:
-        model = _load_model(args.model, decode_only)
+        if not from_file:
+            models[args.model] = _load_model(args.model, decode_only)
     except WeightsError as e:
         return _fail(EXIT_USAGE, str(e))
     code = 0
     for src, dst in tqdm(jobs, disable=len(jobs) < 2, unit="file", desc=args.command):
         try:
+            name = model_for_file(src) if from_file else args.model
+            if name not in models:
+                models[name] = _load_model(name, decode_only)
             Path(dst).parent.mkdir(parents=True, exist_ok=True)
-            tqdm.write(work(model, src, dst))
-        except (ImageError, BitstreamError) as e:
+            tqdm.write(work(models[name], src, dst) + (f", model {name}" if from_file and name else ""))
+        except (ImageError, BitstreamError, WeightsError) as e:
             code = max(code, _fail(EXIT_BAD_FILE, str(e) if src in str(e) else f"{src}: {e}"))
         except OSError as e:  # unreadable input, unwritable output: report it and go on with the other files
             where = e.filename if e.filename is not None else src
-            code = max(code, _fail(EXIT_USAGE, f"{src} -> {dst}: cannot access {where}: {e.strerror or e}"))
+            code = max(code, _fail(EXIT_BAD_FILE, f"{src} -> {dst}: cannot access {where}: {e.strerror or e}"))
     return code
+
+
+def model_for_file(path: str) -> str | None:
+    """The model a file names (paths.find_model: bundled, then cached), None (the default model) for a release-format
+    file; a BitstreamError when the file names a model that is not here."""
+    from onedc_lib import bitstream
+    from onedc_lib.paths import cached_models_dir, find_model
+
+    data = bitstream.read_bytes(path)
+    if bitstream.detect_format(data) != "onedc":
+        return None
+    model_id = bitstream.read_container(data).model_id.hex()
+    name = find_model(model_id)
+    if name is None:
+        raise bitstream.BitstreamError(
+            f"written by model {model_id}, which is neither bundled (`onedc models`) nor in {cached_models_dir()}: "
+            "pass the model that wrote it with --model")
+    return name
 
 
 def _compress(args: argparse.Namespace) -> int:
@@ -147,7 +203,8 @@ def _compress(args: argparse.Namespace) -> int:
     def work(model, src, dst):  # text-guided models write the caption into the file; the others ignore it
         caption = args.caption if args.caption is not None else image_caption(src)
         c = model.compress_file(src, dst, caption)
-        return f"{src} -> {dst}: {c.container.height}x{c.container.width}, {c.num_bytes} bytes, {c.bpp:.4f} bpp"
+        return (f"{src} -> {dst}: {c.container.width} x {c.container.height} (W x H), {c.num_bytes} bytes, "
+                f"{c.bpp:.4f} bpp")
 
     if args.format == "release":
         from functools import partial
@@ -164,7 +221,7 @@ def _decompress(args: argparse.Namespace) -> int:
     def work(model, src, dst):
         model.decode_options.exported = not args.reference
         image = decompress_file(model, src, dst, args.numerics)  # .odc or release-format files
-        return f"{src} -> {dst}: {image.shape[-2]}x{image.shape[-1]}"
+        return f"{src} -> {dst}: {image.shape[-1]} x {image.shape[-2]} (W x H)"
 
     # the exported graph of the generator and VAE decoder: no diffusers import, a fast start (models/export.py)
     return _run_jobs(args, {".odc", ".bin"}, ".png", work, decode_only=not args.reference)
@@ -181,10 +238,10 @@ def _demo(args: argparse.Namespace) -> int:
         return _fail(EXIT_USAGE, str(e))
     rows = run_demo(model, args.out)
     scores = [k for k in ("psnr", "ms_ssim", "lpips", "dists") if k in rows[0]]
-    print(f"{'image':10} {'H x W':>10} {'bytes':>8} {'bpp':>8} " + " ".join(f"{k.upper():>7}" for k in scores)
+    print(f"{'image':10} {'W x H':>10} {'bytes':>8} {'bpp':>8} " + " ".join(f"{k.upper():>7}" for k in scores)
           + f" {'enc s':>6} {'dec s':>6}")
     for r in rows:
-        print(f"{r['name']:10} {r['height']:>4} x {r['width']:<4} {r['bytes']:>8} {r['bpp']:>8.4f} "
+        print(f"{r['name']:10} {r['width']:>4} x {r['height']:<4} {r['bytes']:>8} {r['bpp']:>8.4f} "
               + " ".join(f"{r[k]:>7.{2 if k == 'psnr' else 4}f}" for k in scores)
               + f" {r['enc_s']:>6.2f} {r['dec_s']:>6.2f}")
     print(f"files, reconstructions and results.json in {args.out}")
@@ -208,8 +265,8 @@ def _bdrate(args: argparse.Namespace) -> int:
                 metric = bd_metric(*points, higher_is_better=higher, method=args.method, min_overlap=0.0)
             except ValueError:
                 metric = None  # the rate ranges need not overlap where the metric ranges do
-    except (OSError, ValueError) as e:
-        return _fail(EXIT_USAGE, str(e))
+    except (OSError, ValueError) as e:  # files that cannot be read, curves that cannot be compared
+        return _fail(EXIT_BAD_FILE, str(e))
     for w in dict.fromkeys(str(w.message) for w in caught):
         print(f"onedc: warning: {w}", file=sys.stderr)
     if args.json:
@@ -230,8 +287,8 @@ def _plot(args: argparse.Namespace) -> int:
     try:
         fig = rd_curves(args.results, metrics=metrics, log_x=args.log_x)
         save_figure(fig, args.output)
-    except (OSError, ValueError) as e:
-        return _fail(EXIT_USAGE, str(e))
+    except (OSError, ValueError) as e:  # files that cannot be read or written, results without the metrics
+        return _fail(EXIT_BAD_FILE, str(e))
     print(f"wrote {args.output}")
     return 0
 
@@ -247,8 +304,8 @@ def _metrics(args: argparse.Namespace) -> int:
     except ImageError as e:
         return _fail(EXIT_BAD_FILE, str(e))
     if ref.shape != dist.shape:
-        return _fail(EXIT_USAGE, f"images differ in size: {args.ref} is {ref.shape[1]}x{ref.shape[2]}, "
-                                 f"{args.dist} is {dist.shape[1]}x{dist.shape[2]} (H x W)")
+        return _fail(EXIT_BAD_FILE, f"images differ in size: {args.ref} is {ref.shape[2]} x {ref.shape[1]}, "
+                                    f"{args.dist} is {dist.shape[2]} x {dist.shape[1]} (W x H)")
     from onedc_lib.eval.metrics import ImageMetrics
     from onedc_lib.eval.backbones import MetricWeightsError
 
@@ -260,7 +317,7 @@ def _metrics(args: argparse.Namespace) -> int:
         clean = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in values.items()}
         print(json.dumps({"ref": args.ref, "dist": args.dist, **clean}))
         return 0
-    print(f"{'ref':9} {args.ref}\n{'dist':9} {args.dist}\n{'size':9} {values['height']} x {values['width']} (H x W)")
+    print(f"{'ref':9} {args.ref}\n{'dist':9} {args.dist}\n{'size':9} {values['width']} x {values['height']} (W x H)")
     for name in ("psnr", "ms_ssim", "lpips", "dists"):
         v = values[name]
         shown = "n/a (smaller side below 161 px)" if v is None else f"{v:.4f} dB" if name == "psnr" else f"{v:.6f}"
@@ -361,9 +418,9 @@ def _eval(args: argparse.Namespace) -> int:
                                device=args.device, qualities=qualities, results_dir=args.results,
                                resume=not args.no_resume, fid_min_patches=args.fid_min_patches,
                                command=_eval_command(args, metrics, qualities))
-    except (ImageError, BitstreamError) as e:
+    except (ImageError, BitstreamError, OSError) as e:  # bad files, missing folders or weights
         return _fail(EXIT_BAD_FILE, str(e))
-    except (OSError, ValueError) as e:  # missing folders/weights, unknown codec or metric, bad qualities
+    except ValueError as e:  # unknown codec or metric, bad qualities
         return _fail(EXIT_USAGE, str(e))
     finally:
         for w in dict.fromkeys(str(w.message) for w in caught):
@@ -386,7 +443,8 @@ def _eval(args: argparse.Namespace) -> int:
 def _parser() -> argparse.ArgumentParser:
     from onedc_lib import release_cli  # its options (release checkpoints and files); imports no torch
 
-    parser = argparse.ArgumentParser(prog="onedc", description="OneDC: one-step diffusion image codec.")
+    parser = argparse.ArgumentParser(prog="onedc", description="OneDC: one-step diffusion image codec.",
+                                     epilog=EXIT_CODES)
     parser.add_argument("--version", action="version", version=f"onedc {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -403,10 +461,15 @@ def _parser() -> argparse.ArgumentParser:
              "the .odc file, or a folder when IN is a folder"),
             ("decompress", _decompress, "decompress .odc or release-format files to PNG images", "a file or a folder of files",
              "the image file, or a folder when IN is a folder")):
-        command = commands.add_parser(name, help=what, description=what[0].upper() + what[1:] + ".")
+        command = commands.add_parser(name, help=what, description=what[0].upper() + what[1:] + ".",
+                                      epilog=EXIT_CODES)
         command.add_argument("input", metavar="IN", help=inputs)
         command.add_argument("-o", "--output", metavar="OUT", required=True, help=outputs)
-        command.add_argument("--model", metavar="NAME", help=MODEL_HELP)
+        command.add_argument("-f", "--force", action="store_true",
+                             help="replace outputs that exist (an input is never replaced)")
+        command.add_argument("--model", metavar="NAME", help=MODEL_HELP if name == "compress" else (
+            MODEL_HELP.replace("default: the bundled default model", "default: the model the file names, found "
+                               "among the bundled models and the models in ~/.cache/onedc/models")))
         if name == "compress":
             command.add_argument("--caption", metavar="TEXT",
                                  help="the caption a text-guided model (codec.guidance: text) sends in the file "
@@ -535,7 +598,10 @@ def main(argv: list[str] | None = None) -> int:
         args = _parser().parse_args(argv)
     except SystemExit as e:  # --help, --version and usage errors: argparse has printed its message
         return 0 if e.code is None else e.code
-    return args.run(args)
+    try:
+        return args.run(args)
+    except KeyboardInterrupt:  # writes are atomic: what was not finished is not there
+        return _fail(EXIT_INTERRUPTED, "interrupted")
 
 
 QUICK_EXIT_COMMANDS = ("compress", "decompress", "info")

@@ -1,7 +1,8 @@
 """Reading and writing images: any common format to a float [3, H, W] tensor in [0, 1], and back to PNG.
 
-Grayscale is replicated to RGB, alpha is composited on white, 16-bit images keep their precision, EXIF
-orientation is applied. Sizes are checked before decoding pixels, so a decompression bomb is refused early.
+Grayscale is replicated to RGB, alpha is composited on white, EXIF orientation is applied. 16-bit grayscale keeps
+its precision; 16-bit colour (48-bit PNG, TIFF) arrives at 8 bits per channel, as Pillow decodes it (the codec's
+results and metrics are on 8-bit values anyway). Sizes are checked before decoding pixels, so a decompression bomb is refused early.
 """
 from __future__ import annotations
 

@@ -26,3 +26,27 @@ def output_dir(target: str | os.PathLike, out_dir: str | os.PathLike, smoke: boo
     path = Path(out_dir) if smoke or not str(target) else Path(target)
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+def cached_models_dir() -> Path:
+    """Model folders imported or cached by the user (e.g. converted checkpoints): cache_root()/models/<name>/."""
+    return cache_root() / "models"
+
+
+def find_model(model_id: str) -> str | None:
+    """What `load_model` takes for the model whose config.json names `model_id` (hex): a bundled model's name, or a
+    model folder under cached_models_dir(); None when no such model is here. JSON only (no torch), so that
+    `onedc info` can name a file's model."""
+    import json
+
+    for root in (bundled_dir(), cached_models_dir()):
+        for config in sorted(root.glob("*/config.json")):
+            if config.parent.name[:1] in "._":
+                continue
+            try:
+                found = json.loads(config.read_text()).get("model_id") == model_id
+            except (OSError, ValueError, AttributeError):
+                continue
+            if found:
+                return config.parent.name if root == bundled_dir() else str(config.parent)
+    return None

@@ -184,9 +184,9 @@ def test_trailing_bytes():
 
 
 @pytest.mark.parametrize("height, width, message", [
-    (200000, 200000, "image of 200000x200000 pixels (HxW) exceeds the limit of 65536 pixels per side"),
+    (200000, 200000, "image of 200000 x 200000 pixels (W x H) exceeds the limit of 65536 pixels per side"),
     (65536, 65536, "exceeds the limit"),  # each side allowed, 2^32 pixels not
-    (0, 180, "image of 0x180 pixels (HxW) is empty"),
+    (0, 180, "image of 180 x 0 pixels (W x H) is empty"),
     (120, 0, "is empty"),
 ])
 def test_absurd_dimensions(height, width, message):

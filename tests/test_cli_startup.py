@@ -32,7 +32,7 @@ def test_decompress_imports_nothing_heavy(tmp_path, monkeypatch):
     command = [sys.executable, "-X", "importtime", "-m", "onedc_lib.cli", "decompress", str(source), "-o",
                str(tmp_path / "fast.png"), "--model", str(folder)]
     result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0 and result.stdout.strip().endswith("fast.png: 16x24"), result.stderr
+    assert result.returncode == 0 and result.stdout.strip().endswith("fast.png: 24 x 16 (W x H)"), result.stderr
     modules = [line.rsplit("|", 1)[-1].strip() for line in result.stderr.splitlines() if line.startswith("import time:")]
     assert "torch" in modules and "onedc_lib.models.export" in modules
     heavy = [m for m in modules if any(m == h or m.startswith(h + ".") for h in HEAVY_MODULES)]

@@ -23,6 +23,7 @@ from ..entropy import release_format
 from ..entropy.coder import GaussianCoder
 from ..entropy.context import NUM_STEPS
 from ..entropy.tables import odc_tables
+from ..paths import cached_models_dir, find_model
 from .codec import Codec
 from .text import TextGuidance
 
@@ -374,9 +375,12 @@ class OneDC(nn.Module):
 
     def check_container(self, container: bitstream.Container) -> None:
         if container.model_id != self.model_id:
+            writer = find_model(container.model_id.hex())
             raise bitstream.BitstreamError(
-                f"this file was written by model {container.model_id.hex()} but you are decoding with model "
-                f"{self.model_id.hex()} ({self.config.name}); pass the model that wrote it"
+                f"this file was written by model {container.model_id.hex()} "
+                f"({writer or 'not bundled, not in ' + str(cached_models_dir())}) but you are decoding with model "
+                f"{self.model_id.hex()} ({self.config.name}); "
+                + (f"decode it with {writer}" if writer else "pass the model that wrote it")
             )
         if container.table_hash != self.tables.table_hash:
             raise bitstream.BitstreamError(
@@ -419,3 +423,10 @@ def check_image_tensor(x: torch.Tensor) -> None:
         raise ValueError(f"expected a float tensor [1, 3, H, W] in [0, 1], got {shape}")
     if not torch.is_floating_point(x):
         raise ValueError(f"expected a float tensor in [0, 1], got {x.dtype}")
+    finite = torch.isfinite(x)
+    if not finite.all():
+        raise ValueError(f"expected a float tensor in [0, 1], got {int((~finite).sum())} NaN or infinite values")
+    low, high = float(x.min()), float(x.max())
+    if low < 0 or high > 1:
+        hint = "8-bit values? divide by 255" if low >= 0 else "values in [-1, 1]? use (x + 1) / 2"
+        raise ValueError(f"expected a float tensor in [0, 1], got values in [{low:.4g}, {high:.4g}] ({hint})")

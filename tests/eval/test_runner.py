@@ -223,7 +223,7 @@ def test_cli_eval(images, tmp_path, metric_cache, capsys):
     assert [p["rate"] for p in summary["points"]] == [10, 50]
     assert main(["eval", "--codec", "png", "--images", str(images), "--out", str(tmp_path)]) == 2
     assert "unknown codec" in capsys.readouterr().err
-    assert main(["eval", "--codec", "jpeg", "--images", str(tmp_path / "nope"), "--out", str(tmp_path)]) == 2
+    assert main(["eval", "--codec", "jpeg", "--images", str(tmp_path / "nope"), "--out", str(tmp_path)]) == 1
     assert main(["eval", "--codec", "jpeg", "--images", str(images), "--out", str(tmp_path), "--qualities", "x"]) == 2
     assert main(["eval", "--codec", "jpeg", "--images", str(images), "--out", str(tmp_path), "--metrics",
                  "ssim"]) == 2
