@@ -206,9 +206,9 @@ def _decode_steps(model, container) -> list[dict]:
         captured.append((scales.detach().cpu().double(), symbols.detach().cpu().double()))
         return symbols
 
-    with torch.no_grad(), model._float64_entropy_path():
-        params, _ = model.codec.hyper_synthesis(model.codec.z_from_indices(z).to(torch.float64))
-        model.codec.decode_steps(params, capture)
+    with torch.no_grad(), model._float64_entropy_path() as codec:
+        params, _ = codec.hyper_synthesis(codec.z_from_indices(z).to(torch.float64))
+        codec.decode_steps(params, capture)
     coder = GaussianCoder(model.tables)
     framing = len(coder.encode(np.zeros(0, np.int32), np.zeros(0, np.int32), tiles=1))
     tables = model.tables

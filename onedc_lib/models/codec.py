@@ -4,6 +4,8 @@ One class for every preset: `cfg` sets the widths and whether y is sent at all (
 registration order are the release's, so `Codec(CodecConfig())` loads `model_1.safetensors` with strict=True
 and its state_dict lists the keys in the release's order.
 """
+import copy
+import weakref
 from typing import NamedTuple
 
 import torch
@@ -16,6 +18,10 @@ from .hyper import HyperEncoder
 from .prior import FourStepPrior, HyperDecoder
 from .semantic import SemanticAdaptor
 from .synthesis import SynthesisTransform
+
+
+# codec -> (what its entropy parameters were, its float64 entropy copy); see Codec.float64_entropy
+_FLOAT64: "weakref.WeakKeyDictionary[Codec, tuple]" = weakref.WeakKeyDictionary()
 
 
 class CodecOutput(NamedTuple):
@@ -61,6 +67,23 @@ class Codec(FourStepPrior):
     def entropy_modules(self) -> list[torch.nn.Module]:
         """The modules that compute the entropy parameters; run them in float64 for machine-independent streams."""
         return [self.hyper_dec] + [getattr(self, name) for name in self._prior_names]
+
+    def float64_entropy(self) -> "Codec":
+        """This codec with float64 copies of its entropy modules (its other modules shared, not copied): the
+        entropy path runs on it without changing this codec's dtypes, which other threads may be using. Kept
+        until the entropy parameters change (moved, loaded or trained: new storage or a new tensor version)."""
+        modules = self.entropy_modules()
+        key = tuple((t.data_ptr(), t._version) for m in modules for t in [*m.parameters(), *m.buffers()])
+        cached = _FLOAT64.get(self)
+        if cached is not None and cached[0] == key:
+            return cached[1]
+        entropy = {id(m) for m in modules}
+        shared = {id(m): m for m in self.children() if id(m) not in entropy}  # deepcopy's memo: not copied
+        codec64 = copy.deepcopy(self, shared)
+        for module in codec64.entropy_modules():
+            module.to(torch.float64)
+        _FLOAT64[self] = (key, codec64)
+        return codec64
 
     # ------------------------------------------------------------------ encoder side
     def analysis(self, x: torch.Tensor, cond: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -242,17 +242,10 @@ class OneDC(nn.Module):
     # ------------------------------------------------------------------ entropy path
     @contextlib.contextmanager
     def _float64_entropy_path(self):
-        """Run h_dec and the prior in float64 (lossless round trip back to the modules' dtype afterwards)."""
-        modules = self.codec.entropy_modules()
-        dtypes = [next(m.parameters()).dtype for m in modules]
-        try:
-            for m in modules:
-                m.to(torch.float64)
-            with torch.autocast(self._device.type, enabled=False):
-                yield
-        finally:
-            for m, dtype in zip(modules, dtypes):
-                m.to(dtype)
+        """Yields the codec with h_dec and the prior in float64 (Codec.float64_entropy: copies, so the model itself
+        never changes and several threads can code with it), autocast off."""
+        with torch.autocast(self._device.type, enabled=False):
+            yield self.codec.float64_entropy()
 
     @property
     def _device(self) -> torch.device:
@@ -304,10 +297,10 @@ class OneDC(nn.Module):
         _, z_indices = self.codec.quantize_z(z)
         if self.config.codec.z_only:
             return z_indices, None
-        with self._float64_entropy_path():
-            z_hat = self.codec.z_from_indices(z_indices).to(torch.float64)
-            params, _ = self.codec.hyper_synthesis(z_hat)
-            return z_indices, self.codec.encode_steps(y.to(torch.float64), params)
+        with self._float64_entropy_path() as codec:
+            z_hat = codec.z_from_indices(z_indices).to(torch.float64)
+            params, _ = codec.hyper_synthesis(z_hat)
+            return z_indices, codec.encode_steps(y.to(torch.float64), params)
 
     @torch.no_grad()
     def release_bits(self, x: torch.Tensor) -> int:
@@ -336,10 +329,10 @@ class OneDC(nn.Module):
         hp, wp = container.padded_height, container.padded_width
         z_indices = release_format.unpack_z(container.section("z").payload, (hp // PAD) * (wp // PAD))
         z_indices = torch.from_numpy(z_indices).view(1, hp // PAD, wp // PAD).to(self._device)
-        with self._float64_entropy_path():
-            z_hat = self.codec.z_from_indices(z_indices).to(torch.float64)
-            params, z_semantic = self.codec.hyper_synthesis(z_hat)
-            y_hat = self.codec.decode_steps(params, self._symbol_source(container))
+        with self._float64_entropy_path() as codec:
+            z_hat = codec.z_from_indices(z_indices).to(torch.float64)
+            params, z_semantic = codec.hyper_synthesis(z_hat)
+            y_hat = codec.decode_steps(params, self._symbol_source(container))
         z_semantic = z_semantic.to(torch.float32)
         captions = [self._caption(container)] if self.text_guided else None
         return self.reconstruct(y_hat.to(torch.float32), z_semantic, container.height, container.width, captions)

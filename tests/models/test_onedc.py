@@ -168,6 +168,27 @@ def test_encode_at_two_threads_decodes_at_one(model, coffee, threads, capture_en
     torch.testing.assert_close(at_one, at_two, atol=1e-4, rtol=0)
 
 
+def test_two_threads_on_one_model_code_as_one_thread_does(model, coffee):
+    """compress and decompress from two threads at once on one model (torch and the coder release the GIL) give
+    the bytes and the images of calls made one after the other. The entropy path once switched the shared
+    modules to float64 and back in place, so that a thread could run on the other's dtypes."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    images = [coffee, photo("astronaut", 70, 90)]
+    files = [model.compress(x).to_bytes() for x in images]
+    decoded = [model.decompress(f) for f in files]
+
+    def work(i: int) -> list[tuple[bytes, torch.Tensor]]:
+        return [(model.compress(images[i]).to_bytes(), model.decompress(files[i])) for _ in range(3)]
+
+    with ThreadPoolExecutor(2) as pool:
+        results = list(pool.map(work, [0, 1, 0, 1]))
+    for i, runs in zip([0, 1, 0, 1], results):
+        for data, image in runs:
+            assert data == files[i] and torch.equal(image, decoded[i])
+    assert entropy_dtype(model) == torch.float32
+
+
 def test_decode_under_autocast_is_unchanged(model, coffee_file, capture_entropy_output):
     """Autocast outside does not reach the entropy path: same symbols (CRC checked), same y_hat."""
     reference = model.decompress(coffee_file)
@@ -186,9 +207,10 @@ def step_scales(model, x: torch.Tensor, float64: bool = True) -> torch.Tensor:
         y, sem = model.codec.analysis(xp * 2 - 1, model.encode_latents(xp))
         _, z_indices = model.codec.quantize_z(model.codec.hyper_analysis(y, sem))
         dtype = torch.float64 if float64 else torch.float32
-        with model._float64_entropy_path() if float64 else torch.autocast("cpu", enabled=False):
-            params, _ = model.codec.hyper_synthesis(model.codec.z_from_indices(z_indices).to(dtype))
-            encoding = model.codec.encode_steps(y.to(dtype), params)
+        with model._float64_entropy_path() as codec64:  # autocast off
+            codec = codec64 if float64 else model.codec
+            params, _ = codec.hyper_synthesis(codec.z_from_indices(z_indices).to(dtype))
+            encoding = codec.encode_steps(y.to(dtype), params)
     return torch.cat([s.reshape(-1) for s in encoding.scales])
 
 
