@@ -182,14 +182,18 @@ def bundle(source, name: str, dest=None, runs=(), description: str = "",
     source_meta = json.loads((source / "config.json").read_text())
     state = {k: v.detach().cpu().contiguous() for k, v in reference.state_dict().items()}
 
+    # A VAE slot that holds a provisioned decoder exactly refers to it (not counted in the bundle, loaded from
+    # the user cache) and keeps its dtypes.
+    provisioned = reference.vae.provisioned_tensors()
+    kept = {f"vae.{k}": v for k, v in provisioned[1].items()} if provisioned else {}
     check = None
     chosen = "float32" if dtype == "float32" else "float16"
-    tensors = {k: _stored(v, chosen) for k, v in state.items()}
+    tensors = {k: _stored(v, chosen) for k, v in state.items()} | kept
     model = _load_bundled(reference.config, tensors)
     if chosen == "float16":
         check = _fp16_check(reference, model, check_image)
         if check["psnr_db"] < FP16_MIN_PSNR and dtype == "auto":
-            chosen, tensors = "float32", state
+            chosen, tensors = "float32", state | kept
             model = _load_bundled(reference.config, tensors)
             check["decision"] = f"float32 kept: float16 decodes at {check['psnr_db']:.2f} dB < {FP16_MIN_PSNR} dB"
         else:
@@ -199,7 +203,8 @@ def bundle(source, name: str, dest=None, runs=(), description: str = "",
     (dest / SHARED).mkdir(exist_ok=True)
     groups: dict[str, dict] = {}
     for key, tensor in tensors.items():
-        groups.setdefault(_group(key), {})[key] = tensor
+        if key not in kept:
+            groups.setdefault(_group(key), {})[key] = tensor
     own, shared = {}, []
     for group, members in sorted(groups.items()):
         size = sum(t.numel() * t.element_size() for t in members.values())
@@ -238,6 +243,8 @@ def bundle(source, name: str, dest=None, runs=(), description: str = "",
 
     meta = {"config": config_to_dict(config), "model_id": model.model_id.hex(), "dtype": chosen, "shared": shared,
             "provenance": source_meta.get("provenance", {})}
+    if provisioned:
+        meta["provisioned"] = [{"vae": provisioned[0], "tensors": len(kept)}]
     tmp = dest / f".tmp-{name}-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()

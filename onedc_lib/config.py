@@ -67,20 +67,35 @@ class GeneratorConfig:
 class VAEConfig:
     """AutoencoderKL kwargs (SD-2.1's VAE at sd15 scale) and how it is used."""
 
-    # AutoencoderKL kwargs: SD-2.1's VAE (diffusers defaults plus these).
+    # AutoencoderKL kwargs: SD-2.1's VAE (diffusers defaults plus these). Lists, as a saved config reads back.
     autoencoder: dict = field(default_factory=lambda: dict(
-        block_out_channels=(128, 256, 512, 512), down_block_types=("DownEncoderBlock2D",) * 4,
-        up_block_types=("UpDecoderBlock2D",) * 4, layers_per_block=2, latent_channels=4, sample_size=768))
+        block_out_channels=[128, 256, 512, 512], down_block_types=["DownEncoderBlock2D"] * 4,
+        up_block_types=["UpDecoderBlock2D"] * 4, layers_per_block=2, latent_channels=4, sample_size=768))
     scaling_factor: float = 0.18215
     attention_window: int = 16  # mid-block self-attention in windows of this many latent pixels
     # "window": encoder and decoder mid-block attention per window, GroupNorm statistics per window (the release,
     # sd15); "global": decoder only, global statistics (nano, and every model saved before this field existed)
     attention_statistics: str = "global"
     sample_posterior: bool = False  # the release samples; we default to the mean (deterministic encoding)
+    # "autoencoder_kl": the AutoencoderKL above (models/vae.py); "pixel_sr": a pretrained x4 super-resolution
+    # network whose latent is the image downsampled (models/pixel_vae.py), `sr_decoder` its architecture
+    kind: str = "autoencoder_kl"
+    sr_decoder: dict = field(default_factory=dict)
 
     def __post_init__(self):
         if self.attention_statistics not in ("window", "global"):
             raise ValueError(f"vae.attention_statistics must be 'window' or 'global', not {self.attention_statistics!r}")
+        if self.kind not in ("autoencoder_kl", "pixel_sr"):
+            raise ValueError(f"vae.kind must be 'autoencoder_kl' or 'pixel_sr', not {self.kind!r}")
+
+    @property
+    def latent_channels(self) -> int:
+        return 12 if self.kind == "pixel_sr" else self.autoencoder.get("latent_channels", 4)
+
+    @property
+    def provisioned(self) -> bool:
+        """Whether the slot's pretrained weights come from the setup's provisioning (no path needed)."""
+        return self.kind == "pixel_sr"
 
 
 @dataclass(frozen=True)
@@ -260,7 +275,7 @@ def config_to_dict(config) -> dict:
 
 # Fields added after models were saved, with the value those models have: left out of identities (model ids,
 # exported-graph keys) while they hold it, so that earlier models keep theirs.
-LATER_FIELDS = {"vae": {"attention_statistics": "global"}}
+LATER_FIELDS = {"vae": {"attention_statistics": "global", "kind": "autoencoder_kl", "sr_decoder": {}}}
 
 
 def identity_dict(config: ModelConfig, parts: tuple[str, ...]) -> dict:

@@ -96,6 +96,10 @@ def load_model_folder(folder: str | os.PathLike, decode_only: bool = False):
             raise WeightsError(f"{folder}: {entry['file']} repeats tensors of model.safetensors "
                                f"({sorted(overlap)[0]}, ...)")
         tensors.update(shared)
+    for entry in meta.get("provisioned", []):  # a pretrained VAE-slot decoder from the user cache (bundle.py)
+        from .models.pixel_vae import provisioned_state_dict
+
+        tensors.update({f"vae.{k}": v for k, v in provisioned_state_dict(entry["vae"]).items()})
     what = f"{folder}/model.safetensors" + (" with its shared files" if meta.get("shared") else "")
     model = _decoder(config, tensors, what) if decode_only else None
     if model is None:

@@ -63,7 +63,7 @@ def _count(module: torch.nn.Module, lora: bool | None = None) -> int:
 
 def model_sizes(model) -> dict[str, int]:
     """Parameters per module, in the spec's breakdown (section 2)."""
-    codec, unet, ae = model.codec, model.generator.unet, model.vae.autoencoder
+    codec, unet, vae = model.codec, model.generator.unet, model.vae
     prior = sum(_count(getattr(codec, name)) for name in codec._prior_names)
     sizes = {
         "codec.g_a (enc)": _count(codec.enc),
@@ -78,8 +78,8 @@ def model_sizes(model) -> dict[str, int]:
         "generator.conv_in": _count(unet.conv_in),
         "generator.vae_reduction": _count(unet.vae_reduction),
         "generator total": _count(unet),
-        "vae.encoder (+quant_conv)": _count(ae.encoder) + _count(ae.quant_conv),
-        "vae.decoder (+post_quant_conv)": _count(ae.decoder) + _count(ae.post_quant_conv),
+        "vae.encoder (+quant_conv)": _count(vae.encoder_part),
+        "vae.decoder (+post_quant_conv)": _count(vae.decoder_part),
         "total": _count(model),
     }
     sizes["encoder side (vae_enc, g_a, h_enc, h_dec, prior)"] = (

@@ -104,7 +104,7 @@ def export_graph(model) -> bytes:
         raise ValueError("export_graph traces on the CPU: move the model there first")
     config = model.config
     unet = config.generator.unet
-    latent_ch = config.vae.autoencoder.get("latent_channels", 4)
+    latent_ch = config.vae.latent_channels
     h, w = 16, 24  # any size: the graph follows the input's (tests check others)
     examples = {"generate": (torch.randn(1, config.codec.ctrl_ch, h, w), torch.randn(1, 6, unet["cross_attention_dim"])),
                 "decode": (torch.randn(1, latent_ch, h, w),)}

@@ -119,10 +119,10 @@ class OneDC(nn.Module):
         self.codec = Codec(config.codec, encoder=not decode_only)
         if not decode_only:
             from .generator import OneStepGenerator  # diffusers and peft: imported only by models that need them
-            from .vae import VAE
+            from .vae import build_vae
 
             self.generator = OneStepGenerator(config.generator, config.codec.ctrl_ch)
-            self.vae = VAE(config.vae)
+            self.vae = build_vae(config.vae)
         self.decoder_graph = None  # models/export.DecoderGraph: the generator and VAE decoder without diffusers
         if config.codec.guidance == "text":  # after the release's modules: the hyperprior state_dict is unchanged
             self.text_guidance = TextGuidance(config.codec, config.generator.unet["cross_attention_dim"])
@@ -211,10 +211,10 @@ class OneDC(nn.Module):
         tensors its graph holds (large images, other dtypes, `exported=False`)."""
         if self.decode_only and not hasattr(self, "generator"):
             from .generator import OneStepGenerator
-            from .vae import VAE
+            from .vae import build_vae
 
             generator = OneStepGenerator(self.config.generator, self.config.codec.ctrl_ch)
-            vae = VAE(self.config.vae)
+            vae = build_vae(self.config.vae)
             for prefix, module in (("generator.", generator), ("vae.", vae)):
                 module.load_state_dict(self.decoder_graph.tensors(prefix), strict=True)
             self.generator, self.vae = generator.to(self._device).eval(), vae.to(self._device).eval()
@@ -226,7 +226,7 @@ class OneDC(nn.Module):
             return
         self.reference_decoder()
         self.generator.compile(backend=backend)
-        self.vae.autoencoder.decoder.compile(backend=backend)
+        self.vae.decoder_part.compile(backend=backend)
         self._compiled_with = backend
 
     def forward(self, x: torch.Tensor, captions: list[str] | None = None) -> OneDCOutput:

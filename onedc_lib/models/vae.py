@@ -164,8 +164,9 @@ class VAE(nn.Module):
         return latent * self.scaling_factor
 
     def loss_pair(self, latent: torch.Tensor, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(reconstruction, target) in [-1, 1] for the training losses: the decoded image (unclamped) and x."""
-        return self.decode(latent, clamp=False), x
+        """(reconstruction, target) in [-1, 1] for the training losses: the decoded image (unclamped, cropped from
+        the padded latent's) and x."""
+        return self.decode(latent, clamp=False)[..., :x.shape[-2], :x.shape[-1]], x
 
     def provisioned_tensors(self) -> None:
         """None: its weights are the user's files, never provisioned (see PixelSRVAE)."""

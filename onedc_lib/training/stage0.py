@@ -253,13 +253,20 @@ class TeacherStep(nn.Module):
 
 
 def build_vae(config: ModelConfig, path: str | None):
-    from ..models.vae import VAE
+    """The teacher's latent space: the stage-0 VAE, or a provisioned pretrained one (config.vae.provisioned)."""
+    from ..models.vae import build_vae as build_slot, load_vae
 
-    if path is None:
+    if path is None and not config.vae.provisioned:
         warnings.warn("no stage-0 VAE: the teacher trains in the latent space of a RANDOM VAE (train the VAE first)",
                       stacklevel=3)
-        return VAE(config.vae).eval()
-    return VAE.from_pretrained_local(path, config.vae).eval()
+        return build_slot(config.vae).eval()
+    return load_vae(path, config.vae).eval()
+
+
+def trainable_parts(config: ModelConfig) -> tuple[str, ...]:
+    """The parts stage 0 trains for `config`: all of PARTS, but no VAE where the slot holds a provisioned
+    pretrained decoder."""
+    return tuple(p for p in PARTS if not (p == "vae" and config.vae.provisioned))
 
 
 class TeacherTask(_Part):
@@ -331,6 +338,9 @@ def train_part(part: str, config: ModelConfig, out: str | Path, steps: int, *, s
                            num_workers=cfg.num_workers if data else 0)
     loop.seed_everything(seed)
     if part == "vae":
+        if config.vae.provisioned:
+            raise ValueError(f"preset {config.name!r} holds a provisioned pretrained decoder in its VAE slot "
+                             f"(vae.kind {config.vae.kind!r}): stage 0 has no VAE to train")
         task = VAETask(config, out / FILES["vae"], lpips)
     elif part == "tokenizer":
         task = TokenizerTask(config, out / FILES["tokenizer"], lpips)
@@ -360,7 +370,7 @@ def main(argv: list[str] | None = None) -> Path:
     steps = args.steps if args.steps is not None else config.train.stage0_steps
     if steps <= 0:
         raise SystemExit(f"preset {config.name!r} sets no stage-0 steps (its parts are pretrained); pass --steps")
-    parts = PARTS if args.part == "all" else (args.part,)
+    parts = trainable_parts(config) if args.part == "all" else (args.part,)
     out = Path(args.out)
     written = None
     for part in parts:

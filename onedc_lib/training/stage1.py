@@ -67,7 +67,7 @@ def _random_warning(part: str, how: str) -> None:
 
 def build_onedc(config: ModelConfig, pretrained: Pretrained) -> OneDC:
     """OneDC with the pretrained parts loaded (call after seeding: the random parts follow the seed)."""
-    from ..models.vae import VAE
+    from ..models.vae import load_vae
     from ..weights import load_model_folder
 
     if pretrained.init_model:
@@ -88,8 +88,8 @@ def build_onedc(config: ModelConfig, pretrained: Pretrained) -> OneDC:
         return model.train()
     model = OneDC(config)
     model.random_parts = []  # pretrained parts that started from random weights (recorded in the model folder)
-    if pretrained.vae:
-        model.vae = VAE.from_pretrained_local(pretrained.vae, config.vae)
+    if pretrained.vae or config.vae.provisioned:
+        model.vae = load_vae(pretrained.vae, config.vae)
     else:
         _random_warning("VAE", "stage 0 trains one for nano: --stage0 DIR; sd15: --vae PATH")
         model.random_parts.append("vae")
@@ -158,19 +158,19 @@ class Frozen:
 
 # ================================================================================================ the step
 def reconstruct_for_loss(model: OneDC, x: torch.Tensor, captions: list[str] | None = None):
-    """x in [0, 1] (multiples of 64) -> (x_hat unclamped, codec output, padded x): OneDC.forward for training
-    (captions: the batch's, used by text-guided models).
+    """x in [0, 1] (multiples of 64) -> (x_hat unclamped, its target, codec output, padded x, x0): OneDC.forward
+    for training (captions: the batch's, used by text-guided models). x_hat and target are what the VAE slot's
+    loss_pair compares: the decoded image and x, or (a pixel_sr slot) both small images, upsampled.
 
     The frozen VAE encoder runs without gradient; the VAE decode runs in fp32 outside autocast, unclamped."""
-    h, w = x.shape[-2:]
     xp = pad_to_multiple(x)
     with torch.no_grad():
         cond = model.encode_latents(xp)
     out = model.codec(xp * 2 - 1, cond)
     x0 = model.generator(out.ctrl, model.guidance(out.tokens, captions)).x0
     with torch.autocast(x.device.type, enabled=False):
-        image = model.vae.decode(x0.float(), clamp=False)
-    return (image[..., :h, :w] + 1) / 2, out, xp, x0
+        image, target = model.vae.loss_pair(x0.float(), x * 2 - 1)
+    return (image + 1) / 2, (target + 1) / 2, out, xp, x0
 
 
 def psnr(x_hat: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
@@ -192,10 +192,10 @@ class Stage1Step(nn.Module):
 
         cfg = self.onedc.config.loss
         x = batch["image"]
-        x_hat, out, xp, _ = reconstruct_for_loss(self.onedc, x, batch.get("caption"))
+        x_hat, target, out, xp, _ = reconstruct_for_loss(self.onedc, x, batch.get("caption"))
         x_hat = x_hat.float()
-        l1 = l1_loss(x_hat, x)
-        lpips = self.frozen.lpips(x_hat, x).float() if self.frozen.lpips is not None else l1.new_zeros(())
+        l1 = l1_loss(x_hat, target)
+        lpips = self.frozen.lpips(x_hat, target).float() if self.frozen.lpips is not None else l1.new_zeros(())
         bpp = rate_bpp(out.bits_y.float())
         logs = {}
         if cfg.distill_weight:
@@ -207,7 +207,7 @@ class Stage1Step(nn.Module):
         loss = stage1_loss(l1=l1, lpips=lpips, bpp=bpp, distill=distill_loss, step=step, cfg=cfg)
         lmbda = lmbda_at(step, cfg.lmbda, cfg.lmbda_warmup_steps, cfg.lmbda_start)
         return {"loss": loss, "l1": l1.detach(), "lpips": lpips.detach(), "bpp_y": bpp.detach(), **logs,
-                "psnr": psnr(x_hat, x), "lmbda": torch.tensor(lmbda)}
+                "psnr": psnr(x_hat, target), "lmbda": torch.tensor(lmbda)}
 
 
 class Stage1Task(loop.Task):

@@ -54,7 +54,7 @@ def test_graph_computes_what_the_modules_compute(model, graph_file):
         gen = torch.Generator().manual_seed(h * 100 + w)
         ctrl = torch.randn(1, model.config.codec.ctrl_ch, h, w, generator=gen)
         tokens = torch.randn(1, (h // 8) * (w // 8), model.config.codec.semantic_ch, generator=gen)
-        latent = torch.randn(1, 4, h, w, generator=gen)
+        latent = torch.randn(1, model.config.vae.latent_channels, h, w, generator=gen)
         with torch.no_grad():
             assert torch.equal(graph.generate(ctrl, tokens), model.generator(ctrl, tokens).x0)
             assert torch.equal(graph.decode(latent), model.vae.decode(latent))
