@@ -198,14 +198,14 @@ class _OneDC(_Codec):
 
 
 def _load_model(name: str, vae=None, zonly=()):
-    """A release checkpoint folder (no config.json; its two safetensors files) with `vae`, as the z-only model when
-    it is among `zonly` (its layout is a y model's); anything else through weights.load_model."""
-    from ..weights import load_model, load_release_checkpoint
+    """A release checkpoint folder with `vae`, as the z-only model when it is among `zonly` (its files look like a
+    y model's); anything else through weights.load_model."""
+    from ..release_checkpoint import is_release_folder, load_release_folder
+    from ..weights import load_model
 
-    folder = Path(name)
-    if folder.is_dir() and not (folder / "config.json").is_file() and (folder / "model_1.safetensors").is_file():
-        z_only = any(Path(z).resolve() == folder.resolve() for z in zonly)
-        return load_release_checkpoint(folder, vae, preset="sd15_zonly" if z_only else "sd15")
+    if is_release_folder(name):
+        z_only = any(Path(z).resolve() == Path(name).resolve() for z in zonly)
+        return load_release_folder(name, vae, "sd15_zonly" if z_only else None)
     return load_model(name)
 
 

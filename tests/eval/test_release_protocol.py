@@ -127,3 +127,18 @@ def test_patch_counts_on_both_grids(tmp_path, metric_cache, monkeypatch):
     assert point["kid"] is None and "KID needs" in point["fid_kid"]["kid_missing"]
     grid = summary["protocol"]["patch_grid"]
     assert (grid["patch"], grid["grid2_offset"], grid["grid2_min_side"]) == (256, 128, 384)
+
+
+def test_release_checkpoint_folders_go_to_the_release_loader(tmp_path):
+    """A folder with the release's two files and no config.json is a release checkpoint: its loader checks the
+    files (before building a model of a billion parameters) and says what is wrong with them."""
+    from onedc_lib.weights import WeightsError
+
+    images = _write(tmp_path / "images", {"chelsea": (64, 64)})
+    (tmp_path / "release").mkdir()
+    (tmp_path / "vae").mkdir()
+    for name in ("model.safetensors", "model_1.safetensors"):
+        (tmp_path / "release" / name).write_bytes(b"")
+    with pytest.raises(WeightsError, match="not a readable safetensors file"):
+        evaluate(f"onedc:{tmp_path / 'release'}", images, tmp_path / "out", metrics=(), fid=False,
+                 progress=False, protocol="release", vae=tmp_path / "vae", zonly=[tmp_path / "release"])
