@@ -32,13 +32,14 @@ The sweeps reach 1.1-1.6 bpp at the top.
 """
 from __future__ import annotations
 
+import functools
 import io
 import struct
 from dataclasses import dataclass, field
 
 import numpy as np
 
-__all__ = ["BASELINES", "Baseline", "bpp", "check_image"]
+__all__ = ["ALL_BASELINES", "BASELINES", "DOWNSAMPLED_BASELINES", "Baseline", "Downsampled", "bpp", "check_image"]
 
 
 def check_image(image) -> np.ndarray:
@@ -135,6 +136,10 @@ class Baseline:
     def payload_bytes(self, data: bytes) -> int:
         """Bytes of the coded stream without container boxes (the whole file unless the codec has a container)."""
         return len(data)
+
+    @property
+    def file_extension(self) -> str:
+        return {"jpeg": "jpg", "webp": "webp", "avif": "avif", "jxl": "jxl", "hevc": "heic"}[self.name]
 
     def describe(self) -> dict:
         return {"name": self.name, "label": self.label, "qualities": list(self.qualities),
@@ -304,3 +309,90 @@ BASELINES: dict[str, Baseline] = {
     "hevc": _Hevc("hevc", "HEVC-intra (x265, 4:4:4)", (0, 2, 5, 8, 10, 15, 20, 25, 30, 35, 40, 45, 50, 55), "4:4:4",
                   {"chroma": "4:4:4", "x265_preset": "slow", "container": "HEIF"}),
 }
+
+
+# ------------------------------------------------------------------------------------------------ at a quarter size
+@dataclass(frozen=True)
+class Downsampled(Baseline):
+    """A classical codec on the image area-downsampled x4 (what a pixel_sr VAE slot codes: models/pixel_vae.py),
+    brought back to full size by bicubic interpolation or by that slot's pretrained decoder ("sr"): the classical
+    codec in the learned codec's latent, at the rates it reaches. The file is the inner codec's file and 4 bytes
+    of original height and width (counted in bpp); images are edge-padded to multiples of 4 first."""
+
+    inner: Baseline | None = None
+    upsampler: str = "bicubic"
+    factor: int = 4
+
+    def encode(self, image, quality):
+        image = check_image(image)
+        h, w = image.shape[:2]
+        f = self.factor
+        padded = np.pad(image, ((0, -h % f), (0, -w % f), (0, 0)), mode="edge").astype(np.float32)
+        small = padded.reshape(padded.shape[0] // f, f, padded.shape[1] // f, f, 3).mean(axis=(1, 3))
+        return self.inner.encode(np.round(small).astype(np.uint8), quality) + struct.pack("<HH", h, w)
+
+    def decode(self, data):
+        if len(data) < 5:
+            raise ValueError(f"{self.name}: {len(data)} bytes is too short for a file of this codec")
+        h, w = struct.unpack("<HH", data[-4:])
+        small = self.inner.decode(data[:-4])
+        if self.upsampler == "bicubic":
+            from PIL import Image
+
+            size = (small.shape[1] * self.factor, small.shape[0] * self.factor)
+            large = np.asarray(Image.fromarray(small).resize(size, Image.BICUBIC))
+        else:
+            large = _sr_upscale(small)
+        return np.ascontiguousarray(large[:h, :w])
+
+    def coded_subsampling(self, data):
+        return self.inner.coded_subsampling(data[:-4])
+
+    def payload_bytes(self, data):
+        return self.inner.payload_bytes(data[:-4]) + 4
+
+    @property
+    def file_extension(self) -> str:
+        return f"{self.inner.file_extension}.x{self.factor}"
+
+    def versions(self):
+        versions = dict(self.inner.versions())
+        if self.upsampler == "sr":
+            import torch
+
+            versions["torch"] = torch.__version__
+        return versions
+
+
+def _sr_upscale(small: np.ndarray) -> np.ndarray:
+    """uint8 [h, w, 3] -> uint8 [4h, 4w, 3] through the provisioned decoder of the nano VAE slot."""
+    import torch
+
+    net = _sr_network()
+    x = torch.from_numpy(small.astype(np.float32) / 255).permute(2, 0, 1)[None]
+    with torch.no_grad():
+        y = net(x)[0].clamp(0, 1)
+    return (y.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+
+
+@functools.lru_cache(maxsize=1)
+def _sr_network():
+    from ..models import sr_decoder
+
+    name = "realesrgan-x4plus"
+    net = sr_decoder.build_network(sr_decoder.PRETRAINED[name].arch)
+    net.load_state_dict({k: v.float() for k, v in sr_decoder.load_state_dict(None, name).items()})
+    return net.eval()
+
+
+DOWNSAMPLED_BASELINES: dict[str, Baseline] = {
+    f"{name}_x4_{up}": Downsampled(f"{name}_x4_{up}",
+                                   f"{codec.label.split(' (')[0]}/4 + {'bicubic' if up == 'bicubic' else 'decoder'}",
+                                   codec.qualities, codec.subsampling,
+                                   {**codec.settings, "downsampling": "area x4 (edge-padded to multiples of 4)",
+                                    "upsampling": "bicubic (Pillow)" if up == "bicubic" else
+                                    "the nano VAE slot's pretrained decoder (Real-ESRGAN x4plus)"},
+                                   inner=codec, upsampler=up)
+    for name, codec in BASELINES.items() for up in ("bicubic", "sr")
+}
+ALL_BASELINES: dict[str, Baseline] = {**BASELINES, **DOWNSAMPLED_BASELINES}

@@ -117,9 +117,9 @@ class _Codec:
 
 class _Baseline(_Codec):
     def __init__(self, spec: str, qualities=None):
-        from .baselines import BASELINES
+        from .baselines import ALL_BASELINES
 
-        codec = BASELINES[spec]
+        codec = ALL_BASELINES[spec]
         rates = list(codec.qualities if qualities is None else qualities)
         if not rates:
             raise ValueError(f"{spec}: no qualities to evaluate")
@@ -127,7 +127,7 @@ class _Baseline(_Codec):
             codec._check_quality(q)
         if len(set(rates)) != len(rates):
             raise ValueError(f"{spec}: repeated qualities in {rates}")
-        extension = {"jpeg": "jpg", "webp": "webp", "avif": "avif", "jxl": "jxl", "hevc": "heic"}[spec]
+        extension = codec.file_extension
         description = codec.describe()
         description["qualities_evaluated"] = [int(q) for q in rates]
         super().__init__(spec, spec, codec.label, "baseline", [int(q) for q in rates], extension, description,
@@ -221,7 +221,7 @@ def _model_label(name: str) -> str:
 def parse_codec(codec_spec: str, qualities=None, device="cpu", vae=None, zonly=()) -> _Codec:
     """`onedc[:<models>]` or a baseline name -> the codec object the runner uses (models are loaded here);
     vae / zonly: for release checkpoint folders (module docstring)."""
-    from .baselines import BASELINES
+    from .baselines import ALL_BASELINES
 
     spec = codec_spec.strip()
     if spec == "onedc" or spec.startswith("onedc:"):
@@ -229,9 +229,9 @@ def parse_codec(codec_spec: str, qualities=None, device="cpu", vae=None, zonly=(
             raise ValueError("qualities= applies to the baselines; a OneDC sweep is a list of models "
                              "(onedc:<model>,<model>,...)")
         return _OneDC(spec, spec.partition(":")[2], device, vae, zonly)
-    if spec.lower() in BASELINES:
+    if spec.lower() in ALL_BASELINES:
         return _Baseline(spec.lower(), qualities)
-    raise ValueError(f"unknown codec {codec_spec!r}: one of onedc:<model or path>, {', '.join(BASELINES)}")
+    raise ValueError(f"unknown codec {codec_spec!r}: one of onedc:<model or path>, {', '.join(ALL_BASELINES)}")
 
 
 # ----------------------------------------------------------------------------------------------------------------

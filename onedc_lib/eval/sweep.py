@@ -6,7 +6,7 @@
 
 Datasets: "samples" (the scikit-image photographs shipped with the library, written as PNG first), "nano" (the
 nano test photographs that `onedc prepare` writes to out/nano_data/test, checked against nano_manifest.json), or
-any folder of images (its folder name is the dataset name). Codecs: a baseline name (`eval.baselines.BASELINES`), `onedc`
+any folder of images (its folder name is the dataset name). Codecs: a baseline name (`eval.baselines.ALL_BASELINES`), `onedc`
 (the rate ladder of the `preset` family: bundled trained models, else the family's presets with seeded random
 weights, marked untrained in the summary; presets that build the same untrained model, as nano q1..q5 do, are
 evaluated once), or an explicit `onedc:<model>,<model>,...` (evaluated as given).
@@ -87,7 +87,7 @@ def expand_codecs(codecs, preset: str = "nano", smoke: bool = False) -> list[tup
     """[(runner codec spec, qualities or None)]: `onedc` -> onedc:<the family's ladder>, without the untrained
     presets that are the same model as an earlier one (a warning names them); smoke: two rates each."""
     from ..weights import available_models, distinct_models
-    from .baselines import BASELINES
+    from .baselines import ALL_BASELINES
 
     out = []
     for spec in codecs:
@@ -106,13 +106,13 @@ def expand_codecs(codecs, preset: str = "nano", smoke: bool = False) -> list[tup
             names = [n for n in spec.partition(":")[2].split(",") if n]
             if smoke and len(names) > 1:
                 spec = f"onedc:{names[0]},{names[-1]}"
-        elif spec.lower() in BASELINES:
+        elif spec.lower() in ALL_BASELINES:
             spec = spec.lower()
             if smoke:
-                sweep = BASELINES[spec].qualities
+                sweep = ALL_BASELINES[spec].qualities
                 qualities = [sweep[0], sweep[-1]]
         else:
-            raise ValueError(f"unknown codec {spec!r}: onedc, onedc:<models>, or one of {', '.join(BASELINES)}")
+            raise ValueError(f"unknown codec {spec!r}: onedc, onedc:<models>, or one of {', '.join(ALL_BASELINES)}")
         out.append((spec, qualities))
     return out
 

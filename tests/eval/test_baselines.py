@@ -126,3 +126,45 @@ def test_sweeps_cover_low_to_one_bpp_on_photographs(name):
         rates = [bpp(codec.encode(image, q), image) for q in codec.qualities]
         assert min(rates) < floors[name], (name, rates)
         assert max(rates) > 1.0, (name, rates)
+
+
+def test_downsampled_codecs_code_the_box_averaged_quarter_image(odd_photo):
+    """`<codec>_x4_bicubic`: the inner codec's file of the 4x4 box means (checked by hand against an edge-padded
+    copy), 4 bytes of size, Pillow's bicubic x4 back, cropped to the original size."""
+    from PIL import Image
+
+    from onedc_lib.eval.baselines import ALL_BASELINES, DOWNSAMPLED_BASELINES
+
+    assert set(DOWNSAMPLED_BASELINES) == {f"{n}_x4_{u}" for n in NAMES for u in ("bicubic", "sr")}
+    assert set(ALL_BASELINES) == set(BASELINES) | set(DOWNSAMPLED_BASELINES)
+    codec = ALL_BASELINES["jpeg_x4_bicubic"]
+    h, w = odd_photo.shape[:2]  # 63 x 85: padded to 64 x 88
+    data = codec.encode(odd_photo, 70)
+    assert data[-4:] == np.array([h, w], "<u2").tobytes()
+    padded = np.pad(odd_photo, ((0, 1), (0, 3), (0, 0)), mode="edge").astype(np.float64)
+    means = padded.reshape(16, 4, 22, 4, 3).mean(axis=(1, 3))
+    small = BASELINES["jpeg"].decode(data[:-4])
+    assert small.shape == (16, 22, 3)
+    assert BASELINES["jpeg"].encode(np.round(means).astype(np.uint8), 70) == data[:-4]
+    decoded = codec.decode(data)
+    expected = np.asarray(Image.fromarray(small).resize((88, 64), Image.BICUBIC))[:h, :w]
+    assert np.array_equal(decoded, expected)
+    assert bpp(data, odd_photo) < bpp(BASELINES["jpeg"].encode(odd_photo, 70), odd_photo) / 2  # headers: not /16
+    assert codec.file_extension == "jpg.x4" and codec.payload_bytes(data) == len(data)
+    with pytest.raises(ValueError, match="too short"):
+        codec.decode(b"\0\0")
+
+
+def test_downsampled_with_the_pretrained_decoder(photo):
+    """`avif_x4_sr`: the same file as `avif_x4_bicubic`, brought back by the nano slot's decoder: detail the
+    bicubic interpolation does not have (higher gradient energy), colours kept."""
+    from onedc_lib.eval.baselines import ALL_BASELINES
+
+    bicubic, sr = ALL_BASELINES["avif_x4_bicubic"], ALL_BASELINES["avif_x4_sr"]
+    data = sr.encode(photo, 50)
+    assert data == bicubic.encode(photo, 50)
+    a, b = bicubic.decode(data).astype(np.float64), sr.decode(data).astype(np.float64)
+    assert a.shape == b.shape == photo.shape
+    gradient = lambda x: np.abs(np.diff(x, axis=1)).mean()
+    assert gradient(b) > 1.2 * gradient(a)
+    assert np.abs(a.mean(axis=(0, 1)) - b.mean(axis=(0, 1))).max() < 8  # measured 4.4 (of 255) on this crop
