@@ -16,6 +16,8 @@ $(VENV)/.installed: pyproject.toml setup.py $(wildcard cpp_coder/*.cpp cpp_coder
 demo: setup
 	$(VENV)/bin/onedc demo --out out/demo
 	$(VENV)/bin/onedc info out/demo/astronaut.odc
+	@echo "make demo: done; outputs in $(CURDIR)/out/demo/ (.odc files, reconstructions, results.json)."
+	@echo "The onedc command is $(VENV)/bin/onedc (or run 'source $(VENV)/bin/activate' first, then onedc)."
 
 test: setup
 	$(PY) -m pytest -q
@@ -37,3 +39,4 @@ figures: setup
 notebooks: setup
 	$(PY) -m onedc_lib.nbcontract strip notebooks/*.ipynb
 	$(PY) -m onedc_lib.nbcontract check notebooks/*.ipynb
+	@echo "make notebooks: done; $(words $(wildcard notebooks/*.ipynb)) notebooks stripped of outputs and thin (the contract holds)."
