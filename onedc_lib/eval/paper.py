@@ -243,7 +243,7 @@ def reproduce(checkpoints, images: str, vae: str = "", zonly: str = "", paper_da
     summaries, csvs = [], []
     for model in models:
         summary = evaluate(f"onedc:{model}", folder, runs, metrics=metrics, fid=fid, device=device,
-                           results_dir=runs / "summaries", progress=progress, cache_dir=cache_dir,
+                           results_dir=runs / "summaries", progress=progress and not smoke, cache_dir=cache_dir,
                            protocol="release", vae=vae or None, zonly=[zonly] if zonly else [],
                            command=f"onedc_lib.eval.paper.reproduce({model!r}, images={images!r})")
         summaries.append(summary)
