@@ -67,8 +67,7 @@ def release_numerics(codec, numerics: str):
     _check_numerics(numerics)
     device = torch.device("cuda" if numerics == "bf16-cuda" else "cpu")
     modules = codec.entropy_modules()
-    before = [next(m.parameters()) for m in modules]
-    before = [(p.device, p.dtype) for p in before]
+    before = [(p.device, p.dtype) for p in (next(m.parameters()) for m in modules)]
     try:
         for m in modules:
             m.to(device, torch.float32)
