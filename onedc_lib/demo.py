@@ -1,6 +1,7 @@
 """The main job: compress and decompress the sample photographs with a model, write the files, the
 reconstructions and a results table (bpp from the real files; PSNR, MS-SSIM, and LPIPS / DISTS where their
-weights are provisioned: `python -m onedc_lib.eval.backbones`, which `make setup` runs)."""
+weights are provisioned: `python -m onedc_lib.eval.backbones`, which `make setup` runs), and beside each an AVIF
+file of about the same bytes (the smallest AVIF can make when it cannot go as low) to compare by eye."""
 from __future__ import annotations
 
 import json
@@ -8,8 +9,11 @@ import time
 import warnings
 from pathlib import Path
 
+import torch
+
 from .bitstream import atomic_write
 from .data.samples import SAMPLES, sample_image
+from .eval.baselines import BASELINES
 from .image_io import save_image
 
 
@@ -25,6 +29,15 @@ def demo_metrics():
         note = f"LPIPS and DISTS skipped: {error}"
         warnings.warn(note, stacklevel=2)
         return ImageMetrics(("psnr", "ms_ssim")), note
+
+
+def avif_near(image_u8, target_bytes: int) -> tuple[int, bytes]:
+    """(quality, file) of the AVIF sweep whose file size is nearest to target_bytes."""
+    from .eval.baselines import BASELINES
+
+    avif = BASELINES["avif"]
+    files = [(q, avif.encode(image_u8, q)) for q in avif.qualities]
+    return min(files, key=lambda f: abs(len(f[1]) - target_bytes))
 
 
 def run_demo(model, out_dir: str | Path, names=tuple(SAMPLES), metrics=None) -> list[dict]:
@@ -46,10 +59,19 @@ def run_demo(model, out_dir: str | Path, names=tuple(SAMPLES), metrics=None) -> 
         decode_s = time.perf_counter() - start
         file_bytes = (out_dir / f"{name}.odc").stat().st_size
         scores = {k: v for k, v in metrics(image, reconstruction).items() if k in metrics.metrics}
+        pixels = image.shape[1] * image.shape[2]
+        image_u8 = (image.permute(1, 2, 0) * 255).round().byte().numpy()
+        avif_quality, avif_file = avif_near(image_u8, file_bytes)
+        atomic_write(out_dir / f"{name}.avif", avif_file)
+        avif_image = torch.from_numpy(BASELINES["avif"].decode(avif_file)).permute(2, 0, 1).float() / 255
+        save_image(avif_image, out_dir / f"{name}_avif.png")
+        avif_scores = {f"avif_{k}": v for k, v in metrics(image, avif_image).items() if k in metrics.metrics}
         rows.append({
             "name": name, "height": image.shape[1], "width": image.shape[2], "bytes": file_bytes,
-            "bpp": 8 * file_bytes / (image.shape[1] * image.shape[2]), **scores,
+            "bpp": 8 * file_bytes / pixels, **scores,
             "enc_s": encode_s, "dec_s": decode_s, "licence": SAMPLES[name],
+            "avif_quality": avif_quality, "avif_bytes": len(avif_file), "avif_bpp": 8 * len(avif_file) / pixels,
+            **avif_scores,
         })
         assert file_bytes == compressed.num_bytes
     summary = {"model": model.config.name, "model_id": model.model_id.hex(),

@@ -4,8 +4,13 @@ import pytest
 
 from onedc_lib.data.samples import SAMPLES, sample_image
 from onedc_lib.demo import run_demo
+from onedc_lib.eval.baselines import BASELINES
 from onedc_lib.eval.metrics import ImageMetrics
 from onedc_lib.weights import build_model
+
+
+def _u8(image):
+    return (image.permute(1, 2, 0) * 255).round().byte().numpy()
 
 
 def test_samples_are_photographs_with_licences():
@@ -22,8 +27,14 @@ def test_demo_writes_files_reconstructions_and_results(tmp_path):
     model = build_model("nano_q3")
     rows = run_demo(model, tmp_path, names=("chelsea",), metrics=ImageMetrics(("psnr", "ms_ssim")))
     assert {p.name for p in tmp_path.iterdir()} == {"chelsea.png", "chelsea.odc", "chelsea_decoded.png",
-                                                     "results.json"}
+                                                     "chelsea.avif", "chelsea_avif.png", "results.json"}
     row = rows[0]
+    # the AVIF beside it: of the whole AVIF sweep, the file nearest in size to the model's
+    avif_sizes = {q: len(BASELINES["avif"].encode(_u8(sample_image("chelsea")), q))
+                  for q in BASELINES["avif"].qualities}
+    assert row["avif_bytes"] == (tmp_path / "chelsea.avif").stat().st_size == avif_sizes[row["avif_quality"]]
+    assert abs(row["avif_bytes"] - row["bytes"]) == min(abs(s - row["bytes"]) for s in avif_sizes.values())
+    assert 5 < row["avif_psnr"] < 60
     assert row["bytes"] == (tmp_path / "chelsea.odc").stat().st_size
     assert row["bpp"] == pytest.approx(8 * row["bytes"] / (300 * 451))
     results = json.loads((tmp_path / "results.json").read_text())
