@@ -383,6 +383,8 @@ def _eval_command(args: argparse.Namespace, metrics: list[str], qualities: list[
         parts += ["--device", args.device]
     if args.threads:
         parts += ["--threads", str(args.threads)]
+    if args.protocol != "ours":
+        parts += ["--protocol", args.protocol]
     return shlex.join(parts)
 
 
@@ -417,7 +419,7 @@ def _eval(args: argparse.Namespace) -> int:
             summary = evaluate(args.codec, args.images, args.out, metrics=metrics, fid=not args.no_fid,
                                device=args.device, qualities=qualities, results_dir=args.results,
                                resume=not args.no_resume, fid_min_patches=args.fid_min_patches,
-                               command=_eval_command(args, metrics, qualities))
+                               protocol=args.protocol, command=_eval_command(args, metrics, qualities))
     except (ImageError, BitstreamError, OSError) as e:  # bad files, missing folders or weights
         return _fail(EXIT_BAD_FILE, str(e))
     except ValueError as e:  # unknown codec or metric, bad qualities
@@ -553,6 +555,9 @@ def _parser() -> argparse.ArgumentParser:
     evaluation.add_argument("--device", default="cpu", help="torch device for the metrics and OneDC (default: cpu)")
     evaluation.add_argument("--threads", type=int, metavar="N", help="torch CPU threads")
     evaluation.add_argument("--no-resume", action="store_true", help="redo rows already in the CSV")
+    evaluation.add_argument("--protocol", choices=("ours", "release"), default="ours",
+                            help="release: bpp as the released OneDC counts it, for comparisons with the paper "
+                                 "(onedc_lib.eval.runner; default: ours, the whole file)")
     release_cli.add_model_options(evaluation)
     evaluation.set_defaults(run=_eval)
     models = commands.add_parser("models", help="list the bundled models",

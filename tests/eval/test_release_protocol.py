@@ -142,3 +142,17 @@ def test_release_checkpoint_folders_go_to_the_release_loader(tmp_path):
     with pytest.raises(WeightsError, match="not a readable safetensors file"):
         evaluate(f"onedc:{tmp_path / 'release'}", images, tmp_path / "out", metrics=(), fid=False,
                  progress=False, protocol="release", vae=tmp_path / "vae", zonly=[tmp_path / "release"])
+
+
+def test_cli_eval_protocol(tmp_path, capsys):
+    import json
+
+    from onedc_lib.cli import main
+
+    images = _write(tmp_path / "images", {"chelsea": (64, 64)})
+    assert main(["eval", "--codec", "jpeg", "--images", str(images), "--out", str(tmp_path / "out"), "--qualities",
+                 "30", "--metrics", "psnr", "--no-fid", "--protocol", "release"]) == 0
+    summary = json.loads((tmp_path / "out" / "jpeg.json").read_text())
+    assert summary["protocol"]["name"] == "release" and summary["command"].endswith("--protocol release")
+    (row,) = _rows(tmp_path / "out" / "jpeg.csv")
+    assert int(row["release_bits"]) == 8 * (tmp_path / "out" / row["file"]).stat().st_size
