@@ -199,3 +199,25 @@ def test_the_package_bundle_fits():
         provenance = json.loads((BUNDLED_DIR / name / "provenance.json").read_text())
         meta = json.loads((BUNDLED_DIR / name / "config.json").read_text())
         assert provenance["model_id"] == meta["model_id"] and provenance["git_commit"]
+
+
+def test_a_provisioned_decoder_is_referred_to_not_stored(dest, tmp_path):
+    """A model whose VAE slot holds the provisioned pretrained decoder exactly: the bundle stores none of its
+    tensors (33 MB) and says which one it is; loading reads it from the user cache, with the same model id."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model = build_model("nano_q3", seed=4)
+    model.vae.load_pretrained()
+    model.weights_changed()
+    source = save_model(model, tmp_path / "run" / "model", provenance={"task": "stage1", "step": 1, "stage": 1})
+    p = B.bundle(source, "sr", dtype="float16", check_image=CHECK)
+    meta = json.loads((dest / "sr" / "config.json").read_text())
+    assert meta["provisioned"] == [{"vae": "realesrgan-x4plus", "tensors": 351 * 2}]
+    for path in [dest / "sr" / "model.safetensors", *(dest / "sr" / e["file"] for e in meta["shared"])]:
+        with safe_open(path, "pt") as f:
+            assert not [k for k in f.keys() if k.startswith("vae.")]
+    assert B.bundle_bytes(dest) < 12e6  # the codec and generator only
+    loaded = load_model("sr")
+    assert loaded.model_id.hex() == p["model_id"] == meta["model_id"]
+    sr = loaded.vae.state_dict() if hasattr(loaded, "vae") else loaded.decoder_graph.tensors("vae.")
+    assert all(torch.equal(sr[k].float(), v.float()) for k, v in model.vae.state_dict().items())
