@@ -206,7 +206,7 @@ def test_a_provisioned_decoder_is_referred_to_not_stored(dest, tmp_path):
     tensors (33 MB) and says which one it is; loading reads it from the user cache, with the same model id."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        model = build_model("nano_q3", seed=4)
+        model = build_model("nano_sr", seed=4)
     model.vae.load_pretrained()
     model.weights_changed()
     source = save_model(model, tmp_path / "run" / "model", provenance={"task": "stage1", "step": 1, "stage": 1})

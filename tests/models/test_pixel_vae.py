@@ -68,8 +68,9 @@ def test_slot_chosen_by_configuration():
     assert isinstance(build_vae(dataclasses.replace(TINY, kind="autoencoder_kl", autoencoder=dict(
         block_out_channels=(8,), down_block_types=("DownEncoderBlock2D",), up_block_types=("UpDecoderBlock2D",),
         latent_channels=4, norm_num_groups=4))), VAE)
-    nano = load_config("nano")
+    nano = load_config("nano_sr")
     assert nano.vae.kind == "pixel_sr" and nano.vae.latent_channels == nano.codec.cond_ch == 12
+    assert nano.generator.unet["in_channels"] == nano.generator.unet["out_channels"] == 12
     assert load_config("sd15").vae.kind == "autoencoder_kl"
     with pytest.raises(ValueError, match="vae.kind"):
         VAEConfig(kind="tiny")

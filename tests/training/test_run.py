@@ -84,11 +84,11 @@ def test_run_stage_refuses_bad_settings(tmp_path):
 
 
 def test_two_processes_through_torchrun(tmp_path, capfd):
-    """Stage 0's tokenizer part in 2 CPU processes (threads=1 sets their OMP_NUM_THREADS): the launched run's
-    output comes through, its files are written."""
+    """Stage 0's VAE part in 2 CPU processes (threads=1 sets their OMP_NUM_THREADS): the launched run's output
+    comes through, its files are written."""
     folder = run_stage(0, "nano", tmp_path, steps=1, overrides={**TINY, "train.stage0_batch_size": 1},
-                       part="tokenizer", lpips="off", threads=1, num_processes=2, device="cpu")
+                       part="vae", lpips="off", threads=1, num_processes=2, device="cpu")
     printed = capfd.readouterr().out
-    assert "--nproc_per_node 2" in printed and "stage 0 tokenizer: 1 steps" in printed
-    assert folder == tmp_path and (tmp_path / "tokenizer.safetensors").is_file()
-    assert (tmp_path / "tokenizer" / "checkpoints" / "step_00000001" / "random_states_1.pkl").is_file()  # 2 ranks
+    assert "--nproc_per_node 2" in printed and "stage 0 vae: 1 steps" in printed
+    assert folder == tmp_path and (tmp_path / "vae.safetensors").is_file()
+    assert (tmp_path / "vae" / "checkpoints" / "step_00000001" / "random_states_1.pkl").is_file()  # two ranks

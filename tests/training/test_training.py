@@ -264,19 +264,12 @@ def test_stage2_resume_is_bit_exact(tmp_path):
     assert not [k for k in straight if not torch.equal(straight[k], resumed[k])]
 
 
-# A small AutoencoderKL in the VAE slot (the nano preset's slot holds a provisioned decoder: nothing to train)
-TRAINED_VAE = {"vae.kind": "autoencoder_kl", "vae.scaling_factor": 0.18215, "vae.autoencoder": dict(
-    block_out_channels=[8, 16, 32, 32], down_block_types=["DownEncoderBlock2D"] * 4,
-    up_block_types=["UpDecoderBlock2D"] * 4, layers_per_block=1, latent_channels=4, norm_num_groups=2,
-    sample_size=256)}
-
-
 @pytest.mark.parametrize("part", ["vae", "tokenizer", "teacher"])
 def test_stage0_parts_train_and_resume_bit_exactly(tmp_path, part):
     from onedc_lib.training import stage0
 
     config = load_config("nano", {**TINY, "train.stage0_crop": 64, "train.stage0_batch_size": 2,
-                                  "train.ckpt_every": 2, **(TRAINED_VAE if part == "vae" else {})})
+                                  "train.ckpt_every": 2})
 
     def run(out, steps, resume=None):
         return _quiet(stage0.train_part, part, config, out, steps, seed=0, resume=resume, lpips="off")
@@ -300,9 +293,9 @@ def test_stage0_parts_train_and_resume_bit_exactly(tmp_path, part):
 def test_stage0_has_no_vae_to_train_for_a_provisioned_slot(tmp_path):
     from onedc_lib.training import stage0
 
-    config = load_config("nano")
+    config = load_config("nano_sr")
     assert stage0.trainable_parts(config) == ("tokenizer", "teacher", "generator")
-    assert stage0.trainable_parts(load_config("nano", TRAINED_VAE))[0] == "vae"
+    assert stage0.trainable_parts(load_config("nano"))[0] == "vae"
     with pytest.raises(ValueError, match="no VAE to train"):
         stage0.train_part("vae", config, tmp_path, 1, lpips="off")
 
