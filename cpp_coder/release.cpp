@@ -73,6 +73,7 @@ inline void put_bypass(uint32_t& x, uint8_t*& wp, uint32_t bits) {
 }  // namespace
 
 Status release_encode(const Tables& t, const int32_t* symbols, const int32_t* indexes, size_t n, OutBuf& out) {
+    if (n > kMaxSymbols) return Status::error("release encode: too many symbols");
     const EncView* tabs = t.enc();
     const int64_t T = t.size();
     // Pass 1: validate and bound the output.
@@ -85,18 +86,19 @@ Status release_encode(const Tables& t, const int32_t* symbols, const int32_t* in
                                  " outside [-1, " + std::to_string(T) + ")");
         const EncView& tv = tabs[k];
         const int64_t v = int64_t(symbols[i]) - tv.offset;
-        if (static_cast<uint64_t>(v) < tv.esc) {
-            cap += kNormalBytes;
-        } else {
+        size_t bytes = kNormalBytes;
+        if (static_cast<uint64_t>(v) >= tv.esc) {
             const int64_t r = escape_raw(v, tv.esc);
             if (r < 0)
                 return Status::error("symbol " + std::to_string(symbols[i]) + " at position " + std::to_string(i) +
                                      " is too large for a release stream");
-            cap += escape_bytes(r);
+            bytes = escape_bytes(r);
         }
+        if (!add_size(cap, bytes)) return Status::error("release encode: stream size overflows");
     }
     // Layout: [flag][state][cap bytes, filled from the end].
-    const size_t total = 5 + cap;
+    size_t total = cap;
+    if (!add_size(total, 5)) return Status::error("release encode: stream size overflows");
     out.mem.reset(new uint8_t[total]);
     uint8_t* const lo = out.mem.get() + 5;
     uint8_t* wp = out.mem.get() + total;
@@ -159,6 +161,7 @@ Status ReleaseDecoder::open(std::shared_ptr<const Tables> tables, const uint8_t*
 
 Status ReleaseDecoder::decode(const int32_t* indexes, size_t n, int32_t* out) {
     if (failed_) return Status::error("release stream: the decoder failed earlier or was not opened");
+    if (n > kMaxSymbols) return fail(Status::error("release decode: too many symbols"));
     const Tables& t = *tables_;
     const DecView* tabs = t.dec();
     const int64_t T = t.size();

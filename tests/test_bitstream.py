@@ -390,4 +390,4 @@ def test_detect_format():
 # -- fuzzing -------------------------------------------------------------------------------------------------------
 
 def test_fuzz_harness_runs_clean(run_fuzz_harness):
-    assert run_fuzz_harness("fuzz_bitstream") > 1000
+    assert run_fuzz_harness("fuzz_bitstream", 3000) == 3000
