@@ -229,13 +229,17 @@ def _decompress(args: argparse.Namespace) -> int:
 
 def _demo(args: argparse.Namespace) -> int:
 
-    from onedc_lib.demo import run_demo
-    from onedc_lib.weights import WeightsError
+    from onedc_lib.demo import expected_quality, run_demo
+    from onedc_lib.weights import DEFAULT_MODEL, WeightsError
 
     try:
         model = _load_model(args.model)
     except WeightsError as e:
         return _fail(EXIT_USAGE, str(e))
+    name = args.model or DEFAULT_MODEL
+    print(f"model {name} ({model.config.name}, lambda {model.config.loss.lmbda}"
+          + (", UNTRAINED" if model.untrained_parts else "") + "): "
+          + (expected_quality(name) or "no measured results for it in results/nano"), flush=True)
     rows = run_demo(model, args.out)
     scores = [k for k in ("psnr", "ms_ssim", "lpips", "dists") if k in rows[0]]
     print(f"{'image':10} {'W x H':>10} {'bytes':>8} {'bpp':>8} " + " ".join(f"{k.upper():>7}" for k in scores)

@@ -51,3 +51,15 @@ def test_demo_measures_lpips_and_dists_where_provisioned(tmp_path):
         pytest.skip(note)
     rows = run_demo(build_model("nano_q3"), tmp_path, names=("coffee",), metrics=metrics)
     assert 0 <= rows[0]["lpips"] <= 1.5 and 0 <= rows[0]["dists"] <= 1
+
+
+def test_expected_quality_line_reads_the_results(tmp_path):
+    from onedc_lib.demo import expected_quality
+
+    summary = {"points": [{"rate": "nano_q1", "bpp": 0.0286, "psnr": 16.28, "lpips": 0.4978, "dists": 0.3451,
+                           "images": 6}, {"rate": "nano_q3", "bpp": 0.04312, "psnr": 17.123, "lpips": 0.48508,
+                                          "dists": 0.3472, "images": 6}]}
+    (tmp_path / "onedc-nano_q1-nano_q5.json").write_text(json.dumps(summary))
+    line = expected_quality("nano_q3", tmp_path)
+    assert line.startswith("nano_q3 measured 0.043 bpp, PSNR 17.12, LPIPS 0.485, DISTS 0.347 on 6 test photographs")
+    assert expected_quality("nano_q9", tmp_path) is None and expected_quality("nano_q3", tmp_path / "no") is None
