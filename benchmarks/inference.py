@@ -161,6 +161,9 @@ def parse_sizes(text: str) -> list[tuple[int, int]]:
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", default="512x768,1408x2048,2816x4096", help="HxW[,HxW...] for nano")
+    parser.add_argument("--presets", default="nano_q3",
+                        help="nano presets measured in turn, e.g. nano_q3,nano_sr (the pretrained x4 decoder in the "
+                             "VAE slot): the same sizes, the first one's decode time is the others' peer")
     parser.add_argument("--repeats", type=int, default=3, help="round trips per size up to 2 Mpx (median)")
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     parser.add_argument("--device", default="cpu")
@@ -194,8 +197,16 @@ def main(argv=None) -> dict:
     steps = [int(k) for k in args.steps.split(",") if k]
     start = time.perf_counter()
     report = {"format": 1, "kind": "inference", "machine": machine, "models": {}}
-    report["models"]["nano"] = bench_sizes("nano_q3", sizes, args.repeats, args.device, steps, args.reference,
-                                           not args.no_macs, overrides)
+    presets = [p for p in args.presets.split(",") if p]
+    for preset in presets:
+        report["models"][preset] = bench_sizes(preset, sizes, args.repeats, args.device, steps, args.reference,
+                                               not args.no_macs, overrides)
+    peer = report["models"][presets[0]]["sizes"]
+    for preset in presets[1:]:
+        for size, entry in report["models"][preset]["sizes"].items():
+            for side in ("encode", "decode"):
+                ratio = entry["median"][side]["total"] / peer[size]["median"][side]["total"]
+                print(f"{preset} / {presets[0]} at {size}: {side} time x{ratio:.2f}", flush=True)
     if args.sd15:
         report["models"]["sd15"] = bench_sizes("sd15", sizes[:1], 1, args.device, [], False, not args.no_macs)
     if args.startup_runs:
