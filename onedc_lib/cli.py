@@ -542,7 +542,9 @@ def _parser() -> argparse.ArgumentParser:
                     "protocol, versions, device, commit) that `onedc bdrate` and `onedc plot` read. Rows already "
                     "in the CSV are kept (resume). Metric backbones: python -m onedc_lib.eval.backbones.")
     evaluation.add_argument("--codec", metavar="C",
-                            help="onedc:<model or path>[,...], jpeg, webp, avif, jxl or hevc")
+                            help="onedc:<model or path>[,...], jpeg, webp, avif, jxl or hevc; <codec>_x4_bicubic or "
+                                 "<codec>_x4_sr: that codec on the image downsampled x4, brought back by bicubic "
+                                 "or by the pretrained decoder (e.g. avif_x4_sr)")
     evaluation.add_argument("--model", metavar="NAME[,NAME...]",
                             help="OneDC models, one rate point each (= --codec onedc:NAME,...); " + MODEL_HELP)
     evaluation.add_argument("--images", required=True, metavar="DIR", help="folder of images (recursive)")
