@@ -65,24 +65,12 @@ namespace onedc {
 
 namespace {
 
-constexpr uint32_t kL = 1u << 23;    // state lower bound
 constexpr int kMaxTiles = 255;
 constexpr uint32_t kMaxLanes = 16;
 constexpr size_t kItemBytes = 2;     // bytes an item emits (encoder) or reads (decoder) at most
 constexpr size_t kEscapeSlack = 16;  // bytes kept free before an escape (it needs at most 5 x 2)
 constexpr size_t kSimdSymbols = 16;  // symbols of a vector step (one per state)
 constexpr size_t kSimdReadBytes = 32;  // bytes a vector step reads
-
-inline uint32_t load_u32le(const uint8_t* p) {
-    return uint32_t(p[0]) | uint32_t(p[1]) << 8 | uint32_t(p[2]) << 16 | uint32_t(p[3]) << 24;
-}
-
-inline void store_u32le(uint8_t* p, uint32_t x) {
-    p[0] = uint8_t(x);
-    p[1] = uint8_t(x >> 8);
-    p[2] = uint8_t(x >> 16);
-    p[3] = uint8_t(x >> 24);
-}
 
 bool valid_lanes(uint32_t w) { return w >= 1 && w <= kMaxLanes && (w & (w - 1)) == 0; }  // 1, 2, 4, 8, 16
 
@@ -289,7 +277,7 @@ Status encode_tile(const Tables& t, const std::vector<Range>& ranges, uint32_t l
     o.mem.reset(new uint8_t[kHeadMax + o.cap]);
     size_t w = o.cap;  // free bytes; the bytes written are [w, cap)
     uint32_t st[kMaxLanes];
-    for (uint32_t l = 0; l < kMaxLanes; ++l) st[l] = kL;
+    for (uint32_t l = 0; l < kMaxLanes; ++l) st[l] = kStateLow;
     Status s;
     switch (W) {
         case 1: s = encode_symbols<1>(t, ranges, total, o, w, st); break;
@@ -320,7 +308,7 @@ struct Bytes {
     // Checked renormalisation: while x < L, take the next byte (at most two for x >= 2^7); false when there is
     // none.
     bool renorm(uint32_t& x) {
-        while (x < kL) {
+        while (x < kStateLow) {
             if (q >= nb) return false;
             x = (x << 8) | base[q];
             ++q;
@@ -412,13 +400,13 @@ inline Step fast_symbol(const Tables& t, uint32_t T, uint32_t& x, Bytes& in, int
     uint32_t xn = next;
     __asm__("cmpl %[L], %[n]\n\tcmovbl %[one], %[x]\n\tadcq $0, %[q]"
             : [x] "+&r"(xn), [q] "+r"(in.q)
-            : [n] "r"(next), [one] "r"(one), [L] "i"(kL)
+            : [n] "r"(next), [one] "r"(one), [L] "i"(kStateLow)
             : "cc");
 #else
-    in.q += next < kL;
-    uint32_t xn = next < kL ? one : next;
+    in.q += next < kStateLow;
+    uint32_t xn = next < kStateLow ? one : next;
 #endif
-    if (__builtin_expect(xn < kL, 0)) {
+    if (__builtin_expect(xn < kStateLow, 0)) {
         xn = (xn << 8) | in.base[in.q];
         ++in.q;
     }
@@ -465,7 +453,7 @@ struct Simd16 {
           values(reinterpret_cast<const int*>(tab.simd_values())) {
         lo16 = _mm512_set1_epi32(0xFFFF);
         tables = _mm512_set1_epi32(static_cast<int>(std::min<int64_t>(tab.size(), INT32_MAX)));
-        lower = _mm512_set1_epi32(static_cast<int>(kL));
+        lower = _mm512_set1_epi32(static_cast<int>(kStateLow));
         two15 = _mm512_set1_epi32(1 << 15);
         one = _mm512_set1_epi32(1);
         const __m512i lane = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
@@ -662,7 +650,7 @@ Status decode_lane(const Tables& t, Lane& L, const int32_t* idx, int32_t* out, s
 
 Status check_end(const Lane& L) {
     for (uint32_t l = 0; l < L.width; ++l)
-        if (L.x[l] != kL) return Status::error("odc stream: corrupt tile (final states are not 2^23)");
+        if (L.x[l] != kStateLow) return Status::error("odc stream: corrupt tile (final states are not 2^23)");
     if (L.in.q != L.in.nb)
         return Status::error("odc stream: " + std::to_string(L.in.nb - L.in.q) + " unread bytes at the end of a tile");
     return Status{};

@@ -44,6 +44,22 @@ inline bool add_size(size_t& sum, size_t a) {
 // out = a * b; false when the result does not fit.
 inline bool mul_size(size_t a, size_t b, size_t& out) { return !__builtin_mul_overflow(a, b, &out); }
 
+// Both coders: 32-bit states renormalised byte-wise into [kStateLow, 2^31); a stream ends with its states at
+// kStateLow.
+constexpr uint32_t kStateLow = 1u << 23;
+
+// Little-endian u32 fields of the stream formats.
+inline uint32_t load_u32le(const uint8_t* p) {
+    return uint32_t(p[0]) | uint32_t(p[1]) << 8 | uint32_t(p[2]) << 16 | uint32_t(p[3]) << 24;
+}
+
+inline void store_u32le(uint8_t* p, uint32_t x) {
+    p[0] = uint8_t(x);
+    p[1] = uint8_t(x >> 8);
+    p[2] = uint8_t(x >> 16);
+    p[3] = uint8_t(x >> 24);
+}
+
 // Encoder data of one bin (freq in [1, 2^16 - 1]), in the form both byte-wise coders use: the reciprocal
 // rcp = ceil(2^48 / freq) (see `put` in odc.cpp), lim = freq << 15 (renormalise while x >= lim), start and
 // cmpl = 2^16 - freq (the new state is x + start + floor(x / freq) cmpl).

@@ -11,19 +11,7 @@ namespace onedc {
 
 namespace {
 
-constexpr uint32_t kLow = 1u << 23;  // state lower bound
 constexpr int kMaxChunks = 16;       // r < 2^32
-
-inline uint32_t load_u32le(const uint8_t* p) {
-    return uint32_t(p[0]) | uint32_t(p[1]) << 8 | uint32_t(p[2]) << 16 | uint32_t(p[3]) << 24;
-}
-
-inline void store_u32le(uint8_t* p, uint32_t x) {
-    p[0] = uint8_t(x);
-    p[1] = uint8_t(x >> 8);
-    p[2] = uint8_t(x >> 16);
-    p[3] = uint8_t(x >> 24);
-}
 
 // Number of 2-bit chunks of r (0 for r = 0).
 inline int chunk_count(uint64_t r) {
@@ -102,7 +90,7 @@ Status release_encode(const Tables& t, const int32_t* symbols, const int32_t* in
     out.mem.reset(new uint8_t[total]);
     uint8_t* const lo = out.mem.get() + 5;
     uint8_t* wp = out.mem.get() + total;
-    uint32_t x = kLow;
+    uint32_t x = kStateLow;
     const char* const modified = "symbols or indexes were modified during the call";
     for (size_t i = n; i-- > 0;) {
         const int32_t k = indexes[i];
@@ -134,7 +122,7 @@ namespace {
 
 // x = x << 8 | next byte while x < 2^23; false when the stream ends first.
 inline bool renorm(uint32_t& x, const uint8_t* data, size_t size, size_t& pos) {
-    while (x < kLow) {
+    while (x < kStateLow) {
         if (pos == size) return false;
         x = (x << 8) | data[pos++];
     }
@@ -218,7 +206,7 @@ Status ReleaseDecoder::decode(const int32_t* indexes, size_t n, int32_t* out) {
 Status ReleaseDecoder::finish() {
     if (failed_) return Status::error("release stream: the decoder failed earlier or was not opened");
     failed_ = true;  // finish ends the stream
-    if (x_ != kLow)
+    if (x_ != kStateLow)
         return Status::error("release stream: corrupt, or decoded with other table indexes than it was written "
                              "with (it does not end in the coder's final state 2^23)");
     if (pos_ != data_.size())
