@@ -40,6 +40,19 @@ def load_image(path: str | os.PathLike) -> torch.Tensor:
     return torch.from_numpy(array).permute(2, 0, 1).contiguous()
 
 
+def image_size(path: str | os.PathLike) -> tuple[int, int]:
+    """(height, width) from the file's header, without decoding its pixels (EXIF rotation not applied)."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as image:
+            return image.height, image.width
+    except FileNotFoundError:
+        raise ImageError(f"{path}: no such file") from None
+    except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as error:
+        raise ImageError(f"{path}: not a readable image ({error})") from None
+
+
 def _to_rgb_float(image) -> np.ndarray:
     """PIL image of any mode -> float32 [H, W, 3] in [0, 1]."""
     if image.mode in ("I;16", "I;16B", "I;16L", "I"):

@@ -31,6 +31,10 @@ PAD = 64  # the codec works on multiples of 64 (z is at 1/64)
 UNTRAINED_NOTE = "note"  # section written only by models with untrained parts (random weights)
 CAPTION = "cap"  # section of text-guided models: the caption, UTF-8 (it is part of the rate)
 TEXT_FIELDS = ("guidance", "text_encoder", "text_dim", "text_max_tokens")
+# The largest image compress and decompress take (the container allows 2^28 pixels): memory grows with the pixels
+# (benchmarks/memory.py: the default model, about 0.2 GB per megapixel to compress above the loaded model), so this
+# is what a machine with 16 GB processes; larger images are refused before any work.
+MAX_CODEC_PIXELS = 1 << 26  # 64 MP, e.g. 8192 x 8192
 TILE_SYMBOLS = 1 << 18  # odc tiles above this many y symbols, so large images code on several threads
 
 
@@ -326,6 +330,7 @@ class OneDC(nn.Module):
                 return decompress(self, container)[0]
             container = bitstream.read_container(container)
         self.check_container(container)
+        check_codec_size(container.height, container.width, bitstream.BitstreamError)
         hp, wp = container.padded_height, container.padded_width
         z_indices = release_format.unpack_z(container.section("z").payload, (hp // PAD) * (wp // PAD))
         z_indices = torch.from_numpy(z_indices).view(1, hp // PAD, wp // PAD).to(self._device)
@@ -382,8 +387,9 @@ class OneDC(nn.Module):
             )
 
     def compress_file(self, image_path, out_path, caption: str | None = None) -> CompressedImage:
-        from ..image_io import load_image
+        from ..image_io import ImageError, image_size, load_image
 
+        check_codec_size(*image_size(image_path), ImageError, f"{image_path}: ")  # before decoding its pixels
         compressed = self.compress(load_image(image_path).unsqueeze(0), caption)
         bitstream.write_file(out_path, compressed.container)
         return compressed
@@ -416,6 +422,7 @@ def check_image_tensor(x: torch.Tensor) -> None:
         raise ValueError(f"expected a float tensor [1, 3, H, W] in [0, 1], got {shape}")
     if not torch.is_floating_point(x):
         raise ValueError(f"expected a float tensor in [0, 1], got {x.dtype}")
+    check_codec_size(*x.shape[-2:])
     finite = torch.isfinite(x)
     if not finite.all():
         raise ValueError(f"expected a float tensor in [0, 1], got {int((~finite).sum())} NaN or infinite values")
@@ -423,3 +430,10 @@ def check_image_tensor(x: torch.Tensor) -> None:
     if low < 0 or high > 1:
         hint = "8-bit values? divide by 255" if low >= 0 else "values in [-1, 1]? use (x + 1) / 2"
         raise ValueError(f"expected a float tensor in [0, 1], got values in [{low:.4g}, {high:.4g}] ({hint})")
+
+
+def check_codec_size(height: int, width: int, error=ValueError, prefix: str = "") -> None:
+    """Refuses, before any work, an image larger than MAX_CODEC_PIXELS."""
+    if height * width > MAX_CODEC_PIXELS:
+        raise error(f"{prefix}image of {width} x {height} pixels ({height * width / 1e6:.1f} MP) is larger than onedc "
+                    f"processes ({MAX_CODEC_PIXELS / 1e6:.1f} MP, e.g. 8192 x 8192): downscale it or cut it into parts")
