@@ -20,6 +20,9 @@ from onedc_lib.models.export import graph_key
 from onedc_lib.weights import BUNDLED_DIR, WeightsError, build_model, bundled_models, load_model, save_model
 
 CHECK = torch.rand(1, 3, 32, 48, generator=torch.Generator().manual_seed(1))
+# PSNR of the bundled default model on the coffee crop below, measured when it was bundled (nano_q3: 20.2 dB); the
+# test allows 1 dB under it. A new default model: measure again and set its value here.
+DEFAULT_MODEL_COFFEE_PSNR_DB = 20.2
 
 
 @pytest.fixture(scope="module")
@@ -189,7 +192,7 @@ def test_the_bundled_default_model_round_trips_a_photo(monkeypatch):
     x = sample_image("coffee")[None, :, :128, :192]
     data = model.compress(x).to_bytes()
     assert data[8:8 + 1] and bytes.fromhex(meta["model_id"]) in data
-    assert psnr(x, model.decompress(data)) > 12
+    assert psnr(x, model.decompress(data)) > DEFAULT_MODEL_COFFEE_PSNR_DB - 1.0
 
 
 def test_the_package_bundle_fits():

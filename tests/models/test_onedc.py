@@ -403,9 +403,9 @@ def test_tiled_vae_decoding_of_a_file(model):
     whole = model.decompress(data)
     tiled = decoded_with(model, data, DecodeOptions(vae_tile=48))
     assert tiled.shape == whole.shape and not torch.equal(tiled, whole)
-    # random weights, whose GroupNorm statistics swing the most between tiles (nano: 2 groups); the seams are
-    # checked in tests/models/test_vae.py
-    assert psnr01(tiled, whole) > 15
+    # random weights, whose GroupNorm statistics swing the most between tiles (nano: 2 groups): measured 19.8 dB
+    # (the trained default model: 46 dB); the seams are checked in tests/models/test_vae.py
+    assert psnr01(tiled, whole) > 19.3
 
 
 def test_compiled_decoder_decodes_alike():
