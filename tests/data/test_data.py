@@ -134,7 +134,7 @@ def test_commoncatalog_arrow_shards(tmp_path):
 
 
 def test_commoncatalog_reads_what_datasets_writes(tmp_path):
-    datasets = pytest.importorskip("datasets")
+    import datasets  # a test dependency (missing: the test fails)
     a, b = smooth(16, 16, 1), smooth(12, 20, 2)
     features = datasets.Features({"jpg": datasets.Image(), "blip2_caption": datasets.Value("string")})
     ds = datasets.Dataset.from_dict({"jpg": [encoded(a), encoded(b, "PNG")], "blip2_caption": ["one", "two"]},
