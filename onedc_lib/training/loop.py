@@ -248,6 +248,12 @@ def make_accelerator(cfg: TrainConfig, cpu: bool | None = None):
                        kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=False)])
 
 
+def psnr(x_hat: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """PSNR (dB) of a batch in [0, 1] as the training logs report it: x_hat clamped, no gradient, float32."""
+    mse = (x_hat.detach().float().clamp(0, 1) - x.float()).square().mean()
+    return -10 * torch.log10(mse.clamp(min=1e-10))
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)

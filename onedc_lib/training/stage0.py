@@ -96,11 +96,7 @@ class VAEStep(nn.Module):
         kl = posterior.kl().float().mean() / x[0].numel()
         loss = l1 + lpips + KL_WEIGHT * kl
         return {"loss": loss, "l1": l1.detach(), "lpips": lpips.detach(), "kl": kl.detach(),
-                "psnr": _psnr(rec, x)}
-
-
-def _psnr(x_hat, x):
-    return -10 * torch.log10((x_hat.detach().clamp(0, 1) - x).square().mean().clamp(min=1e-10))
+                "psnr": loop.psnr(rec, x)}
 
 
 @torch.no_grad()
@@ -185,7 +181,7 @@ class TokenizerStep(nn.Module):
             if self.training and (step + 1) % self.restart_every == 0:
                 self._restart_dead_codes(z)
         return {"loss": loss, "l1": l1.detach(), "lpips": lpips.detach(), "codebook": codebook.detach(),
-                "commitment": commitment.detach(), "codes_used": (counts > 0).float().sum(), "psnr": _psnr(rec, x)}
+                "commitment": commitment.detach(), "codes_used": (counts > 0).float().sum(), "psnr": loop.psnr(rec, x)}
 
     @torch.no_grad()
     def _restart_dead_codes(self, z: torch.Tensor) -> None:

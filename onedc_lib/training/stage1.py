@@ -173,11 +173,6 @@ def reconstruct_for_loss(model: OneDC, x: torch.Tensor, captions: list[str] | No
     return (image + 1) / 2, (target + 1) / 2, out, xp, x0
 
 
-def psnr(x_hat: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    mse = (x_hat.detach().float().clamp(0, 1) - x.float()).square().mean()
-    return -10 * torch.log10(mse.clamp(min=1e-10))
-
-
 class Stage1Step(nn.Module):
     """image batch -> stage-I losses. Registered (trained, checkpointed): the OneDC model and the head."""
 
@@ -207,7 +202,7 @@ class Stage1Step(nn.Module):
         loss = stage1_loss(l1=l1, lpips=lpips, bpp=bpp, distill=distill_loss, step=step, cfg=cfg)
         lmbda = lmbda_at(step, cfg.lmbda, cfg.lmbda_warmup_steps, cfg.lmbda_start)
         return {"loss": loss, "l1": l1.detach(), "lpips": lpips.detach(), "bpp_y": bpp.detach(), **logs,
-                "psnr": psnr(x_hat, target), "lmbda": torch.tensor(lmbda)}
+                "psnr": loop.psnr(x_hat, target), "lmbda": torch.tensor(lmbda)}
 
 
 class Stage1Task(loop.Task):

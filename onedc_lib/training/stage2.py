@@ -41,7 +41,7 @@ from ..models.onedc import OneDC, pad_to_multiple
 from ..weights import load_unet_state_dict
 from . import loop
 from .stage0 import null_tokens
-from .stage1 import Frozen, Pretrained, add_pretrained_arguments, build_onedc, psnr
+from .stage1 import Frozen, Pretrained, add_pretrained_arguments, build_onedc
 
 
 # ================================================================================================ conditioning
@@ -158,7 +158,7 @@ class GeneratorStep(nn.Module):
         loss = stage2_generator_loss(dmd=dmd.loss, gan=gan, l1=l1, lpips=lpips, cfg=cfg)
         batch["fake_latent"], batch["real_latent"] = x0.detach(), real  # for the critic step that follows
         return {"loss": loss, "dmd": dmd.loss.detach(), "gan": gan.detach(), "l1": l1.detach(),
-                "lpips": lpips.detach(), "psnr": psnr(x_hat, x), "dmd_grad": dmd.grad.abs().mean()}
+                "lpips": lpips.detach(), "psnr": loop.psnr(x_hat, x), "dmd_grad": dmd.grad.abs().mean()}
 
 
 class CriticStep(nn.Module):

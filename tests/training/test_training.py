@@ -300,6 +300,17 @@ def test_stage0_has_no_vae_to_train_for_a_provisioned_slot(tmp_path):
         stage0.train_part("vae", config, tmp_path, 1, lpips="off")
 
 
+def test_training_psnr_equals_scikit_image():
+    """The one PSNR of the training logs (loop.psnr, all stages) against scikit-image, x_hat clamped to [0, 1]."""
+    from skimage.metrics import peak_signal_noise_ratio
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(2, 3, 16, 16, generator=g)
+    x_hat = x + 0.1 * torch.randn(x.shape, generator=g)
+    expected = peak_signal_noise_ratio(x.double().numpy(), x_hat.clamp(0, 1).double().numpy(), data_range=1.0)
+    assert float(loop.psnr(x_hat, x)) == pytest.approx(expected, abs=1e-4)
+
+
 def test_incomplete_checkpoints_are_ignored(tmp_path):
     root = tmp_path / "checkpoints"
     for name, complete in (("step_00000004", True), ("step_00000008", True), (".tmp-step_00000012", True),
