@@ -8,6 +8,11 @@ from pathlib import Path
 
 BUNDLED_DIR = Path(__file__).parent / "weights"
 BUNDLED_DIR_ENV = "ONEDC_BUNDLED_DIR"  # another folder of bundled models (tests, a private model zoo)
+# A release checkpoint folder named as a model (weights.load_release_folder): where its SD-2.1 VAE is, and its
+# architecture (the z-only model's files look like the others'). Here, below the CLI's parser, which imports no torch.
+RELEASE_VAE_ENV = "ONEDC_RELEASE_VAE"
+RELEASE_PRESET_ENV = "ONEDC_RELEASE_PRESET"
+RELEASE_DEFAULT_PRESET = "sd15"
 
 
 def bundled_dir() -> Path:

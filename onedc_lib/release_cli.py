@@ -1,6 +1,7 @@
 """The command line's side of the released OneDC: its checkpoint folders as --model (--vae, --release-preset),
 its files in `decompress` (--numerics) and out of `compress --format release`, and `onedc import-release`.
-cli.py keeps the commands; what is particular to the release is here (models/release.py, release_checkpoint.py).
+cli.py keeps the commands; what is particular to the release is here (models/release.py, release_checkpoint.py,
+weights.load_release_folder).
 """
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import argparse
 import os
 import sys
 
-from .release_checkpoint import DEFAULT_PRESET, PRESET_ENV, VAE_ENV
+from .paths import RELEASE_DEFAULT_PRESET, RELEASE_PRESET_ENV, RELEASE_VAE_ENV
 
 NUMERICS_HELP = ("the numerics of the entropy path, as the release computes it: float32-cpu (float32 on a CPU), "
                  "bf16-cuda (its default GPU inference, the prior under CUDA bfloat16 autocast; needs a CUDA "
@@ -30,13 +31,13 @@ class _SetEnv(argparse.Action):
 
 def add_model_options(command: argparse.ArgumentParser) -> None:
     """--vae and --release-preset, for commands whose --model may be a release checkpoint folder."""
-    command.add_argument("--vae", metavar="DIR", action=_SetEnv, env=VAE_ENV,
+    command.add_argument("--vae", metavar="DIR", action=_SetEnv, env=RELEASE_VAE_ENV,
                          help=f"the SD-2.1 VAE (diffusers folder or weights file) of a release checkpoint folder "
-                              f"given as --model (default: ${VAE_ENV})")
-    command.add_argument("--release-preset", metavar="NAME", action=_SetEnv, env=PRESET_ENV,
-                         help=f"architecture of a release checkpoint folder given as --model: {DEFAULT_PRESET} "
+                              f"given as --model (default: ${RELEASE_VAE_ENV})")
+    command.add_argument("--release-preset", metavar="NAME", action=_SetEnv, env=RELEASE_PRESET_ENV,
+                         help=f"architecture of a release checkpoint folder given as --model: {RELEASE_DEFAULT_PRESET} "
                               f"(default, every rate point) or sd15_zonly (the z-only model; default: "
-                              f"${PRESET_ENV})")
+                              f"${RELEASE_PRESET_ENV})")
 
 
 def add_file_options(command: argparse.ArgumentParser, name: str) -> None:
@@ -94,10 +95,10 @@ def add_import_command(commands) -> None:
                     "every command; it refuses files that have changed.")
     command.add_argument("folder", metavar="FOLDER", help="the release checkpoint folder")
     command.add_argument("--vae", metavar="DIR", help=f"the SD-2.1 VAE: diffusers folder or weights file "
-                                                      f"(default: ${VAE_ENV})")
+                                                      f"(default: ${RELEASE_VAE_ENV})")
     command.add_argument("-o", "--output", metavar="MODEL_DIR", required=True, help="the model folder to write")
     command.add_argument("--release-preset", metavar="NAME", default=None,
-                         help=f"{DEFAULT_PRESET} (default, every rate point) or sd15_zonly (the z-only model)")
+                         help=f"{RELEASE_DEFAULT_PRESET} (default, every rate point) or sd15_zonly (the z-only model)")
     command.set_defaults(run=_import)
 
 

@@ -12,6 +12,7 @@ import io
 import json
 import os
 import re
+import struct
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +22,7 @@ import torch
 from .bitstream import atomic_write
 from .config import config_from_dict, config_to_dict, load_config
 from .paths import BUNDLED_DIR, BUNDLED_DIR_ENV, bundled_dir, cache_root  # noqa: F401 (public names here too)
+from .paths import RELEASE_DEFAULT_PRESET, RELEASE_PRESET_ENV, RELEASE_VAE_ENV
 
 DEFAULT_MODEL = "nano_q3"
 
@@ -85,8 +87,6 @@ def load_model_folder(folder: str | os.PathLike, decode_only: bool = False):
     except (ValueError, KeyError, TypeError) as error:
         raise WeightsError(f"{config_path} is not a valid model config ({error})") from None
     if "release" in meta:  # written by `onedc import-release`: it references the release's files
-        from .release_checkpoint import load_imported
-
         return load_imported(folder, meta)
     tensors = _read_safetensors(folder / "model.safetensors")
     for entry in meta.get("shared", []):
@@ -146,7 +146,7 @@ def bundled_models(folder: str | os.PathLike | None = None) -> list[str]:
 
 def load_model(name_or_path: str | None = None, decode_only: bool = False):
     """None: the default bundled model. Else a bundled model name, a model folder, a release checkpoint folder
-    (release_checkpoint.py: its VAE and preset from the environment), or a preset name (random).
+    (load_release_folder: its VAE and preset from the environment), or a preset name (random).
 
     decode_only: a model that decodes with the exported graph of its generator and VAE decoder (models/export.py)
     and imports neither diffusers nor peft; it cannot compress. Where no graph exists yet, the whole model (which
@@ -156,8 +156,6 @@ def load_model(name_or_path: str | None = None, decode_only: bool = False):
     if name in bundled_models():
         return load_model_folder(bundled_dir() / name, decode_only)
     if Path(name).is_dir():
-        from .release_checkpoint import is_release_folder, load_release_folder
-
         if is_release_folder(name):
             return load_release_folder(name)
         return load_model_folder(name, decode_only)
@@ -205,6 +203,93 @@ def load_release_checkpoint(folder: str | os.PathLike, vae: str | os.PathLike | 
     model.untrained_parts = tuple(untrained)
     model.weights_changed()
     return model.eval()
+
+# ------------------------------------------------------------------ release checkpoint folders by name
+# A release checkpoint folder holds model.safetensors (the generator UNet with LoRA) and model_1.safetensors (the
+# codec); the SD-2.1 VAE comes separately. Named as a model (--model FOLDER), it takes its VAE from --vae /
+# $ONEDC_RELEASE_VAE and its architecture from --release-preset / $ONEDC_RELEASE_PRESET (paths.py). A folder written
+# by `onedc import-release` (release_checkpoint.py) references those files instead of holding tensors.
+RELEASE_FILES = ("model.safetensors", "model_1.safetensors")  # generator, codec
+
+
+def is_release_folder(path: str | os.PathLike) -> bool:
+    """A folder with the release's two files and no config.json of ours."""
+    path = Path(path)
+    return path.is_dir() and not (path / "config.json").is_file() and all((path / n).is_file() for n in RELEASE_FILES)
+
+
+def check_safetensors(path: Path) -> None:
+    """The header parses and the file is as long as its tensors say: a truncated download is refused before a
+    model of a billion parameters is built."""
+    try:
+        with open(path, "rb") as f:
+            (length,) = struct.unpack("<Q", f.read(8))
+            header = json.loads(f.read(length)) if length < 100_000_000 else None
+    except (OSError, struct.error, ValueError) as error:
+        raise WeightsError(f"{path} is not a readable safetensors file ({error})") from None
+    if not isinstance(header, dict):
+        raise WeightsError(f"{path} is not a readable safetensors file (bad header)")
+    end = max((e["data_offsets"][1] for k, e in header.items() if k != "__metadata__"), default=0)
+    size, expected = path.stat().st_size, 8 + length + end
+    if size < expected:
+        raise WeightsError(f"{path} is truncated: {size} bytes, its header describes {expected} (an interrupted "
+                           "download? fetch it again)")
+
+
+def release_vae_path(vae: str | os.PathLike | None) -> Path:
+    """The SD-2.1 VAE of a release checkpoint: `vae`, else $ONEDC_RELEASE_VAE; it must exist."""
+    vae = vae if vae is not None else os.environ.get(RELEASE_VAE_ENV)
+    if not vae:
+        raise WeightsError(f"a release checkpoint needs the SD-2.1 VAE, which it does not contain: pass --vae DIR "
+                           f"(a diffusers AutoencoderKL folder or a weights file) or set ${RELEASE_VAE_ENV}")
+    path = Path(vae)
+    if not path.exists():
+        raise WeightsError(f"no VAE at {path} (--vae / ${RELEASE_VAE_ENV})")
+    return path
+
+
+def release_preset(preset: str | None) -> str:
+    return preset or os.environ.get(RELEASE_PRESET_ENV) or RELEASE_DEFAULT_PRESET
+
+
+def load_release_folder(folder: str | os.PathLike, vae: str | os.PathLike | None = None,
+                        preset: str | None = None):
+    """A release checkpoint folder as a whole model, its files checked first; vae / preset default to their
+    environment variables, and the VAE is required."""
+    folder = Path(folder)
+    if not is_release_folder(folder):
+        missing = [n for n in RELEASE_FILES if not (folder / n).is_file()]
+        raise WeightsError(f"{folder} is not a release checkpoint folder: " + (
+            f"{', '.join(missing)} missing" if missing else "it has a config.json (a model folder of ours)"))
+    vae_path = release_vae_path(vae)
+    for name in RELEASE_FILES:
+        check_safetensors(folder / name)
+    preset = release_preset(preset)
+    try:
+        return load_release_checkpoint(folder, vae_path, preset)
+    except (OSError, ValueError, RuntimeError) as error:
+        if isinstance(error, WeightsError):
+            raise
+        raise WeightsError(f"the VAE at {vae_path} does not load as the {preset} model's SD-2.1 VAE "
+                           f"({str(error).splitlines()[0]})") from None
+
+
+def load_imported(folder: Path, meta: dict):
+    """The model of an import-release folder: its referenced files, checked against the recorded sizes and id."""
+    release = meta["release"]
+    for entry in release["files"]:
+        path = Path(entry["path"])
+        if not path.is_file():
+            raise WeightsError(f"{folder} references {path}, which is missing (moved or deleted? run "
+                               "`onedc import-release` again)")
+        if path.stat().st_size != entry["bytes"]:
+            raise WeightsError(f"{folder} references {path}, which has changed: {path.stat().st_size} bytes, "
+                               f"{entry['bytes']} when imported (sha256 {entry['sha256']})")
+    model = load_release_folder(release["folder"], release["vae"], release["preset"])
+    if model.model_id.hex() != meta["model_id"]:
+        raise WeightsError(f"{folder}: the release files it references now make model {model.model_id.hex()}, "
+                           f"not {meta['model_id']} (a file was replaced; sha256s in its config.json)")
+    return model
 
 
 def load_dmd2_unet_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:

@@ -1,8 +1,8 @@
-"""Release checkpoint folders (release_checkpoint.py) and release files from the command line (release_cli.py):
-`--model FOLDER` with its VAE, `onedc import-release`, `compress --format release`, `decompress` of release files,
-and the errors for a wrong folder, a missing VAE and a truncated safetensors file. The model is the release's
-architecture at reduced width (about the compat 4.3 codec widths, a two-level UNet, the 9.1 VAE widths): the sd15 classes
-and key names, small enough to build in a test."""
+"""Release checkpoint folders (weights.load_release_folder, release_checkpoint.py) and release files from the
+command line (release_cli.py): `--model FOLDER` with its VAE, `onedc import-release`, `compress --format release`,
+`decompress` of release files, and the errors for a wrong folder, a missing VAE and a truncated safetensors file.
+The model is the release's architecture at reduced width (about the compat 4.3 codec widths, a two-level UNet, the
+9.1 VAE widths): the sd15 classes and key names, small enough to build in a test."""
 import hashlib
 import json
 
@@ -13,7 +13,10 @@ from PIL import Image
 from safetensors.torch import save_file
 
 from onedc_lib.cli import main
-from onedc_lib.release_checkpoint import PRESET_ENV, VAE_ENV, import_release, load_release_folder
+from onedc_lib.models import release as release_files
+from onedc_lib.paths import RELEASE_PRESET_ENV as PRESET_ENV
+from onedc_lib.paths import RELEASE_VAE_ENV as VAE_ENV
+from onedc_lib.release_checkpoint import import_release, load_release_folder
 from onedc_lib.weights import WeightsError, build_model, load_model
 
 TINY = """base: sd15
@@ -135,7 +138,7 @@ def test_command_line_release_files_in_and_out(release, tmp_path, monkeypatch, c
     assert main(["decompress", str(tmp_path / "a.bin"), "-o", str(tmp_path / "b.png"), "--model", str(folder),
                  "--vae", str(vae), "--release-preset", str(preset), "--numerics", "float32-cpu"]) == 0
     assert np.array_equal(np.asarray(Image.open(tmp_path / "b.png")), theirs.astype(np.uint8))
-    decoded = load_model(str(tmp_path / "model")).decompress(data)  # the library takes release files too
+    decoded = release_files.decompress(load_model(str(tmp_path / "model")), data)[0]  # the library's call
     assert np.array_equal((decoded[0].permute(1, 2, 0).numpy() * 255 + 0.5).astype(np.uint8), theirs)
     damaged = bytearray(data)
     damaged[40] ^= 0x55
@@ -150,7 +153,6 @@ def test_the_z_only_release_model(release, tmp_path):
     """The z-only model's files look like the others: its architecture comes from the preset. It sends z alone
     (14 bits per 64 x 64 block) and has no release-format files (the release writes none for it)."""
     from onedc_lib.bitstream import BitstreamError
-    from onedc_lib.models import release as release_files
 
     folder, vae, preset, _ = release
     zonly = tmp_path / "tiny_zonly.yaml"

@@ -343,13 +343,13 @@ class OneDC(nn.Module):
 
     @torch.no_grad()
     def decompress(self, compressed: CompressedImage | bitstream.Container | bytes) -> torch.Tensor:
-        """-> float tensor [1, 3, H, W] in [0, 1]. Bytes may be a release-format file too (numerics "auto")."""
+        """-> float tensor [1, 3, H, W] in [0, 1]."""
         container = compressed.container if isinstance(compressed, CompressedImage) else compressed
         if isinstance(container, (bytes, bytearray)):
-            if bitstream.detect_format(container) == "release":  # with the release's numerics (models/release.py)
-                from .release import decompress
-
-                return decompress(self, container)[0]
+            if bitstream.detect_format(container) == "release":  # models/release.py builds on this module
+                raise bitstream.BitstreamError(
+                    "a file of the released OneDC (release format, no model id): decode it with "
+                    "onedc_lib.models.release.decompress(model, data), or `onedc decompress FILE --model MODEL`")
             container = bitstream.read_container(container)
         self.check_container(container)
         check_codec_size(container.height, container.width, bitstream.BitstreamError)

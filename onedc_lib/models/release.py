@@ -155,6 +155,7 @@ def decode_latents(model, data: bytes, numerics: str = "auto") -> tuple[bitstrea
         + "; ".join(tried) + f"){missing}. Is it the model that wrote the file?")
 
 
+@torch.no_grad()
 def decompress(model, data: bytes, numerics: str = "auto") -> tuple[torch.Tensor, str]:
     """A release file -> (image [1, 3, H, W] in [0, 1], the numerics it decoded with)."""
     f, dec = decode_latents(model, data, numerics)
