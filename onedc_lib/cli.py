@@ -6,6 +6,7 @@ Each command imports what it needs when it runs, so that `onedc info` starts fas
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 
@@ -168,13 +169,60 @@ def _run_jobs(args: argparse.Namespace, suffixes: set[str], out_suffix: str, wor
             if name not in models:
                 models[name] = _load_model(name, decode_only)
             Path(dst).parent.mkdir(parents=True, exist_ok=True)
-            tqdm.write(work(models[name], src, dst) + (f", model {name}" if from_file and name else ""))
+            long = len(jobs) == 1 and _megapixels(src, coded=args.command == "decompress") >= LONG_IMAGE_MP
+            with _elapsed(f"{args.command} {src}", long):
+                line = work(models[name], src, dst)
+            tqdm.write(line + (f", model {name}" if from_file and name else ""))
         except (ImageError, BitstreamError, WeightsError) as e:
             code = max(code, _fail(EXIT_BAD_FILE, str(e) if src in str(e) else f"{src}: {e}"))
         except OSError as e:  # unreadable input, unwritable output: report it and go on with the other files
             where = e.filename if e.filename is not None else src
             code = max(code, _fail(EXIT_BAD_FILE, f"{src} -> {dst}: cannot access {where}: {e.strerror or e}"))
     return code
+
+
+LONG_IMAGE_MP = 1.0  # a single image this large takes seconds or more: show that the work goes on
+
+
+def _megapixels(path: str, coded: bool) -> float:
+    """Of an image file, or of a coded file (`coded`), from its header; 0 where it cannot be read (the work then
+    says why)."""
+    from onedc_lib import bitstream
+    from onedc_lib.image_io import ImageError, image_size
+
+    try:
+        if not coded:
+            height, width = image_size(path)
+            return height * width / 1e6
+        data = bitstream.read_bytes(path)
+        onedc = bitstream.detect_format(data) == "onedc"
+        f = bitstream.read_container(data) if onedc else bitstream.read_release_file(data)
+        return f.height * f.width / 1e6
+    except (OSError, ImageError, bitstream.BitstreamError):
+        return 0.0
+
+
+@contextlib.contextmanager
+def _elapsed(label: str, show: bool):
+    """On a terminal, for one long image: a status line with the seconds so far, refreshed twice a second."""
+    import threading
+
+    from tqdm import tqdm
+
+    if not show or not sys.stderr.isatty():
+        yield
+        return
+    bar = tqdm(desc=label, bar_format="{desc}: working, {elapsed} elapsed", file=sys.stderr, leave=False)
+    done = threading.Event()
+    thread = threading.Thread(target=lambda: [bar.refresh() for _ in iter(lambda: done.wait(0.5), True)],
+                              daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        done.set()
+        thread.join()
+        bar.close()
 
 
 def model_for_file(path: str) -> str | None:

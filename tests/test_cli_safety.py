@@ -173,3 +173,34 @@ def test_ctrl_c_exits_130_with_one_line_and_no_output(tmp_path):
     assert process.returncode == 130 and out == ""
     assert err == "onedc: interrupted\n"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["img.odc", "src.png"]
+
+
+def test_a_long_single_image_shows_that_the_work_goes_on(tmp_path):
+    """On a terminal (a pseudo-terminal here), one image of a megapixel or more gets a status line counting the
+    seconds; it is cleared before the result line."""
+    import fcntl
+    import pty
+    import struct
+    import termios
+
+    source, odc = write_png(tmp_path / "big.png", 1024, 1024), tmp_path / "big.odc"
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 120, 0, 0))
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    process = subprocess.Popen([sys.executable, "-m", "onedc_lib.cli", "compress", str(source), "-o", str(odc),
+                                "--model", "nano"], cwd=REPO, env=env, stdout=slave, stderr=slave)
+    os.close(slave)
+    seen = b""
+    while True:
+        try:
+            chunk = os.read(master, 4096)
+        except OSError:  # the other end closed
+            break
+        if not chunk:
+            break
+        seen += chunk
+    os.close(master)
+    assert process.wait(timeout=600) == 0
+    assert f"compress {source}: working, 00:00 elapsed".encode() in seen
+    assert seen.rstrip().endswith(b"1024 x 1024 (W x H), " + str(odc.stat().st_size).encode() + b" bytes, " +
+                                  f"{8 * odc.stat().st_size / 1024**2:.4f} bpp".encode())
