@@ -18,6 +18,26 @@ def run_script(name: str, *args: str) -> None:
     assert done.returncode == 0, done.stderr[-3000:]
 
 
+def test_gpu_check_small_runs_on_cpu(tmp_path):
+    out = tmp_path / "gpu.json"
+    run_script("gpu_check.py", "--device", "cpu", "--small", "--json", str(out))
+    report = json.loads(out.read_text())
+    assert report["machine"]["device"] == "cpu" and report["small"] is True
+    # the same file decoded twice on the same device by the same float32 path: identical images
+    cross = report["cross_device"]
+    assert cross["symbols_identical"] and cross["max_abs_diff"] == 0 and cross["psnr_db"] is None
+    assert set(report["cases"]) == {"64x64"}
+    for size in report["cases"].values():
+        assert set(size) == {"float32_eager", "bfloat16_eager", "float32_compiled", "bfloat16_compiled"}
+        for case in size.values():
+            assert case["encode_s"] > 0 and case["decode_s"] > 0 and case["peak_gb"] > 0 and case["bytes"] > 0
+    # the small --large image is 512x384: a 64x48 latent, decoded in 48-pixel tiles
+    large = report["large_tiled"]
+    assert large["size"] == "512x384" and large["vae_tile"] == 48
+    assert large["float32"]["decode_peak_gb"] > 0 and large["bfloat16"]["decode_s"] > 0
+    assert report["targets"]["applies"] is False
+
+
 def test_paper_scale_small_writes_both_modes(tmp_path):
     out = tmp_path / "paper_scale.json"
     run_script("paper_scale.py", "--small", "--json", str(out))
