@@ -166,6 +166,23 @@ def shared_out(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("notebook_results")
 
 
+# The smoke runs whose outputs other notebooks read are fixtures: run once per module by whichever test needs them
+# first, so that every test also passes alone (or on its own xdist worker).
+
+@pytest.fixture(scope="module")
+def rd_run(run_notebook, shared_out):
+    """Notebook 20's smoke run -> (notebook, snapshot of results/ before, after)."""
+    committed = _snapshot(REPO / "results")
+    nb, _ = run_notebook("20_eval_rd", shared_out, codecs=["onedc", "jpeg", "webp", "hevc"])
+    return nb, committed, _snapshot(REPO / "results")
+
+
+@pytest.fixture(scope="module")
+def speed_run(run_notebook, shared_out):
+    """Notebook 21's smoke run -> notebook."""
+    return run_notebook("21_eval_speed", shared_out)[0]
+
+
 def test_00_demo_compress(run_notebook, tmp_path):
     nb, executed = run_notebook("00_demo_compress", tmp_path)
     results = json.loads((tmp_path / "results.json").read_text())
@@ -217,9 +234,8 @@ def test_01_bitstream_anatomy(run_notebook, tmp_path):
     assert _outputs(nb, "image/png") and len(_outputs(nb, "text/html")) >= 3
 
 
-def test_20_eval_rd(run_notebook, shared_out):
-    committed = _snapshot(REPO / "results")
-    nb, _ = run_notebook("20_eval_rd", shared_out, codecs=["onedc", "jpeg", "webp", "hevc"])
+def test_20_eval_rd(rd_run, shared_out):
+    nb, committed, after = rd_run
     results = shared_out / "results" / "samples"
     summaries = {p.stem: json.loads(p.read_text()) for p in results.glob("*.json")}
     assert set(summaries) == {"onedc-nano_zonly+nano_q1", "jpeg", "webp", "hevc"}
@@ -233,11 +249,11 @@ def test_20_eval_rd(run_notebook, shared_out):
         assert len(files) == 2 and all(f.stat().st_size > 0 for f in files)
     assert summaries["onedc-nano_zonly+nano_q1"]["codec_info"]["models"]["nano_q1"]["untrained_parts"]
     assert _outputs(nb, "image/png") and _outputs(nb, "text/html")
-    assert _snapshot(REPO / "results") == committed  # smoke runs never write into results/
+    assert after == committed  # smoke runs never write into results/
 
 
-def test_21_eval_speed(run_notebook, shared_out):
-    nb, _ = run_notebook("21_eval_speed", shared_out)
+def test_21_eval_speed(speed_run, shared_out):
+    nb = speed_run
     report = json.loads((shared_out / "results" / "speed" / "speed_cpu.json").read_text())
     assert report["device"]["device"] == "cpu" and report["device"]["torch_threads"] == 1
     assert report["device"]["cpu_count"] >= 1 and report["device"]["torch"]
@@ -273,9 +289,7 @@ def test_30_ablation_guidance(run_notebook, tmp_path):
     assert _snapshot(REPO / "results" / "ablation") == committed  # smoke runs never write into results/
 
 
-def test_50_figures_tables(run_notebook, shared_out, tmp_path):
-    if not (shared_out / "results" / "samples").is_dir() or not (shared_out / "results" / "speed").is_dir():
-        pytest.skip("needs the results of the 20 and 21 smoke runs (run the whole module)")
+def test_50_figures_tables(run_notebook, rd_run, speed_run, shared_out, tmp_path):
     figures_before = _snapshot(REPO / "figures")
     nb, _ = run_notebook("50_figures_tables", tmp_path, results_dir=str(shared_out / "results"))
     for name in ("rd_samples.png", "speed_cpu.png"):
@@ -324,18 +338,28 @@ def _check_run(nb, run: Path, names: list[str], figures: int = 2) -> None:
     assert len(_outputs(nb, "image/png")) == figures and _outputs(nb, "text/html")  # curves, samples, ...; summary
 
 
-def test_10_train_stage0_nano(run_notebook, train_out):
-    nb, _ = run_notebook("10_train_stage0_nano", train_out / "s0")
+@pytest.fixture(scope="module")
+def stage0_run(run_notebook, train_out):
+    """Notebook 10's smoke run (its folder feeds 11, 12 and 40) -> notebook."""
+    return run_notebook("10_train_stage0_nano", train_out / "s0")[0]
+
+
+@pytest.fixture(scope="module")
+def stage1_run(run_notebook, train_out, stage0_run):
+    """Notebook 11's smoke run (its model feeds 12 and 40) -> notebook."""
+    return run_notebook("11_train_stage1", train_out / "s1", stage0=str(train_out / "s0"))[0]
+
+
+def test_10_train_stage0_nano(stage0_run, train_out):
+    nb = stage0_run
     _check_run(nb, train_out / "s0", ["vae", "tokenizer", "teacher"])
     for file in ("vae", "tokenizer", "teacher_unet", "generator_unet"):
         assert (train_out / "s0" / f"{file}.safetensors").stat().st_size > 10_000
     assert str(train_out / "s0") in "".join(_outputs(nb, "text/plain")[-1])  # the folder is shown at the end
 
 
-def test_11_train_stage1(run_notebook, train_out):
-    if not (train_out / "s0" / "vae.safetensors").is_file():
-        pytest.skip("needs the stage-0 folder of the 10 smoke run (run the whole module)")
-    nb, _ = run_notebook("11_train_stage1", train_out / "s1", stage0=str(train_out / "s0"))
+def test_11_train_stage1(stage1_run, train_out):
+    nb = stage1_run
     _check_run(nb, train_out / "s1", [""])
     provenance = json.loads((train_out / "s1" / "model" / "config.json").read_text())["provenance"]
     assert provenance["stage"] == 1 and provenance["step"] == 2
@@ -343,9 +367,7 @@ def test_11_train_stage1(run_notebook, train_out):
     assert str(train_out / "s1" / "model") in "".join(_outputs(nb, "text/plain")[-1])
 
 
-def test_12_train_stage2(run_notebook, train_out):
-    if not (train_out / "s1" / "model").is_dir():
-        pytest.skip("needs the model of the 11 smoke run (run the whole module)")
+def test_12_train_stage2(run_notebook, train_out, stage1_run):
     nb, _ = run_notebook("12_train_stage2", train_out / "s2", stage0=str(train_out / "s0"),
                          init=str(train_out / "s1" / "model"))
     _check_run(nb, train_out / "s2", [""])
@@ -354,12 +376,10 @@ def test_12_train_stage2(run_notebook, train_out):
     assert str(train_out / "s2" / "model") in "".join(_outputs(nb, "text/plain")[-1])
 
 
-def test_40_zonly_extreme(run_notebook, train_out, tmp_path):
+def test_40_zonly_extreme(run_notebook, train_out, stage1_run, tmp_path):
     """Fine-tunes 11's model as z-only (encoder frozen), then real files: z = 14 bits per 64x64 block."""
     from safetensors.torch import load_file
 
-    if not (train_out / "s1" / "model").is_dir():
-        pytest.skip("needs the model of the 11 smoke run (run the whole module)")
     committed = _snapshot(REPO / "results" / "samples")  # the dataset it evaluates
     init = train_out / "s1" / "model"
     nb, _ = run_notebook("40_zonly_extreme", tmp_path, init=str(init), stage0=str(train_out / "s0"),
