@@ -32,13 +32,14 @@ from __future__ import annotations
 import argparse
 import csv
 import datetime
-import hashlib
 import json
 import os
 import re
 import shutil
 import sys
 from pathlib import Path
+
+from .archives import sha256_bytes, sha256_file
 
 __all__ = ["FP16_MIN_PSNR", "MAX_BUNDLE_BYTES", "bundle", "bundle_bytes", "model_infos"]
 
@@ -151,10 +152,6 @@ def _overrides(config) -> dict:
     return {k: v for k, v in mine.items() if preset.get(k) != v}
 
 
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
-
-
 def bundle(source, name: str, dest=None, runs=(), description: str = "",
            manifest=Path(__file__).parent / "data" / "nano_manifest.json", dtype: str = "auto",
            check_image=None) -> dict:
@@ -212,9 +209,9 @@ def bundle(source, name: str, dest=None, runs=(), description: str = "",
             own.update(members)
             continue
         data = save(members, metadata={"format": "pt"})  # one entry: safetensors orders a metadata map at random
-        digest = hashlib.sha256(data).hexdigest()
+        digest = sha256_bytes(data)
         path = dest / SHARED / f"{digest[:32]}.safetensors"
-        if not (path.is_file() and _sha256(path) == digest):
+        if not (path.is_file() and sha256_file(path) == digest):
             atomic_write(path, data)
         shared.append({"file": f"../{SHARED}/{path.name}", "group": group, "sha256": digest, "bytes": len(data)})
 
@@ -237,7 +234,7 @@ def bundle(source, name: str, dest=None, runs=(), description: str = "",
         "fp16_check": check,
         "training": source_meta.get("provenance", {}),
         "runs": _runs([*runs, *([source.parent] if (source.parent / "log.csv").is_file() else [])]),
-        "data_manifest": {"path": str(manifest), "sha256": _sha256(manifest)} if manifest else None,
+        "data_manifest": {"path": str(manifest), "sha256": sha256_file(manifest)} if manifest else None,
     }
     from .config import config_to_dict
 

@@ -35,12 +35,13 @@ unchanged input regenerates identical bytes.
 from __future__ import annotations
 
 import csv
-import hashlib
 import io
 import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from .archives import sha256_file
 
 __all__ = ["Outputs", "regenerate"]
 
@@ -143,10 +144,6 @@ class Outputs:
         return Markdown(text)
 
 
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
 class _Writer:
     def __init__(self, out_dir: Path, results_dir: Path, dpi: int):
         self.out_dir, self.results_dir, self.dpi = out_dir, results_dir, dpi
@@ -174,7 +171,7 @@ class _Writer:
     def _record(self, file: str, kind: str, inputs, producer: str) -> None:
         names = self._rel_inputs(inputs)
         self.outputs.entries.append({"file": file, "kind": kind, "producer": producer, "inputs": names,
-                                     "inputs_sha256": {n: _sha256(Path(p)) for n, p in zip(names, inputs)}})
+                                     "inputs_sha256": {n: sha256_file(p) for n, p in zip(names, inputs)}})
 
 
 # ---------------------------------------------------------------------------------------------------- producers

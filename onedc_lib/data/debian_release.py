@@ -6,12 +6,13 @@ APT sources at run time (no host is written into the project), and the .deb is c
 from __future__ import annotations
 
 import getpass
-import hashlib
 import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
+
+from ..archives import sha256_file
 
 APT_DIR = Path("/etc/apt")
 OS_RELEASE = Path("/etc/os-release")
@@ -95,14 +96,6 @@ def system_mirror(apt_dir: Path = APT_DIR, os_release: Path = OS_RELEASE) -> Apt
     raise FetchError(f"no APT source in {apt_dir} serves suite {codename!r} with component main")
 
 
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def private_apt_options(root: Path, suite: str, mirror: AptSource) -> list[str]:
     """apt-get options for a configuration under `root` that knows only `suite` main of `mirror` (written there)."""
     root = root.resolve()  # apt reads relative Dir:: settings against its own folders
@@ -127,7 +120,7 @@ def fetch_from_release(name: str, version: str, suite: str, sha256: str, debs: P
     run(cmd, cwd) runs a command and returns its output (raising on failure)."""
     debs.mkdir(parents=True, exist_ok=True)
     for deb in sorted(debs.glob(f"{name}_*.deb")):
-        if file_sha256(deb) == sha256:
+        if sha256_file(deb) == sha256:
             return deb
     options = private_apt_options(apt_root / suite, suite, system_mirror(apt_dir, os_release))
     run(["apt-get", *options, "update"], None)
@@ -139,7 +132,7 @@ def fetch_from_release(name: str, version: str, suite: str, sha256: str, debs: P
         downloaded = sorted(incoming.glob(f"{name}_*.deb"))
         if not downloaded:
             raise FetchError(f"apt-get download {name}={version} ({suite}) left no .deb")
-        digest = file_sha256(downloaded[0])
+        digest = sha256_file(downloaded[0])
         if digest != sha256:
             raise FetchError(f"{downloaded[0].name} from suite {suite} has sha256 {digest}, not the pinned {sha256}")
         target = debs / downloaded[0].name

@@ -53,7 +53,8 @@ from typing import Callable, Sequence
 
 from onedc_lib.bitstream import atomic_write
 
-from .debian_release import FetchError, fetch_from_release, file_sha256
+from ..archives import sha256_bytes, sha256_file
+from .debian_release import FetchError, fetch_from_release
 from .embedded_jpeg import largest_embedded_jpeg
 
 REFERENCE_MANIFEST = Path(__file__).with_name("nano_manifest.json")
@@ -450,10 +451,6 @@ def skimage_candidates(names: Sequence[str] | None = None) -> list[Candidate]:
 # conversion
 
 
-def _sha256(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
 def target_size(width: int, height: int, short_side: int) -> tuple[int, int]:
     """(width, height) with the short side at `short_side` (aspect kept, rounded); smaller images unchanged."""
     short = min(width, height)
@@ -513,7 +510,7 @@ def _pixels_sha256(pixels) -> str:
     import numpy as np
 
     pixels = np.ascontiguousarray(pixels, dtype=np.uint8)
-    return _sha256(f"{pixels.shape[0]}x{pixels.shape[1]}x3:".encode() + pixels.tobytes())
+    return sha256_bytes(f"{pixels.shape[0]}x{pixels.shape[1]}x3:".encode() + pixels.tobytes())
 
 
 def _thumbnail(pixels):
@@ -595,7 +592,7 @@ def extract_package(deb: Path, dest: Path) -> PackageSource:
     values = dict(line.split(": ", 1) for line in fields.strip().splitlines() if ": " in line)
     dest.mkdir(parents=True, exist_ok=True)
     _run(["dpkg-deb", "-x", str(deb), str(dest)])
-    return PackageSource(values["Package"], values["Version"], dest, file_sha256(deb))
+    return PackageSource(values["Package"], values["Version"], dest, sha256_file(deb))
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -704,12 +701,12 @@ def prepare(out: str | os.PathLike, short_side: int = 512, include_renders: bool
             rel = f"{split}/{_safe(c.source)}__{_safe(c.name)}.png"
             if any(f["file"] == rel for f in manifest["files"]):
                 raise PrepareError(f"two source images would both be {rel}: {c.source_id} and an earlier one")
-            source_sha = file_sha256(c.path) if c.path is not None else _pixels_sha256(c.array)
+            source_sha = sha256_file(c.path) if c.path is not None else _pixels_sha256(c.array)
             reuse = previous.get(rel)
             target = out / rel
             png = None
             if reuse and reuse.get("source_sha256") == source_sha and target.is_file() and \
-                    file_sha256(target) == reuse.get("sha256"):  # made by an earlier run from the same original
+                    sha256_file(target) == reuse.get("sha256"):  # made by an earlier run from the same original
                 import numpy as np
                 from PIL import Image
 
@@ -718,7 +715,7 @@ def prepare(out: str | os.PathLike, short_side: int = 512, include_renders: bool
                 png_sha, png_bytes = reuse["sha256"], reuse["bytes"]
             else:
                 png, pixels = convert(c, short_side)
-                png_sha, png_bytes = _sha256(png), len(png)
+                png_sha, png_bytes = sha256_bytes(png), len(png)
             original_size = _header_size(c.path) if c.path is not None else (c.array.shape[1], c.array.shape[0])
             record = {"file": rel, "split": split, "source_id": c.source_id, **entry,
                       "original_width": original_size[0], "original_height": original_size[1],

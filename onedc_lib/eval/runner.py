@@ -65,6 +65,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..archives import sha256_file
 from ..bitstream import atomic_write
 
 __all__ = ["CSV_COLUMNS", "evaluate", "list_images", "parse_codec"]
@@ -595,7 +596,7 @@ def evaluate(codec_spec: str, images_dir, out_dir, metrics=DEFAULT_METRICS, fid:
         "images": {"dir": str(images_dir), "count": len(images), "names": [n for n, _ in images],
                    "sizes": {n: [rows[(str(codec.rates[0]), n)]["height"], rows[(str(codec.rates[0]), n)]["width"]]
                              for n, _ in images},
-                   "sha256": {n: _sha256(p) for n, p in images}},
+                   "sha256": {n: sha256_file(p) for n, p in images}},
         "metrics": list(metrics),
         "points": points,
         "protocol": _protocol(protocol, metrics, fid, fid_min_patches, image_metrics, fid_features, cache_dir),
@@ -614,12 +615,6 @@ def evaluate(codec_spec: str, images_dir, out_dir, metrics=DEFAULT_METRICS, fid:
     summary = json_safe(summary)
     atomic_write(json_path, (json.dumps(summary, indent=1, allow_nan=False) + "\n").encode())
     return summary
-
-
-def _sha256(path: Path) -> str:
-    from .backbones import sha256_file
-
-    return sha256_file(path)
 
 
 def _previous_rows(csv_path: Path, columns, metrics) -> dict:

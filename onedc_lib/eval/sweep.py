@@ -30,7 +30,7 @@ NANO_DATA = "out/nano_data"  # where `onedc prepare` writes the nano photographs
 def nano_test_folder(data_dir=NANO_DATA) -> Path:
     """data_dir/test, checked against the committed nano_manifest.json: exactly its test photographs, same bytes."""
     from ..data.prepare import REFERENCE_MANIFEST
-    from .backbones import sha256_file
+    from ..archives import sha256_file
 
     folder = Path(data_dir) / "test"
     how = f"build it with `onedc prepare --out {data_dir}`"
