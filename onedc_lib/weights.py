@@ -354,8 +354,8 @@ def available_models(preset: str = "nano", models=()) -> list[ModelChoice]:
             choices.append(ModelChoice(str(name), label, trained))
         return choices
 
-    def family(names):
-        return sorted((n for n in names if n.startswith(f"{preset}_")), key=_rate_rank)
+    def family(names):  # the rate points of this base: <preset>_zonly and <preset>_q<N> (not other bases, e.g. nano_sr)
+        return sorted((n for n in names if re.fullmatch(rf"{re.escape(preset)}_(zonly|q\d+)", n)), key=_rate_rank)
 
     bundled = family(bundled_models())
     if bundled:
