@@ -189,13 +189,15 @@ def rd_table(summaries: dict, metrics=None):
     return pd.DataFrame(rows)
 
 
-def rd_figure(summaries: dict, metrics=None):
-    """RD curves (bpp vs each metric) of the summaries' results files (plotting.rd_curves)."""
+def rd_figure(summaries: dict, metrics=None, labels: dict | None = None):
+    """RD curves (bpp vs each metric) of the summaries' results files (plotting.rd_curves). labels: codec -> legend
+    label (default: each summary's label, marked when a model is untrained)."""
     from ..plotting import rd_curves
 
     paths = [s["results_file"] for s in summaries.values()]
     names = metrics or list(dict.fromkeys(m for s in summaries.values() for m in s.get("metrics", [])))
-    labels = {s["codec"]: s["label"] + (" (UNTRAINED)" if _untrained(s) else "") for s in summaries.values()}
+    if labels is None:
+        labels = {s["codec"]: s["label"] + (" (UNTRAINED)" if _untrained(s) else "") for s in summaries.values()}
     return rd_curves(paths, metrics=names, labels=labels)
 
 

@@ -27,7 +27,7 @@ import time
 import warnings
 from pathlib import Path
 
-__all__ = ["ANCHOR", "LABELS", "VARIANTS", "bd_table", "frame", "guidance_ablation", "per_image_bd", "rd_figure"]
+__all__ = ["ANCHOR", "LABELS", "VARIANTS", "bd_table", "frame", "guidance_ablation", "per_image_bd"]
 
 VARIANTS = {
     "text": {"codec.guidance": "text", "loss.distill_weight": 0},
@@ -147,16 +147,6 @@ def per_image_bd(summaries: dict[str, dict], results_dir, metrics=("dists", "lpi
     return out
 
 
-def rd_figure(summaries: dict[str, dict], metrics=("psnr", "lpips", "dists")):
-    """RD curves of the variants (plotting.rd_curves), labelled (a), (b), (c)."""
-    from ..plotting import rd_curves
-
-    paths = [s["results_file"] for s in summaries.values()]
-    labels = {s["codec"]: LABELS[v] for v, s in summaries.items()}
-    return rd_curves(paths, metrics=[m for m in metrics if any(m in s["metrics"] for s in summaries.values())],
-                     labels=labels)
-
-
 def frame(rows: list[dict]):
     """Rows (points or BD-rates) as a pandas DataFrame, for display."""
     import pandas as pd
@@ -187,7 +177,7 @@ def guidance_ablation(preset: str, lmbdas, test_images, out_dir, results_dir, *,
     from ..bitstream import atomic_write
     from ..paths import output_dir
     from ..eval.runner import evaluate, git_commit, json_safe
-    from ..eval.sweep import _provisioned, dataset_folder
+    from ..eval.sweep import _provisioned, dataset_folder, rd_figure
 
     started = time.perf_counter()
     _, test_folder = dataset_folder(test_images, out_dir, smoke=smoke)
@@ -220,7 +210,8 @@ def guidance_ablation(preset: str, lmbdas, test_images, out_dir, results_dir, *,
     atomic_write(results_dir / "points.csv", _csv_text(points).encode())
     atomic_write(results_dir / "bdrate.csv", _csv_text(table).encode())
     atomic_write(results_dir / "bdrate_per_image.csv", _csv_text(per_image).encode())
-    figure = rd_figure(summaries, metrics)
+    figure = rd_figure(summaries, [m for m in metrics if any(m in s["metrics"] for s in summaries.values())],
+                       labels={s["codec"]: LABELS[v] for v, s in summaries.items()})  # (a), (b), (c)
     figure.savefig(results_dir / "rd_ablation.png", dpi=80 if smoke else 150, bbox_inches="tight")
     result = json_safe({
         "format": "onedc-guidance-ablation/1",
