@@ -87,6 +87,8 @@ class VAEConfig:
             raise ValueError(f"vae.attention_statistics must be 'window' or 'global', not {self.attention_statistics!r}")
         if self.kind not in ("autoencoder_kl", "pixel_sr"):
             raise ValueError(f"vae.kind must be 'autoencoder_kl' or 'pixel_sr', not {self.kind!r}")
+        if self.kind == "pixel_sr" and self.autoencoder:  # unused by this kind: configs that differ only there
+            object.__setattr__(self, "autoencoder", {})   # (an inherited preset value) are one architecture
 
     @property
     def latent_channels(self) -> int:
