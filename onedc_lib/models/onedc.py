@@ -444,6 +444,7 @@ def check_image_tensor(x: torch.Tensor) -> None:
         raise ValueError(f"expected a float tensor [1, 3, H, W] in [0, 1], got {shape}")
     if not torch.is_floating_point(x):
         raise ValueError(f"expected a float tensor in [0, 1], got {x.dtype}")
+    bitstream.check_image_size(*x.shape[-2:])
     check_codec_size(*x.shape[-2:])
     finite = torch.isfinite(x)
     if not finite.all():
