@@ -21,7 +21,8 @@ REPO = Path(__file__).resolve().parents[2]
 NOTEBOOK_DIR = REPO / "notebooks"
 NOTEBOOKS = sorted(p.stem for p in NOTEBOOK_DIR.glob("*.ipynb"))
 EXPECTED = ["00_demo_compress", "01_bitstream_anatomy", "10_train_stage0_nano", "11_train_stage1", "12_train_stage2",
-            "20_eval_rd", "21_eval_speed", "30_ablation_guidance", "40_zonly_extreme", "50_figures_tables"]
+            "20_eval_rd", "21_eval_speed", "30_ablation_guidance", "40_zonly_extreme", "50_figures_tables",
+            "60_reproduce_paper"]
 PNG = b"\x89PNG\r\n\x1a\n"
 
 
