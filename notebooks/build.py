@@ -176,7 +176,7 @@ The model folder written at the end (`out_dir/model`) is what `onedc` and stage 
     "parameters": """
 preset: str = "nano_q3"  # the rate point (its lambda) and the scale
 overrides: dict = {}  # dotted config overrides, e.g. {"loss.lmbda": 1.8, "train.batch_size": 8}
-smoke: bool = False  # CI: 2 steps on 64-px crops
+smoke: bool = False  # CI: 2 steps on 64-px crops; folders not there: the bundled model's parts, the samples
 out_dir: str = "out/notebooks/11_train_stage1"  # checkpoints/, log.csv, samples/, model/
 stage0: str = "out/notebooks/10_train_stage0_nano"  # the stage-0 folder (nano); empty: weights / random init
 init: str = ""  # start from this model folder instead (e.g. a lower-rate model)
@@ -206,7 +206,7 @@ from a stage-I model folder (`init`, notebook 11) and takes the teacher from the
     "parameters": """
 preset: str = "nano_q3"  # the preset the stage-I model was trained with
 overrides: dict = {}  # dotted config overrides, e.g. {"train.stage2_lr": 2e-5}
-smoke: bool = False  # CI: 2 steps on 64-px crops
+smoke: bool = False  # CI: 2 steps on 64-px crops; folders not there: the bundled model's parts, the samples
 out_dir: str = "out/notebooks/12_train_stage2"  # checkpoints/, log.csv, samples/, model/
 init: str = "out/notebooks/11_train_stage1/model"  # the stage-I model folder
 stage0: str = "out/notebooks/10_train_stage0_nano"  # the stage-0 folder (nano: the teacher); empty: weights
@@ -323,8 +323,8 @@ variants: list = ["text", "hyper", "hyper_distill"]  # (a), (b), (c); hyper_dist
 lmbdas: list = [1.8, 12.2]  # one stage-I model per variant and lambda
 steps: int = 400  # stage-I steps per model (0: the preset's)
 stage0: str = ""  # stage-0 folder (nano VAE, tokenizer, generator init); empty: random parts, with a warning
-data: str = "out/nano_data/train"  # training images (`onedc prepare`); empty: the sample photographs
-test_images: str = "out/nano_data/test"  # evaluation folder, or "samples"
+data: str = "out/nano_data/train"  # training images (`onedc prepare`); empty (smoke: not there): the samples
+test_images: str = "out/nano_data/test"  # evaluation folder, or "samples" (smoke: where the folder is not there)
 metrics: list = ["psnr", "lpips", "dists"]
 fid: bool = True  # FID/KID on 256-px patches where the images give at least fid_min_patches of them
 fid_min_patches: int = 2
@@ -364,7 +364,7 @@ L1 + LPIPS + distillation train the decoder side on z alone. Then the test image
     "parameters": """
 preset: str = "nano_zonly"  # a z-only preset (codec.z_only, train.freeze); sd15_zonly on GPUs
 overrides: dict = {}  # dotted config overrides, e.g. {"train.stage1_lr": 1e-4}
-smoke: bool = False  # CI: 2 steps on 64-px crops, then one 64x96 image; results in out_dir
+smoke: bool = False  # CI: 2 steps on 64-px crops, one 64x96 image, in out_dir; folders not there: bundled, samples
 out_dir: str = "out/notebooks/40_zonly_extreme"  # the run (model/ at the end), files and reconstructions
 init: str = "onedc_lib/weights/nano_q1"  # the low-rate model folder it starts from (bundled, or notebook 11's)
 stage0: str = "out/notebooks/10_train_stage0_nano"  # nano: the distillation tokenizer; empty: weights / random

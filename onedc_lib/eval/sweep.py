@@ -22,7 +22,8 @@ import math
 import warnings
 from pathlib import Path
 
-__all__ = ["dataset_folder", "expand_codecs", "nano_test_folder", "rd_figure", "rd_sweep", "rd_table"]
+__all__ = ["dataset_folder", "expand_codecs", "nano_test_folder", "rd_figure", "rd_sweep", "rd_table",
+           "smoke_images"]
 
 NANO_DATA = "out/nano_data"  # where `onedc prepare` writes the nano photographs (train/, val/, test/)
 
@@ -47,16 +48,30 @@ def nano_test_folder(data_dir=NANO_DATA) -> Path:
     return folder
 
 
+def smoke_images(images: str, smoke: bool, data_dir=NANO_DATA) -> str:
+    """The dataset a run evaluates: `images`, except in a smoke run whose folder (the nano test split, or the
+    folder named) is not there, as on a fresh checkout: "samples", said in one line. A full run keeps `images`
+    and stops at the missing folder."""
+    if not smoke or images == "samples":
+        return images
+    folder = Path(data_dir) / "test" if images == "nano" else Path(images)
+    if folder.is_dir():
+        return images
+    print(f"no test images at {folder}: evaluating the sample photographs shipped with the package", flush=True)
+    return "samples"
+
+
 def dataset_folder(images: str, out_dir, max_side: int = 0, max_images: int = 0, smoke: bool = False,
                    data_dir=NANO_DATA) -> tuple[str, Path]:
     """(dataset name, folder of images). "samples": the sample photographs written as PNG under out_dir;
     "nano": the nano test photographs (data_dir/test, checked by nano_test_folder); a folder: used as it is
-    unless max_side / max_images / smoke ask for a shrunk copy under out_dir."""
+    unless max_side / max_images / smoke ask for a shrunk copy under out_dir. Smoke runs: smoke_images first."""
     from ..data.samples import SAMPLES, sample_image
     from ..image_io import save_image
     from ..data.samples import load_demo_image
     from .runner import list_images
 
+    images = smoke_images(images, smoke, data_dir)
     if images == "samples":
         name, sources = "samples", [(n, n) for n in SAMPLES]
     else:

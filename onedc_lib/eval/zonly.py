@@ -88,10 +88,11 @@ def zonly_eval(model, images: str = "samples", out_dir="out/zonly", results_dir=
     zonly_<tag>.csv (one row per image: rate taken apart and metrics) and zonly_<tag>.json (means)."""
     from ..weights import load_model
     from .runner import _csv_text
-    from .sweep import dataset_folder, rd_sweep
+    from .sweep import dataset_folder, rd_sweep, smoke_images
 
     if not load_model(str(model)).config.codec.z_only:
         raise ValueError(f"{model} is not a z-only model (codec.z_only is false)")
+    images = smoke_images(images, smoke)  # once, for both calls below
     _, images_dir = dataset_folder(images, out_dir, max_side, max_images, smoke)  # the folder rd_sweep evaluates
     summaries = rd_sweep(images=images, codecs=[f"onedc:{model}"], out_dir=out_dir, results_dir=results_dir,
                          metrics=metrics, fid=False, max_side=max_side, max_images=max_images, device=device,

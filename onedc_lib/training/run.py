@@ -20,6 +20,9 @@ import sys
 from contextlib import contextmanager
 from pathlib import Path
 
+from ..config import load_config
+from .sources import smoke_sources
+
 __all__ = ["SMOKE", "read_log", "run_stage", "stage_arguments", "training_curves", "training_samples",
            "training_summary"]
 
@@ -72,7 +75,8 @@ def run_stage(stage: int, preset: str = "nano", out_dir="runs/train", *, steps: 
     model folder OUT/model (stages I and II).
 
     device: "cpu" trains on the CPU even where there is a GPU, "cuda" requires one, "" lets accelerate choose.
-    smoke: SMOKE's tiny settings (over `overrides`) and at most SMOKE_STEPS steps."""
+    smoke: SMOKE's tiny settings (over `overrides`), at most SMOKE_STEPS steps, and missing folders replaced by
+    what ships with the package (sources.smoke_sources: the bundled model's parts, the sample photographs)."""
     if num_processes < 1:
         raise ValueError(f"num_processes must be at least 1, not {num_processes}")
     if device not in ("", "cpu") and not device.startswith("cuda"):
@@ -80,6 +84,9 @@ def run_stage(stage: int, preset: str = "nano", out_dir="runs/train", *, steps: 
     if smoke:
         overrides = {**(overrides or {}), **SMOKE}
         steps = min(steps, SMOKE_STEPS) if steps else SMOKE_STEPS
+        stage0, init, data, notes = smoke_sources(stage, load_config(preset, overrides), stage0, init, data)
+        for note in notes:
+            print(note, flush=True)
     args = stage_arguments(stage, preset, out_dir, steps=steps, overrides=overrides, seed=seed, resume=resume,
                            data=data, stage0=stage0, init=init, threads=threads, ckpt_every=ckpt_every, part=part,
                            lpips=lpips, weights=weights)

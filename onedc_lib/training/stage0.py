@@ -42,7 +42,8 @@ def stage0_files(folder: str | Path) -> dict[str, str]:
     """The stage-0 files present in `folder`: {vae, tokenizer, teacher_unet, generator_unet} -> path."""
     folder = Path(folder)
     if not folder.is_dir():
-        raise FileNotFoundError(f"stage-0 folder {folder} does not exist")
+        raise FileNotFoundError(f"stage-0 folder {folder} does not exist: train one with stage 0 (notebook 10), or "
+                                "leave stage0 empty for random parts (smoke runs: the bundled model's parts)")
     found = {name: str(folder / file) for name, file in FILES.items() if (folder / file).is_file()}
     missing = sorted(set(FILES) - set(found))
     if missing:

@@ -65,6 +65,14 @@ def _random_warning(part: str, how: str) -> None:
     warnings.warn(f"no weights for the {part}: initialised RANDOMLY ({how})", stacklevel=3)
 
 
+def architecture_differences(loaded: ModelConfig, config: ModelConfig) -> list[str]:
+    """The parts ("codec", "generator", "vae") whose architecture differs: a model folder of `loaded` can start a
+    run of `config` when there are none. The loss / train settings may differ (that is what a new stage changes);
+    z_only is no architecture (same modules, spec section 7): the z-only model starts from a y model."""
+    loaded = dataclasses.replace(loaded, codec=dataclasses.replace(loaded.codec, z_only=config.codec.z_only))
+    return [k for k in ("codec", "generator", "vae") if getattr(loaded, k) != getattr(config, k)]
+
+
 def build_onedc(config: ModelConfig, pretrained: Pretrained) -> OneDC:
     """OneDC with the pretrained parts loaded (call after seeding: the random parts follow the seed)."""
     from ..models.vae import load_vae
@@ -73,11 +81,7 @@ def build_onedc(config: ModelConfig, pretrained: Pretrained) -> OneDC:
     if pretrained.init_model:
         model = load_model_folder(pretrained.init_model)
         if model.config != config:
-            # The loss / train settings may differ (that is what a new stage changes); the architecture may not.
-            # z_only is no architecture (same modules, spec section 7): the z-only model starts from a y model.
-            loaded = dataclasses.replace(model.config, codec=dataclasses.replace(model.config.codec,
-                                                                                  z_only=config.codec.z_only))
-            differ = [k for k in ("codec", "generator", "vae") if getattr(loaded, k) != getattr(config, k)]
+            differ = architecture_differences(model.config, config)
             if differ:
                 raise ValueError(f"{pretrained.init_model} has a different architecture than preset "
                                  f"{config.name!r} ({', '.join(differ)} differ)")

@@ -126,17 +126,18 @@ def kernel():
 
 @pytest.fixture(scope="module")
 def run_notebook(kernel, tmp_path_factory):
-    """run_notebook(name, out_dir, **parameters) -> the executed notebook (nbformat node); smoke=True, 1 thread."""
+    """run_notebook(name, out_dir, cwd=REPO, **parameters) -> the executed notebook (nbformat node); smoke=True,
+    1 thread."""
     import papermill
 
-    def run(name: str, out_dir: Path, **parameters):
+    def run(name: str, out_dir: Path, cwd: Path = REPO, **parameters):
         executed = tmp_path_factory.mktemp("executed") / f"{name}.ipynb"
         saved = {k: os.environ.get(k) for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")}
         os.environ.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")  # the kernel inherits them
         try:
             papermill.execute_notebook(
                 str(NOTEBOOK_DIR / f"{name}.ipynb"), str(executed), kernel_name=kernel, progress_bar=False,
-                cwd=str(REPO), parameters={"smoke": True, "out_dir": str(out_dir), "threads": 1, **parameters},
+                cwd=str(cwd), parameters={"smoke": True, "out_dir": str(out_dir), "threads": 1, **parameters},
                 execution_timeout=300)
         finally:
             for k, v in saved.items():
@@ -151,6 +152,12 @@ def run_notebook(kernel, tmp_path_factory):
 
 def _outputs(nb, mime: str) -> list:
     return [o["data"][mime] for c in nb.cells for o in c.get("outputs", []) if mime in o.get("data", {})]
+
+
+def _printed(nb) -> list[str]:
+    """The lines a notebook printed (stdout)."""
+    return "".join(o.get("text", "") for c in nb.cells for o in c.get("outputs", [])
+                   if o.output_type == "stream" and o.name == "stdout").splitlines()
 
 
 def _snapshot(folder: Path) -> dict:
@@ -270,8 +277,16 @@ def test_21_eval_speed(speed_run, shared_out):
 
 
 def test_30_ablation_guidance(run_notebook, tmp_path):
+    """Run as on a fresh checkout (a working directory without out/): the default data and test folders under
+    out/nano_data are not there, so the smoke run takes the sample photographs and says so."""
     committed = _snapshot(REPO / "results" / "ablation")  # (other results/ folders may be written meanwhile)
-    nb, _ = run_notebook("30_ablation_guidance", tmp_path, test_images="samples", data="", lpips="off")
+    checkout = tmp_path / "checkout"
+    checkout.mkdir()
+    nb, _ = run_notebook("30_ablation_guidance", tmp_path, cwd=checkout, lpips="off")
+    printed = _printed(nb)
+    assert "no test images at out/nano_data/test: evaluating the sample photographs shipped with the package" in printed
+    assert "no image folder at out/nano_data/train: training on the sample photographs shipped with the package" in printed
+    assert not (checkout / "out").exists()
     result = json.loads((tmp_path / "results" / "ablation.json").read_text())
     assert [p["model"] for p in result["points"]] == [f"{v}_l{l:g}" for v in ("text", "hyper", "hyper_distill")
                                                      for l in (1.8, 12.2)]
@@ -413,3 +428,38 @@ def test_40_zonly_extreme(run_notebook, train_out, stage1_run, tmp_path):
     assert summary["mean"]["bpp"] == pytest.approx(float(rows[0]["bpp"]))
     assert _snapshot(REPO / "results" / "samples") == committed  # smoke runs never write into results/
 
+
+
+STAGE0_DEFAULT = "out/notebooks/10_train_stage0_nano"  # the notebooks' defaults, relative to the checkout
+
+
+@pytest.mark.parametrize("name", ["11_train_stage1", "12_train_stage2", "40_zonly_extreme"])
+def test_training_notebooks_start_on_a_fresh_checkout(run_notebook, name, tmp_path, monkeypatch):
+    """No out/ (a fresh checkout) and the notebook's defaults: the stage-0 folder, notebook 11's model and the nano
+    test split are not there; the smoke run starts from the bundled models' parts and the sample photographs, and
+    says so in one line each."""
+    monkeypatch.delenv("ONEDC_BUNDLED_DIR")  # the kernel sees the package's bundled models, as a user's does
+    checkout = tmp_path / "checkout"
+    checkout.mkdir()
+    init = str(REPO / "onedc_lib" / "weights" / "nano_q1")  # 40's default, which a checkout has
+    nb, _ = run_notebook(name, tmp_path / "run", cwd=checkout, **({"init": init} if name.startswith("40") else {}))
+    printed = _printed(nb)
+    bundled = "starting from the bundled model's parts (nano_q3: VAE, generator, codec)"
+    expected = {
+        "11_train_stage1": [f"no stage-0 folder at {STAGE0_DEFAULT}: {bundled}; the tokenizer is not bundled: random"],
+        "12_train_stage2": [f"no stage-0 folder at {STAGE0_DEFAULT}, no model folder at "
+                            f"out/notebooks/11_train_stage1/model: {bundled}; the teacher UNet is not bundled: random"],
+        "40_zonly_extreme": [f"no stage-0 folder at {STAGE0_DEFAULT}: the model comes from {init}; the tokenizer is "
+                             "not bundled: random",
+                             "no test images at out/nano_data/test: evaluating the sample photographs shipped with "
+                             "the package"],
+    }[name]
+    assert [line for line in printed if line.startswith("no ")] == expected
+    assert any(line.endswith("on the sample photographs shipped with the package (4 images), 1 process(es), cpu, "
+                             "mixed precision no") for line in printed)
+    provenance = json.loads((tmp_path / "run" / "model" / "config.json").read_text())["provenance"]
+    assert provenance["random_init"] == (["teacher UNet"] if name.startswith("12") else ["tokenizer"])
+    if name.startswith("40"):
+        summaries = list((tmp_path / "run" / "results" / "samples").glob("zonly_*.json"))
+        assert len(summaries) == 1 and json.loads(summaries[0].read_text())["images"] == 1
+    assert not (checkout / "out").exists()
