@@ -169,8 +169,9 @@ def _run_jobs(args: argparse.Namespace, suffixes: set[str], out_suffix: str, wor
             if name not in models:
                 models[name] = _load_model(name, decode_only)
             Path(dst).parent.mkdir(parents=True, exist_ok=True)
-            long = len(jobs) == 1 and _megapixels(src, coded=args.command == "decompress") >= LONG_IMAGE_MP
-            with _elapsed(f"{args.command} {src}", long):
+            single = len(jobs) == 1  # (a folder has its bar over the files)
+            long = single and _megapixels(src, coded=args.command == "decompress") >= LONG_IMAGE_MP
+            with _progress(f"{args.command} {src}", long, single):
                 line = work(models[name], src, dst)
             tqdm.write(line + (f", model {name}" if from_file and name else ""))
         except (ImageError, BitstreamError, WeightsError) as e:
@@ -182,6 +183,7 @@ def _run_jobs(args: argparse.Namespace, suffixes: set[str], out_suffix: str, wor
 
 
 LONG_IMAGE_MP = 1.0  # a single image this large takes seconds or more: show that the work goes on
+PROGRESS_ENV = "ONEDC_PROGRESS"  # "1": the bar for any single image, on any stderr (kept at the end); "0": never
 
 
 def _megapixels(path: str, coded: bool) -> float:
@@ -203,22 +205,31 @@ def _megapixels(path: str, coded: bool) -> float:
 
 
 @contextlib.contextmanager
-def _elapsed(label: str, show: bool):
-    """On a terminal, for one long image: a status line with the seconds so far, refreshed twice a second."""
+def _progress(label: str, long: bool, single: bool):
+    """On a terminal, for one long image: a bar over the pieces of work the model reports (onedc_lib.progress: VAE,
+    codec, the four context-model steps, generator, VAE tiles), its elapsed time refreshed twice a second (one
+    piece can take a minute). $ONEDC_PROGRESS: "1" shows it for any single image on any stderr, "0" never."""
+    import os
     import threading
 
     from tqdm import tqdm
 
-    if not show or not sys.stderr.isatty():
+    from onedc_lib.progress import listening
+
+    forced = os.environ.get(PROGRESS_ENV)
+    if not (forced == "1" and single or forced != "0" and long and sys.stderr.isatty()):
         yield
         return
-    bar = tqdm(desc=label, bar_format="{desc}: working, {elapsed} elapsed", file=sys.stderr, leave=False)
+    # no rate or time left: the pieces differ in size by a hundred times (the generator, a context-model step)
+    bar = tqdm(desc=label, file=sys.stderr, leave=forced == "1",
+               bar_format="{desc}: {percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt} pieces [{elapsed}]")
     done = threading.Event()
     thread = threading.Thread(target=lambda: [bar.refresh() for _ in iter(lambda: done.wait(0.5), True)],
                               daemon=True)
     thread.start()
     try:
-        yield
+        with listening(bar):
+            yield
     finally:
         done.set()
         thread.join()

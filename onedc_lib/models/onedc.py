@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .. import bitstream
+from .. import bitstream, progress
 from ..config import ModelConfig, identity_dict
 from ..entropy import release_format
 from ..entropy.coder import GaussianCoder
@@ -207,11 +207,16 @@ class OneDC(nn.Module):
             c_map, tokens = self.codec.semantic(z_semantic)
             ctrl = self.codec.synthesis(y_hat, c_map).contiguous(memory_format=layout)
             tokens = self.guidance(tokens, captions)
+            progress.done()
             if graph is not None:
-                image = graph.decode(graph.generate(ctrl, tokens).contiguous(memory_format=layout))
+                x0 = graph.generate(ctrl, tokens)
+                progress.done()
+                image = graph.decode(x0.contiguous(memory_format=layout))
             else:
                 x0 = self.reference_decoder().generator(ctrl, tokens).x0
+                progress.done()
                 image = self.vae.decode(x0.contiguous(memory_format=layout), tile=options.vae_tile)
+            progress.done()
         return ((image[..., :height, :width].float() + 1) / 2).clamp(0, 1).contiguous()
 
     def _graph_applies(self, y_hat: torch.Tensor, dtype: torch.dtype) -> bool:
@@ -291,6 +296,7 @@ class OneDC(nn.Module):
         if self.text_guided and not isinstance(caption, str):
             raise ValueError(f"{self.config.name} is text-guided: pass the image's caption (a str), not {caption!r}")
         h, w = x.shape[-2:]
+        progress.plan(3 if self.config.codec.z_only else 3 + NUM_STEPS + 1)  # what _entropy_inputs and rANS do
         z_indices, enc = self._entropy_inputs(x)
         sections = [bitstream.Section("z", release_format.pack_z(z_indices.cpu().numpy()))]
         if enc is not None:
@@ -300,6 +306,7 @@ class OneDC(nn.Module):
             stream = GaussianCoder(self.tables).encode(
                 symbols, indexes, tiles=self._tiles(len(symbols)), threads=0, segments=segments
             )
+            progress.done()
             sections.append(bitstream.Section("y", stream, bitstream.symbols_crc(symbols)))
         if caption is not None:
             sections.append(bitstream.Section(CAPTION, caption.encode("utf-8")))
@@ -317,8 +324,11 @@ class OneDC(nn.Module):
         xp = xp.contiguous(memory_format=torch.channels_last if options.channels_last else torch.contiguous_format)
         with torch.autocast(self._device.type, dtype=options.dtype, enabled=options.dtype != torch.float32):
             cond = self.encode_latents(xp)
+            progress.done()
             y, sem = self.codec.analysis(xp * 2 - 1, cond)
+            progress.done()
             z = self.codec.hyper_analysis(y, sem)
+            progress.done()
         y, z = y.float(), z.float()
         _, z_indices = self.codec.quantize_z(z)
         if self.config.codec.z_only:
@@ -356,9 +366,11 @@ class OneDC(nn.Module):
         hp, wp = container.padded_height, container.padded_width
         z_indices = release_format.unpack_z(container.section("z").payload, (hp // PAD) * (wp // PAD))
         z_indices = torch.from_numpy(z_indices).view(1, hp // PAD, wp // PAD).to(self._device)
+        progress.plan(1 + NUM_STEPS + 3)  # h_s, the steps, then reconstruct's g_s, generator and VAE decoder
         with self._float64_entropy_path() as codec:
             z_hat = codec.z_from_indices(z_indices).to(torch.float64)
             params, z_semantic = codec.hyper_synthesis(z_hat)
+            progress.done()
             y_hat = codec.decode_steps(params, self._symbol_source(container))
         z_semantic = z_semantic.to(torch.float32)
         captions = [self._caption(container)] if self.text_guided else None

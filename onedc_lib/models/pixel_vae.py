@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .. import progress
 from ..config import VAEConfig
 from . import sr_decoder
 
@@ -98,6 +99,7 @@ class PixelSRVAE(nn.Module):
     def _tiled(self, small: torch.Tensor, tile: int, margin: int) -> torch.Tensor:
         height, width = small.shape[-2:]
         out = small.new_empty(small.shape[0], 3, height * SCALE, width * SCALE)
+        progress.plan(-(-height // tile) * -(-width // tile))
         for top in range(0, height, tile):
             for left in range(0, width, tile):
                 bottom, right = min(top + tile, height), min(left + tile, width)
@@ -105,6 +107,7 @@ class PixelSRVAE(nn.Module):
                 piece = self.sr(small[..., t:min(bottom + margin, height), l:min(right + margin, width)])
                 out[..., top * SCALE:bottom * SCALE, left * SCALE:right * SCALE] = piece[
                     ..., (top - t) * SCALE:(bottom - t) * SCALE, (left - l) * SCALE:(right - l) * SCALE]
+                progress.done()
         return out
 
 

@@ -11,6 +11,7 @@ from typing import Callable, NamedTuple
 import torch
 from torch import nn
 
+from .. import progress
 from ..entropy.context import NUM_STEPS, fold_quarters, four_step_masks
 from .blocks import DepthConvBlock4, ResidualBlockUpsample, conv1x1
 
@@ -100,6 +101,7 @@ class FourStepPrior(nn.Module):
             y_hat = y_hat + torch.where(mask, q + means, 0.0)
             symbols.append(fold_quarters(q))
             scales_out.append(fold_quarters(torch.where(mask, scales, 0.0)))
+            progress.done()
         return PriorEncoding(y_hat, symbols, scales_out)
 
     def decode_steps(self, hyper_params: torch.Tensor,
@@ -116,6 +118,7 @@ class FourStepPrior(nn.Module):
             symbols = decode_fn(step, fold_quarters(torch.where(mask, scales, 0.0)))
             q = torch.where(mask, symbols.to(means.dtype).repeat(1, 4, 1, 1), 0.0)
             y_hat = y_hat + torch.where(mask, q + means, 0.0)
+            progress.done()
         return y_hat
 
     def forward(self, y: torch.Tensor, hyper_params: torch.Tensor) -> PriorOutput:

@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .. import progress
 from ..config import VAEConfig
 
 if TYPE_CHECKING:
@@ -210,12 +211,14 @@ class VAE(nn.Module):
         boxes = [(r, c) for r in _spans(height, tile, overlap) for c in _spans(width, tile, overlap)]
         z = latent / self.scaling_factor
         out = None
+        progress.plan(2 * len(boxes))  # each tile twice: statistics, then the decode
         with _SharedGroupNorm(self.autoencoder.decoder) as norms:
             for r, c in boxes:
                 norms.tile = (r.stop - r.start, c.stop - c.start)
                 norms.core = (r.core_start - r.start, r.core_stop - r.start,
                               c.core_start - c.start, c.core_stop - c.start)
                 self.autoencoder.decode(z[..., r.start:r.stop, c.start:c.stop])
+                progress.done()
             norms.freeze()
             for r, c in boxes:
                 piece = self.autoencoder.decode(z[..., r.start:r.stop, c.start:c.stop]).sample
@@ -223,6 +226,7 @@ class VAE(nn.Module):
                     out = piece.new_zeros(*piece.shape[:2], height * scale, width * scale)
                 weight = r.ramp(scale, piece)[:, None] * c.ramp(scale, piece)[None, :]
                 out[..., r.start * scale:r.stop * scale, c.start * scale:c.stop * scale] += piece * weight
+                progress.done()
         return out
 
 
