@@ -297,7 +297,7 @@ def run_ncnn(ncnn, param_path, bin_path, image):
 
 
 def test_span_export_against_the_ncnn_runtime(tmp_path):
-    ncnn = pytest.importorskip("ncnn", reason="dev-only oracle: pip install ncnn")
+    ncnn = pytest.importorskip("ncnn", reason="dev-only oracle: pip install ncnn==1.0.20261020")
     param, data, _ = span_export()
     (tmp_path / "m.param").write_text(param)
     (tmp_path / "m.bin").write_bytes(data)
@@ -354,7 +354,7 @@ def test_provisioned_span_output_matches_the_ncnn_runtime(name):
 
 @pytest.mark.parametrize("name", SPAN_MODELS)
 def test_provisioned_span_against_the_live_ncnn_runtime(tmp_path, name):
-    ncnn = pytest.importorskip("ncnn", reason="dev-only oracle: pip install ncnn")
+    ncnn = pytest.importorskip("ncnn", reason="dev-only oracle: pip install ncnn==1.0.20261020")
     archive = S.cache_dir() / "downloads" / S.SPAN_WHEEL.archive
     if not archive.is_file():
         pytest.skip("the wheel is not in the cache")
