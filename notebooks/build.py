@@ -38,7 +38,7 @@ random weights, labelled UNTRAINED** (reconstructions meaningless, files real). 
 folders (e.g. converted sd15 checkpoints). All logic lives in `onedc_lib.widgets`.
 """,
     "parameters": """
-preset: str = "nano"  # model family: bundled <preset>_* models, else the <preset>_* presets (random weights)
+preset: str = ""  # model family (empty: the default model's): bundled <preset>_* models, else its presets (random)
 overrides: dict = {}  # dotted config overrides for models built from presets, e.g. {"codec.internal_ch": 96}
 smoke: bool = False  # CI: a 64-px image, the lowest and highest rate points only
 out_dir: str = "out/notebooks/00_demo_compress"  # .odc files and results.json
@@ -233,12 +233,12 @@ reconstructions, per-image CSV and a summary JSON per codec (metric protocol, ve
 presets, marked untrained in the summaries; presets that build the same untrained model are run once). The
 classical codecs on the sample photographs are already in `results/baselines/` (whole sweeps); list them in
 `codecs` for another dataset. `images="nano"` is the nano test split (out/nano_data/test, checked against
-nano_manifest.json): `onedc eval-nano` (`onedc_lib.experiments.nano`) runs it with every bundled nano model and all
-baselines into `results/nano/`. Figures and tables are made from these files by `50_figures_tables`, which also
+nano_manifest.json; its results go to `results/<preset>/`, one folder per model family): `onedc eval-nano`
+(`onedc_lib.experiments.nano`) runs it with every bundled model of the family and all baselines. Figures and tables are made from these files by `50_figures_tables`, which also
 plots together the folders evaluated on the same images. The defaults run in minutes on a CPU.
 """,
     "parameters": """
-preset: str = "nano"  # the family that the codec "onedc" stands for
+preset: str = ""  # the family that the codec "onedc" stands for (empty: the default model's)
 overrides: dict = {}  # not supported here (the runner loads models by name): evaluate a saved model folder
 smoke: bool = False  # CI: one 64x96 crop, two rate points per codec, provisioned metrics only, results in out_dir
 out_dir: str = "out/notebooks/20_eval_rd"  # bitstreams and reconstructions (not committed)

@@ -288,7 +288,7 @@ def _decompress(args: argparse.Namespace) -> int:
 
 def _demo(args: argparse.Namespace) -> int:
 
-    from onedc_lib.demo import expected_quality, run_demo
+    from onedc_lib.demo import expected_quality, results_folder, run_demo
     from onedc_lib.weights import DEFAULT_MODEL, WeightsError
 
     try:
@@ -298,7 +298,8 @@ def _demo(args: argparse.Namespace) -> int:
     name = args.model or DEFAULT_MODEL
     print(f"model {name} ({model.config.name}, lambda {model.config.loss.lmbda}"
           + (", UNTRAINED" if model.untrained_parts else "") + "): "
-          + (expected_quality(name) or "no measured results for it in results/nano"), flush=True)
+          + (expected_quality(name) or f"no measured results for it in {results_folder(name) or 'results'}"),
+          flush=True)
     rows = run_demo(model, args.out)
     scores = [k for k in ("psnr", "ms_ssim", "lpips", "dists") if k in rows[0]]
     print(f"{'image':10} {'W x H':>10} {'bytes':>8} {'bpp':>8} " + " ".join(f"{k.upper():>7}" for k in scores)
@@ -643,9 +644,10 @@ def _parser() -> argparse.ArgumentParser:
     _bundle_arguments(bundle)
     bundle.set_defaults(run=_bundle)
     nano = commands.add_parser("eval-nano", help="the nano results: bundled models and baselines on the nano test set",
-                               description="Evaluate every bundled nano model (one curve for the models that code y, "
-                                           "one for z-only) and JPEG, WebP, AVIF, JPEG XL and HEVC-intra on the nano "
-                                           "test photographs (onedc prepare) into results/nano/, then regenerate "
+                               description="Evaluate every bundled model of a family (default: the default model's; "
+                                           "one curve for the models that code y, one for z-only) and JPEG, WebP, "
+                                           "AVIF, JPEG XL and HEVC-intra on the nano test photographs (onedc "
+                                           "prepare) into results/<family>/, then regenerate "
                                            "figures/ from results/ (RD figure, BD-rate tables). Resumable.")
     from onedc_lib.experiments.nano import add_arguments as _nano_arguments
 

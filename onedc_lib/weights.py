@@ -25,6 +25,27 @@ from .paths import BUNDLED_DIR, BUNDLED_DIR_ENV, bundled_dir, cache_root  # noqa
 from .paths import RELEASE_DEFAULT_PRESET, RELEASE_PRESET_ENV, RELEASE_VAE_ENV
 
 DEFAULT_MODEL = "nano_q3"
+FAMILY_MEMBER = re.compile(r"(?P<family>.+)_(?:zonly|q\d+)")  # a family's rate points: <family>_zonly, <family>_q<N>
+
+
+def family_of(name: str | os.PathLike) -> str | None:
+    """The model family of a model name or folder (`nano_sr_q3` -> `nano_sr`), None if it is no rate point."""
+    match = FAMILY_MEMBER.fullmatch(Path(name).name)
+    return match["family"] if match else None
+
+
+def family_members(family: str, names) -> list[str]:
+    """The rate points of `family` among `names` (not those of another family that extends its name, as nano_sr
+    extends nano), lowest rate first."""
+    return sorted((n for n in names if family_of(n) == family), key=_rate_rank)
+
+
+def default_family() -> str:
+    """The family of DEFAULT_MODEL: what the demo, the rate explorer and `onedc eval-nano` show by default."""
+    family = family_of(DEFAULT_MODEL)
+    if family is None:
+        raise ValueError(f"DEFAULT_MODEL {DEFAULT_MODEL!r} is not a rate point <family>_zonly / <family>_q<N>")
+    return family
 
 
 class WeightsError(ValueError):
@@ -339,9 +360,11 @@ def _rate_rank(name: str) -> tuple:
     return (1, int(match.group(1)), stem) if match else (2, 0, stem)
 
 
-def available_models(preset: str = "nano", models=()) -> list[ModelChoice]:
-    """The rate ladder of a model family (see the module docstring), or of the `models` given."""
+def available_models(preset: str | None = None, models=()) -> list[ModelChoice]:
+    """The rate ladder of a model family (default: default_family()), or of the `models` given."""
     from .config import preset_names
+
+    preset = preset or default_family()
 
     if models:
         choices = []
@@ -354,13 +377,10 @@ def available_models(preset: str = "nano", models=()) -> list[ModelChoice]:
             choices.append(ModelChoice(str(name), label, trained))
         return choices
 
-    def family(names):  # the rate points of this base: <preset>_zonly and <preset>_q<N> (not other bases, e.g. nano_sr)
-        return sorted((n for n in names if re.fullmatch(rf"{re.escape(preset)}_(zonly|q\d+)", n)), key=_rate_rank)
-
-    bundled = family(bundled_models())
+    bundled = family_members(preset, bundled_models())
     if bundled:
         return [ModelChoice(n, n, True) for n in bundled]
-    presets = family(preset_names())
+    presets = family_members(preset, preset_names())
     if not presets:
         raise ValueError(f"no models of family {preset!r}: no bundled {preset}_* model and no {preset}_* preset "
                          f"(presets: {', '.join(preset_names())})")

@@ -1,10 +1,10 @@
 """The compression demo behind notebooks/00_demo_compress.ipynb: one image through every rate point of a model
 family, with real files, and an ipywidgets UI (image picker, rate slider, side by side + zoom, numbers).
 
-    explorer = RateExplorer("astronaut", preset="nano", out_dir="out/demo")
+    explorer = RateExplorer("astronaut", out_dir="out/demo")   # the default model's family (preset="nano": nano's)
     explorer.widget()               # JupyterLab: pick an image, move the slider (each rate is encoded once, cached)
     explorer.compress_all()         # every rate point now: rows + results.json
-    explorer.figure("nano_q3")      # original | reconstruction, and the same crop of both enlarged
+    explorer.figure()               # the middle rate: original | reconstruction, the same crop of both enlarged
 
 Models (`weights.available_models`): the bundled trained models of the family (`onedc_lib/weights/<family>_*`) when
 there are any; otherwise the family's presets with seeded random weights, labelled UNTRAINED everywhere (their
@@ -28,7 +28,7 @@ from pathlib import Path
 
 
 from .data.samples import load_demo_image
-from .weights import available_models
+from .weights import available_models, default_family
 
 __all__ = ["RateExplorer"]
 
@@ -100,15 +100,17 @@ class _Metrics:
 class RateExplorer:
     """One image x the rate points of a model family, each encoded to a real file once and cached.
 
-    image: a sample name or a path; preset: the family ("nano", "sd15"); models: explicit model names/folders;
+    image: a sample name or a path; preset: the family ("nano", "sd15"; default: the default model's, by
+    `weights.default_family`); models: explicit model names/folders;
     overrides: dotted config overrides for models built from presets; max_side: shrink the image first (0: no);
     crop: (top, left, height, width) of the zoom (default: a centred square); smoke: a 64-px image and the lowest
     and highest rate points only (CI).
     """
 
-    def __init__(self, image: str = "astronaut", preset: str = "nano", models=(), overrides: dict | None = None,
+    def __init__(self, image: str = "astronaut", preset: str | None = None, models=(), overrides: dict | None = None,
                  max_side: int = 512, out_dir="out/demo_compress", metrics=("psnr", "lpips", "dists"),
                  crop=(), device: str = "cpu", smoke: bool = False, cache_dir=None):
+        preset = preset or default_family()
         self.choices = available_models(preset, models)
         if smoke:
             max_side = min(max_side or 64, 64)

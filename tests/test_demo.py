@@ -63,3 +63,17 @@ def test_expected_quality_line_reads_the_results(tmp_path):
     line = expected_quality("nano_q3", tmp_path)
     assert line.startswith("nano_q3 measured 0.043 bpp, PSNR 17.12, LPIPS 0.485, DISTS 0.347 on 6 test photographs")
     assert expected_quality("nano_q9", tmp_path) is None and expected_quality("nano_q3", tmp_path / "no") is None
+
+
+def test_expected_quality_reads_the_folder_of_the_models_family(tmp_path, monkeypatch):
+    from onedc_lib.demo import expected_quality, results_folder
+
+    monkeypatch.chdir(tmp_path)
+    for family, bpp in (("nano", 0.043), ("nano_sr", 0.041)):
+        (tmp_path / "results" / family).mkdir(parents=True)
+        point = {"rate": f"{family}_q3", "bpp": bpp, "psnr": 18.0, "images": 12}
+        (tmp_path / "results" / family / "onedc-x.json").write_text(json.dumps({"points": [point]}))
+    assert expected_quality("nano_sr_q3").startswith("nano_sr_q3 measured 0.041 bpp, PSNR 18.00 on 12 test")
+    assert expected_quality("nano_q3").startswith("nano_q3 measured 0.043 bpp")
+    assert results_folder("nano_sr_zonly").as_posix() == "results/nano_sr"
+    assert results_folder("runs/q3/model") is None and expected_quality("runs/q3/model") is None

@@ -61,13 +61,13 @@ def test_save_and_load_model_folder(model, saved, image):
     assert load_model_folder(saved).model_id == model.model_id
 
 
-def test_default_model_falls_back_with_a_warning(model):
+def test_default_model_falls_back_with_a_warning():
     if weights.bundled_models():
         pytest.skip("a bundled default model exists: no fallback")
     with pytest.warns(UserWarning, match="UNTRAINED"):
         default = load_model(None)
     assert default.config.name == weights.DEFAULT_MODEL
-    assert default.model_id == model.model_id  # seeded: the same random weights in every process
+    assert default.model_id == build_model(weights.DEFAULT_MODEL).model_id  # seeded: the same weights everywhere
     x = torch.rand(1, 3, 1, 1)
     assert default.decompress(default.compress(x).to_bytes()).shape == (1, 3, 1, 1)
     with pytest.warns(UserWarning, match="no trained weights for 'nano_zonly'"):
@@ -215,3 +215,17 @@ def test_unet_state_dict_from_a_diffusers_folder_or_a_file(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(WeightsError, match="no UNet weights"):
         load_unet_state_dict(tmp_path / "empty")
+
+
+def test_a_family_is_its_rate_points_not_a_name_prefix(monkeypatch):
+    """nano_sr extends nano's name: a family is `<family>_zonly` and `<family>_q<N>`, never a prefix; the default
+    family is the default model's."""
+    names = ["nano_q10", "nano_sr_q1", "nano_zonly", "nano_q2", "nano_sr_zonly", "nano", "nano_qx", "nanoq1", "x_q1"]
+    assert weights.family_members("nano", names) == ["nano_zonly", "nano_q2", "nano_q10"]
+    assert weights.family_members("nano_sr", names) == ["nano_sr_zonly", "nano_sr_q1"]
+    assert weights.family_of("runs/nano_sr_q3") == "nano_sr" and weights.family_of("runs/q3/model") is None
+    monkeypatch.setattr(weights, "DEFAULT_MODEL", "nano_sr_q3")
+    assert weights.default_family() == "nano_sr"
+    monkeypatch.setattr(weights, "DEFAULT_MODEL", "runs/model")
+    with pytest.raises(ValueError, match="is not a rate point"):
+        weights.default_family()

@@ -5,10 +5,12 @@
     rd_table(summaries); rd_figure(summaries)
 
 Datasets: "samples" (the scikit-image photographs shipped with the library, written as PNG first), "nano" (the
-nano test photographs that `onedc prepare` writes to out/nano_data/test, checked against nano_manifest.json), or
-any folder of images (its folder name is the dataset name). Codecs: a baseline name (`eval.baselines.ALL_BASELINES`), `onedc`
-(the rate ladder of the `preset` family: bundled trained models, else the family's presets with seeded random
-weights, marked untrained in the summary; presets that build the same untrained model, as nano q1..q5 do, are
+nano test photographs that `onedc prepare` writes to out/nano_data/test, checked against nano_manifest.json; its
+results are kept per model family: `results_dir/<preset>`, e.g. results/nano, results/nano_sr), or any folder of
+images (its folder name is the dataset name). Codecs: a baseline name (`eval.baselines.ALL_BASELINES`), `onedc`
+(the rate ladder of the `preset` family, by default the default model's (`weights.default_family`): bundled
+trained models, else the family's presets with seeded random weights, marked untrained in the summary; presets
+that build the same untrained model, as nano q1..q5 do, are
 evaluated once), or an explicit `onedc:<model>,<model>,...` (evaluated as given).
 
 Bitstreams and reconstructions go to `out_dir` (not committed); the CSV + JSON go to `results_dir/<dataset>`
@@ -98,7 +100,7 @@ def dataset_folder(images: str, out_dir, max_side: int = 0, max_images: int = 0,
     return name, target
 
 
-def expand_codecs(codecs, preset: str = "nano", smoke: bool = False) -> list[tuple[str, list | None]]:
+def expand_codecs(codecs, preset: str | None = None, smoke: bool = False) -> list[tuple[str, list | None]]:
     """[(runner codec spec, qualities or None)]: `onedc` -> onedc:<the family's ladder>, without the untrained
     presets that are the same model as an earlier one (a warning names them); smoke: two rates each."""
     from ..weights import available_models, distinct_models
@@ -150,7 +152,7 @@ def _provisioned(metrics, cache_dir) -> tuple[list[str], list[str]]:
     return keep, notes
 
 
-def rd_sweep(images: str = "samples", codecs=("onedc",), preset: str = "nano",
+def rd_sweep(images: str = "samples", codecs=("onedc",), preset: str | None = None,
              out_dir="out/eval_rd", results_dir="results", metrics=("psnr", "ms_ssim", "lpips", "dists"),
              fid: bool = False,
              max_side: int = 0, max_images: int = 0, device: str = "cpu", smoke: bool = False,
@@ -159,6 +161,7 @@ def rd_sweep(images: str = "samples", codecs=("onedc",), preset: str = "nano",
     """Runs every codec over the dataset; returns {codec tag: summary} (the JSON each run wrote).
     fid_min_patches: the runner's (FID/KID reported missing, uncomputed, below it); data_dir: for "nano"."""
     from ..paths import output_dir
+    from ..weights import default_family
     from .runner import evaluate
 
     if overrides:
@@ -166,7 +169,10 @@ def rd_sweep(images: str = "samples", codecs=("onedc",), preset: str = "nano",
                          "(onedc_lib.weights.save_model) and pass its folder as onedc:<folder>")
 
     out_dir = Path(out_dir)
+    preset = preset or default_family()
     name, folder = dataset_folder(images, out_dir, max_side, max_images, smoke, data_dir)
+    if images == "nano" and name == "nano":  # the nano test split (not the smoke run's fallback): per family
+        name = preset
     results = output_dir(Path(results_dir) / name if results_dir else "", out_dir / "results" / name, smoke)
     metrics = list(metrics)
     notes = []

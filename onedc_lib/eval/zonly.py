@@ -85,16 +85,19 @@ def zonly_eval(model, images: str = "samples", out_dir="out/zonly", results_dir=
                smoke: bool = False) -> ZOnlyReport:
     """Runs the z-only `model` (a model folder or bundled name) over a dataset with `eval.sweep.rd_sweep` (real
     files, reconstructions, CSV + summary JSON in results_dir/<dataset>/) and writes beside them
-    zonly_<tag>.csv (one row per image: rate taken apart and metrics) and zonly_<tag>.json (means)."""
-    from ..weights import load_model
+    zonly_<tag>.csv (one row per image: rate taken apart and metrics) and zonly_<tag>.json (means). The nano
+    test split's results go to the folder of the model's family (its preset's, e.g. results/nano)."""
+    from ..weights import family_of, load_model
     from .runner import _csv_text
     from .sweep import dataset_folder, rd_sweep, smoke_images
 
-    if not load_model(str(model)).config.codec.z_only:
+    config = load_model(str(model)).config
+    if not config.codec.z_only:
         raise ValueError(f"{model} is not a z-only model (codec.z_only is false)")
     images = smoke_images(images, smoke)  # once, for both calls below
     _, images_dir = dataset_folder(images, out_dir, max_side, max_images, smoke)  # the folder rd_sweep evaluates
-    summaries = rd_sweep(images=images, codecs=[f"onedc:{model}"], out_dir=out_dir, results_dir=results_dir,
+    summaries = rd_sweep(images=images, codecs=[f"onedc:{model}"], preset=family_of(config.name),
+                         out_dir=out_dir, results_dir=results_dir,
                          metrics=metrics, fid=False, max_side=max_side, max_images=max_images, device=device,
                          smoke=smoke)
     (tag, summary), = summaries.items()

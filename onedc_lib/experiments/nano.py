@@ -1,13 +1,16 @@
-"""The nano results of issue 7 in one command: every bundled nano model and the classical baselines on the nano
-test photographs -> results/nano/ (per-image CSV and summary JSON per codec), then every figure and table from
-results/ (figures/rd_nano.png, figures/tables/rd_nano.*, bdrate_nano.* against JPEG, bdrate_onedc_nano.*: each
-OneDC curve against every classical codec on DISTS, LPIPS, PSNR and MS-SSIM).
+"""The nano results of issue 7 in one command: every bundled model of a family (default: the default model's,
+`weights.default_family`) and the classical baselines on the nano test photographs -> results/<family>/
+(per-image CSV and summary JSON per codec), then every figure and table from results/ (for family nano:
+figures/rd_nano.png, figures/tables/rd_nano.*, bdrate_nano.* against JPEG, bdrate_onedc_nano.*: each OneDC curve
+against every classical codec on DISTS, LPIPS, PSNR and MS-SSIM).
 
     python -m onedc_lib.experiments.nano                        # = onedc eval-nano; resumable, one thread
+    python -m onedc_lib.experiments.nano --family nano          # another family's bundled models -> results/nano
     python -m onedc_lib.experiments.nano --only baselines       # the classical codecs only (no models needed)
     nano_results(models=["runs/q1/model", ...])          # model folders instead of the bundled models
 
-The evaluation is `sweep.rd_sweep("nano", ...)` (so notebook 20 with `images="nano"` writes the same files) and
+The evaluation is `sweep.rd_sweep("nano", ..., preset=family)` (so notebook 20 with `images="nano"` writes the
+same files) and
 the figures are `figures.regenerate` (notebook 50). OneDC models are trained weights only, bundled
 (`onedc bundle`) or model folders: presets with random weights are refused, since results/ holds results. The
 models form one curve per kind, ordered by lambda: those that code y (one RD point each) and the z-only model(s).
@@ -42,13 +45,13 @@ def _model_config(name: str):
     return config_from_dict(json.loads((folder / "config.json").read_text())["config"])
 
 
-def nano_codecs(models=None, family: str = "nano") -> list[str]:
+def nano_codecs(models=None, family: str | None = None) -> list[str]:
     """Runner specs of the OneDC curves: `onedc:<models that code y>` and `onedc:<z-only models>`, each ordered
     by decreasing lambda (increasing rate). models: bundled names or model folders (default: every bundled model
-    of the family); [] when there is none."""
-    from ..weights import bundled_models
+    of the family, by default the default model's); [] when there is none."""
+    from ..weights import bundled_models, default_family, family_members
 
-    names = list(models) if models is not None else [n for n in bundled_models() if n.startswith(f"{family}_")]
+    names = list(models) if models is not None else family_members(family or default_family(), bundled_models())
     curves: dict[bool, list] = {False: [], True: []}
     for name in names:
         config = _model_config(str(name))
@@ -58,24 +61,28 @@ def nano_codecs(models=None, family: str = "nano") -> list[str]:
 
 def nano_results(data_dir=NANO_DATA, results_dir="results", figures_dir="figures", out_dir="out/nano_eval",
                  baselines=None, models=None, onedc: bool = True, figures: bool = True, device: str = "cpu",
-                 metrics=("psnr", "ms_ssim", "lpips", "dists"), progress: bool = True) -> dict:
-    """Evaluates, writes results_dir/nano/ and (figures=True) regenerates figures_dir from results_dir; returns
+                 metrics=("psnr", "ms_ssim", "lpips", "dists"), progress: bool = True,
+                 family: str | None = None) -> dict:
+    """Evaluates, writes results_dir/<family>/ and (figures=True) regenerates figures_dir from results_dir; returns
     {"summaries": {codec tag: summary}, "figures": [files], "notes": [...]}.
 
     baselines: names (default all of eval.baselines.BASELINES; [] for none); models / onedc: the OneDC models
-    (nano_codecs) / False for none. Bitstreams and reconstructions go to out_dir/runs/nano (not committed)."""
+    (default: nano_codecs of the family) / False for none; family: default the default model's. Bitstreams and
+    reconstructions go to out_dir/runs/<family> (not committed)."""
     from ..eval.baselines import BASELINES
     from ..eval.sweep import nano_test_folder, rd_sweep
+    from ..weights import default_family
 
+    family = family or default_family()
     nano_test_folder(data_dir)  # a clear error before any model is loaded
-    codecs = nano_codecs(models) if onedc else []
+    codecs = nano_codecs(models, family) if onedc else []
     notes = []
     if onedc and not codecs:
-        notes.append("no bundled nano models (onedc bundle ...): OneDC left out, baselines only")
+        notes.append(f"no bundled {family} models (onedc bundle ...): OneDC left out, baselines only")
     codecs += list(BASELINES if baselines is None else baselines)
     for note in notes:
         warnings.warn(note, stacklevel=2)
-    summaries = rd_sweep("nano", codecs, out_dir=out_dir, results_dir=results_dir, metrics=metrics, fid=True,
+    summaries = rd_sweep("nano", codecs, preset=family, out_dir=out_dir, results_dir=results_dir, metrics=metrics, fid=True,
                          fid_min_patches=FID_MIN_PATCHES, device=device, progress=progress, data_dir=data_dir)
     written = []
     if figures:
@@ -90,13 +97,16 @@ def nano_results(data_dir=NANO_DATA, results_dir="results", figures_dir="figures
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", default=NANO_DATA, metavar="DIR",
                         help=f"the prepared nano photographs, test/ evaluated (default: {NANO_DATA})")
-    parser.add_argument("--results", default="results", metavar="DIR", help="CSV + JSON into DIR/nano (default: results)")
+    parser.add_argument("--family", metavar="NAME", help="the bundled models of this family (default: the default "
+                        "model's) and the results folder DIR/NAME")
+    parser.add_argument("--results", default="results", metavar="DIR",
+                        help="CSV + JSON into DIR/<family> (default: results)")
     parser.add_argument("--figures", default="figures", metavar="DIR", help="figures and tables (default: figures)")
     parser.add_argument("--out", default="out/nano_eval", metavar="DIR",
                         help="bitstreams and reconstructions (default: out/nano_eval)")
     parser.add_argument("--only", choices=("baselines", "onedc"), help="one side only")
     parser.add_argument("--models", nargs="+", metavar="MODEL",
-                        help="bundled names or model folders (default: every bundled nano model)")
+                        help="bundled names or model folders (default: every bundled model of the family)")
     parser.add_argument("--baselines", nargs="+", metavar="CODEC", help="default: jpeg webp avif jxl hevc")
     parser.add_argument("--no-figures", action="store_true", help="do not regenerate figures/ from results/")
     parser.add_argument("--device", default="cpu", help="torch device of the models and metrics (default: cpu)")
@@ -115,7 +125,8 @@ def run_from_args(args: argparse.Namespace) -> int:
             warnings.simplefilter("always")
             result = nano_results(args.data, args.results, args.figures, args.out, baselines=(
                 [] if args.only == "onedc" else args.baselines), models=args.models,
-                onedc=args.only != "baselines", figures=not args.no_figures, device=args.device)
+                onedc=args.only != "baselines", figures=not args.no_figures, device=args.device,
+                family=args.family)
     except (OSError, ValueError, WeightsError) as e:
         print(f"onedc: {e}", file=sys.stderr)
         return 2

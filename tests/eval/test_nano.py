@@ -4,6 +4,7 @@ figures with the OneDC-vs-baselines BD-rate table. Tiny: two 64x64 'test photogr
 with random weights written here (never results)."""
 import hashlib
 import json
+import shutil
 import warnings
 
 import pytest
@@ -14,6 +15,7 @@ from onedc_lib.data import prepare
 from onedc_lib.experiments import nano
 from onedc_lib.eval.sweep import nano_test_folder
 from onedc_lib.image_io import save_image
+from onedc_lib import weights
 from onedc_lib.weights import WeightsError, build_model, save_model
 
 
@@ -73,7 +75,7 @@ def test_curves_from_trained_weights_only(folders, tmp_path, monkeypatch):
 def test_one_call_writes_results_and_figures(data, folders, tmp_path):
     models = [folders[n] for n in ("nano_q1", "nano_q2", "nano_q4", "nano_q5")]
     result = nano.nano_results(data, tmp_path / "results", tmp_path / "figures", tmp_path / "out",
-                               baselines=["jpeg"], models=models, metrics=["psnr"], progress=False)
+                               baselines=["jpeg"], models=models, metrics=["psnr"], progress=False, family="nano")
     assert set(result["summaries"]) == {"onedc-nano_q1-nano_q5", "jpeg"}
     jpeg = json.loads((tmp_path / "results" / "nano" / "jpeg.json").read_text())
     assert jpeg["images"]["count"] == 2 and len(jpeg["points"]) == 13
@@ -84,3 +86,21 @@ def test_one_call_writes_results_and_figures(data, folders, tmp_path):
     table = (tmp_path / "figures" / "tables" / "bdrate_onedc_nano.md").read_text()
     assert "| onedc-nano_q1-nano_q5 | jpeg |" in table
     assert (tmp_path / "figures" / "tables" / "bdrate_onedc_nano.csv").read_text().startswith("codec,anchor,psnr")
+
+
+def test_the_family_picks_the_bundled_models_and_the_results_folder(data, folders, tmp_path, monkeypatch):
+    """Bundled nano and nano_sr models side by side: each family is its own rate points (nano_sr_* are not nano's),
+    the default is the default model's family, and its results go to results/<family>/."""
+    bundled = tmp_path / "bundled"
+    for name, source in (("nano_q1", "nano_q1"), ("nano_zonly", "nano_zonly"), ("nano_sr_q2", "nano_q2"),
+                         ("nano_sr_zonly", "nano_zonly")):
+        shutil.copytree(folders[source], bundled / name)
+    monkeypatch.setenv("ONEDC_BUNDLED_DIR", str(bundled))
+    assert nano.nano_codecs(family="nano") == ["onedc:nano_q1", "onedc:nano_zonly"]
+    assert nano.nano_codecs(family="nano_sr") == ["onedc:nano_sr_q2", "onedc:nano_sr_zonly"]
+    monkeypatch.setattr(weights, "DEFAULT_MODEL", "nano_sr_q3")
+    assert nano.nano_codecs() == ["onedc:nano_sr_q2", "onedc:nano_sr_zonly"]
+    nano.nano_results(data, tmp_path / "results", out_dir=tmp_path / "out", baselines=["jpeg"], onedc=False,
+                      figures=False, metrics=["psnr"], progress=False)
+    assert [p.name for p in (tmp_path / "results").iterdir()] == ["nano_sr"]
+    assert (tmp_path / "results" / "nano_sr" / "jpeg.json").is_file()

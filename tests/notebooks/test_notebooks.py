@@ -16,6 +16,7 @@ from onedc_lib.nbcontract import (
     notebook_parameters,
     strip_notebook,
 )
+from onedc_lib.weights import DEFAULT_MODEL, default_family, family_of
 
 REPO = Path(__file__).resolve().parents[2]
 NOTEBOOK_DIR = REPO / "notebooks"
@@ -24,6 +25,10 @@ EXPECTED = ["00_demo_compress", "01_bitstream_anatomy", "10_train_stage0_nano", 
             "20_eval_rd", "21_eval_speed", "30_ablation_guidance", "40_zonly_extreme", "50_figures_tables",
             "60_reproduce_paper"]
 PNG = b"\x89PNG\r\n\x1a\n"
+FAMILY = default_family()  # notebooks 00 and 20 show the default model's family (random presets: none bundled)
+# the bundled model a nano training run starts from: the default model when it has nano's architecture, else the
+# first nano model by name (nano_sr_* have another VAE)
+NANO_START = DEFAULT_MODEL if family_of(DEFAULT_MODEL) == "nano" else "nano_q1"
 
 
 def test_the_notebooks_are_there():
@@ -195,7 +200,7 @@ def test_00_demo_compress(run_notebook, tmp_path):
     nb, executed = run_notebook("00_demo_compress", tmp_path)
     results = json.loads((tmp_path / "results.json").read_text())
     rows = results["rows"]
-    assert [r["model"] for r in rows] == ["nano_zonly", "nano_q5"]  # smoke: the lowest and highest rate
+    assert [r["model"] for r in rows] == [f"{FAMILY}_zonly", f"{FAMILY}_q5"]  # smoke: the lowest and highest rate
     for r in rows:
         path = Path(r["file"])
         assert path.is_file() and path.stat().st_size == r["bytes"]
@@ -212,7 +217,7 @@ def test_00_demo_compress(run_notebook, tmp_path):
     assert widget, "the widget cell shows no widget"
     state = nb.metadata.get("widgets", {}).get("application/vnd.jupyter.widget-state+json", {}).get("state", {})
     texts = [m["state"].get("value", "") for m in state.values() if m.get("model_name") == "HTMLModel"]
-    assert any("nano_q5 (UNTRAINED): bpp " in t for t in texts), texts  # the slider starts at the upper rate
+    assert any(f"{FAMILY}_q5 (UNTRAINED): bpp " in t for t in texts), texts  # the slider starts at the upper rate
     stripped = tmp_path / "stripped.ipynb"
     stripped.write_text(executed.read_text())
     assert strip_notebook(stripped)
@@ -242,11 +247,15 @@ def test_01_bitstream_anatomy(run_notebook, tmp_path):
     assert _outputs(nb, "image/png") and len(_outputs(nb, "text/html")) >= 3
 
 
+# notebook 20's "onedc" in a smoke run: the lowest and highest distinct presets (q2..q5 are q1's untrained model)
+ONEDC_SMOKE = f"onedc-{FAMILY}_zonly+{FAMILY}_q1"
+
+
 def test_20_eval_rd(rd_run, shared_out):
     nb, committed, after = rd_run
     results = shared_out / "results" / "samples"
     summaries = {p.stem: json.loads(p.read_text()) for p in results.glob("*.json")}
-    assert set(summaries) == {"onedc-nano_zonly+nano_q1", "jpeg", "webp", "hevc"}
+    assert set(summaries) == {ONEDC_SMOKE, "jpeg", "webp", "hevc"}
     for tag, summary in summaries.items():
         assert (results / f"{tag}.csv").is_file()
         assert len(summary["points"]) == 2 and summary["images"]["count"] == 1
@@ -255,7 +264,7 @@ def test_20_eval_rd(rd_run, shared_out):
         assert summary["protocol"] and summary["versions"] and summary["device"]
         files = list((shared_out / "runs" / "samples" / tag / "files").iterdir())
         assert len(files) == 2 and all(f.stat().st_size > 0 for f in files)
-    assert summaries["onedc-nano_zonly+nano_q1"]["codec_info"]["models"]["nano_q1"]["untrained_parts"]
+    assert summaries[ONEDC_SMOKE]["codec_info"]["models"][f"{FAMILY}_q1"]["untrained_parts"]
     assert _outputs(nb, "image/png") and _outputs(nb, "text/html")
     assert after == committed  # smoke runs never write into results/
 
@@ -318,7 +327,7 @@ def test_50_figures_tables(run_notebook, rd_run, speed_run, shared_out, tmp_path
     manifest = json.loads((tmp_path / "MANIFEST.json").read_text())
     files = {e["file"]: e for e in manifest["outputs"]}
     assert set(files["rd_samples.png"]["inputs"]) == {f"samples/{t}.json" for t in
-                                                       ("onedc-nano_zonly+nano_q1", "jpeg", "webp", "hevc")}
+                                                       (ONEDC_SMOKE, "jpeg", "webp", "hevc")}
     assert files["speed_cpu.png"]["inputs"] == ["speed/speed_cpu.json"]
     assert _outputs(nb, "image/png") and _outputs(nb, "text/markdown")
     assert _snapshot(REPO / "figures") == figures_before  # smoke never touches figures/
@@ -444,7 +453,7 @@ def test_training_notebooks_start_on_a_fresh_checkout(run_notebook, name, tmp_pa
     init = str(REPO / "onedc_lib" / "weights" / "nano_q1")  # 40's default, which a checkout has
     nb, _ = run_notebook(name, tmp_path / "run", cwd=checkout, **({"init": init} if name.startswith("40") else {}))
     printed = _printed(nb)
-    bundled = "starting from the bundled model's parts (nano_q3: VAE, generator, codec)"
+    bundled = f"starting from the bundled model's parts ({NANO_START}: VAE, generator, codec)"
     expected = {
         "11_train_stage1": [f"no stage-0 folder at {STAGE0_DEFAULT}: {bundled}; the tokenizer is not bundled: random"],
         "12_train_stage2": [f"no stage-0 folder at {STAGE0_DEFAULT}, no model folder at "
