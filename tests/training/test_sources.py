@@ -13,10 +13,14 @@ from onedc_lib.eval.sweep import smoke_images
 from onedc_lib.paths import bundled_dir
 from onedc_lib.training.run import run_stage
 from onedc_lib.training.sources import bundled_model_like, smoke_sources
+from onedc_lib.weights import DEFAULT_MODEL, family_of
 
 STAGE0 = "out/notebooks/10_train_stage0_nano"  # the notebooks' defaults, relative to the working directory
 STAGE1 = "out/notebooks/11_train_stage1/model"
 DATA = "out/nano_data/train"
+# the bundled model a nano run starts from: the default model when it has nano's architecture, else the first nano
+# model by name (nano_sr_* have another VAE)
+NANO_START = DEFAULT_MODEL if family_of(DEFAULT_MODEL) == "nano" else "nano_q1"
 
 
 @pytest.fixture
@@ -41,15 +45,15 @@ def test_stage1_smoke_starts_from_the_bundled_model_and_the_samples(fresh, capsy
                               smoke=True)
     lines = capsys.readouterr().out.splitlines()
     assert f"no image folder at {DATA}: training on the sample photographs shipped with the package" in lines
-    assert (f"no stage-0 folder at {STAGE0}: starting from the bundled model's parts (nano_q3: VAE, generator, "
-            "codec); the tokenizer is not bundled: random") in lines
+    assert (f"no stage-0 folder at {STAGE0}: starting from the bundled model's parts ({NANO_START}: VAE, "
+            "generator, codec); the tokenizer is not bundled: random") in lines
     assert any(line.startswith("nano_q3: 2 steps on the sample photographs") for line in lines)
     provenance = json.loads((model_dir / "config.json").read_text())["provenance"]
     assert provenance["random_init"] == ["tokenizer"]
     # the frozen VAE is the bundled model's, value for value (the oracle: the bundled model loaded on its own)
     from onedc_lib.weights import load_model
 
-    bundled = {k: v for k, v in load_model("nano_q3").state_dict().items() if k.startswith("vae.")}
+    bundled = {k: v for k, v in load_model(NANO_START).state_dict().items() if k.startswith("vae.")}
     trained = _tensors(model_dir, "vae.")
     assert bundled and trained.keys() == bundled.keys()
     assert all(trained[k].equal(bundled[k]) for k in bundled)
@@ -63,13 +67,13 @@ def test_stage2_smoke_without_a_stage1_model_starts_from_the_bundled_model(fresh
                               smoke=True)
     lines = capsys.readouterr().out.splitlines()
     assert (f"no stage-0 folder at {STAGE0}, no model folder at {STAGE1}: starting from the bundled model's parts "
-            "(nano_q3: VAE, generator, codec); the teacher UNet is not bundled: random") in lines
+            f"({NANO_START}: VAE, generator, codec); the teacher UNet is not bundled: random") in lines
     provenance = json.loads((model_dir / "config.json").read_text())["provenance"]
     assert provenance["stage"] == 2 and provenance["random_init"] == ["teacher UNet"]
     # stage II freezes the codec: it is the bundled one
     from onedc_lib.weights import load_model
 
-    bundled = {k: v for k, v in load_model("nano_q3").state_dict().items() if k.startswith("codec.")}
+    bundled = {k: v for k, v in load_model(NANO_START).state_dict().items() if k.startswith("codec.")}
     trained = _tensors(model_dir, "codec.")
     assert bundled and all(trained[k].equal(bundled[k]) for k in bundled)
 
@@ -95,8 +99,8 @@ def test_folders_that_exist_stay_and_given_init_is_kept(fresh):
 
 
 def test_the_bundled_model_must_have_the_presets_architecture(fresh):
-    assert bundled_model_like(load_config("nano_q1")) == bundled_dir() / "nano_q3"  # the default model first
-    assert bundled_model_like(load_config("nano_zonly")) == bundled_dir() / "nano_q3"  # z_only: no architecture
+    assert bundled_model_like(load_config("nano_q1")) == bundled_dir() / NANO_START  # the default model first
+    assert bundled_model_like(load_config("nano_zonly")) == bundled_dir() / NANO_START  # z_only: no architecture
     wider = load_config("nano_q3", {"codec.internal_ch": 96})
     assert bundled_model_like(wider) is None
     sources = smoke_sources(1, wider, STAGE0, None, None)
