@@ -82,12 +82,15 @@ def time_decode(vae, latent: torch.Tensor, repeats: int, bf16: bool) -> dict:
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
         decode(vae, latent)  # warm-up
         before = load_average()
-        times = []
+        times, cpu = [], []
         for _ in range(repeats):
-            start = time.perf_counter()
+            start, start_cpu = time.perf_counter(), time.process_time()
             decode(vae, latent)
             times.append(time.perf_counter() - start)
-    return {"median_s": statistics.median(times), "times_s": times, "load_before": before, "load_after": load_average()}
+            cpu.append(time.process_time() - start_cpu)
+    # CPU seconds (all threads) depend far less on the machine's load than wall seconds do
+    return {"median_s": statistics.median(times), "times_s": times, "median_cpu_s": statistics.median(cpu),
+            "load_before": before, "load_after": load_average()}
 
 
 def main(argv=None) -> int:
