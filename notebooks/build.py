@@ -80,7 +80,7 @@ streams), next to the model's **rate function** estimate (what training optimise
 `onedc_lib.anatomy`.
 """,
     "parameters": """
-preset: str = "nano_q3"  # the model that writes and splits the file: bundled model, model folder or preset
+preset: str = ""  # the model that writes and splits the file (empty: the default model), a folder or a preset
 overrides: dict = {}  # dotted config overrides (a preset built with them)
 smoke: bool = False  # CI: a 128-px image
 out_dir: str = "out/notebooks/01_bitstream_anatomy"  # the file written, anatomy.json and CSV tables

@@ -286,13 +286,16 @@ def bitstream_anatomy(file, model=None) -> Anatomy:
     return anatomy
 
 
-def file_anatomy(file: str = "", image: str = "astronaut", model: str = "nano_q3", overrides: dict | None = None,
+def file_anatomy(file: str = "", image: str = "astronaut", model: str = "", overrides: dict | None = None,
                  out_dir="out/bitstream_anatomy", max_side: int = 512, smoke: bool = False) -> Anatomy:
     """The notebook's entry point: the anatomy of `file`, or (file empty) of `image` compressed by `model` into
-    out_dir/<image>.odc first. model: a bundled model, a model folder, or a preset (seeded random weights)."""
+    out_dir/<image>.odc first. model: a bundled model, a model folder, or a preset (seeded random weights); empty:
+    the default model."""
     from .bitstream import write_file
-    from .weights import build_model, load_model
+    from .weights import DEFAULT_MODEL, build_model, load_model
     from .data.samples import load_demo_image
+
+    model = model or DEFAULT_MODEL
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
