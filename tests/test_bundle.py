@@ -229,7 +229,12 @@ def test_a_provisioned_decoder_is_referred_to_not_stored(dest, tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         model = build_model("nano_sr", seed=4)
-    model.vae.load_pretrained()
+    from onedc_lib.models.sr_decoder import SRDecoderError
+
+    try:
+        model.vae.load_pretrained()
+    except SRDecoderError as error:
+        pytest.skip(f"the pretrained decoder is not provisioned ({error})")
     model.weights_changed()
     source = save_model(model, tmp_path / "run" / "model", provenance={"task": "stage1", "step": 1, "stage": 1})
     p = B.bundle(source, "sr", dtype="float16", check_image=CHECK)
