@@ -99,3 +99,20 @@ def run_fuzz_harness(tmp_path):
         return int(re.search(r"stat::number_of_executed_units: (\d+)", result.stderr).group(1))
 
     return run
+
+
+@pytest.fixture
+def provisioned_decoders():
+    """check(meta) -> the user cache's decoders folder, after skipping (with the reason) unless it holds every
+    pretrained VAE-slot decoder that a bundled model's config.json refers to ("provisioned")."""
+    from onedc_lib.models import sr_decoder
+
+    def check(meta: dict) -> Path:
+        folder = sr_decoder.cache_dir()
+        for entry in meta.get("provisioned", []):
+            if not (folder / sr_decoder.PRETRAINED[entry["vae"]].file).is_file():
+                pytest.skip(f"the bundled model's decoder {entry['vae']} is not provisioned in {folder} "
+                            "(python -m onedc_lib.models.sr_decoder; make setup does it)")
+        return folder
+
+    return check

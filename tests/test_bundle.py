@@ -178,7 +178,7 @@ def test_models_command_runs_as_a_program(dest):
     assert result.returncode == 0 and json.loads(result.stdout) == []
 
 
-def test_the_bundled_default_model_round_trips_a_photo(monkeypatch):
+def test_the_bundled_default_model_round_trips_a_photo(monkeypatch, provisioned_decoders):
     """The committed default model (README command 1) loads without a warning, writes files with its id and
     decodes them to something like the photograph."""
     from onedc_lib.weights import DEFAULT_MODEL
@@ -186,7 +186,7 @@ def test_the_bundled_default_model_round_trips_a_photo(monkeypatch):
     if DEFAULT_MODEL not in bundled_models(BUNDLED_DIR):
         pytest.skip("no bundled default model")
     meta = json.loads((BUNDLED_DIR / DEFAULT_MODEL / "config.json").read_text())
-    skip_unprovisioned(meta)
+    provisioned_decoders(meta)
     monkeypatch.delenv("ONEDC_BUNDLED_DIR")
     with warnings.catch_warnings():
         warnings.simplefilter("error")
@@ -195,16 +195,6 @@ def test_the_bundled_default_model_round_trips_a_photo(monkeypatch):
     data = model.compress(COFFEE).to_bytes()
     assert data[8:8 + 1] and bytes.fromhex(meta["model_id"]) in data
     assert coffee_psnr(model) > DEFAULT_MODEL_COFFEE_PSNR_DB - 1.0
-
-
-def skip_unprovisioned(meta: dict) -> None:
-    """Skips where a bundled model's VAE-slot decoder (config.json "provisioned") is not in the user cache."""
-    from onedc_lib.models import sr_decoder
-
-    for entry in meta.get("provisioned", []):
-        if not (sr_decoder.cache_dir() / sr_decoder.PRETRAINED[entry["vae"]].file).is_file():
-            pytest.skip(f"the bundled default model's decoder {entry['vae']} is not provisioned in "
-                        f"{sr_decoder.cache_dir()} (python -m onedc_lib.models.sr_decoder; make setup does it)")
 
 
 def coffee_psnr(model) -> float:

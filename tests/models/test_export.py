@@ -1,5 +1,6 @@
 """The exported decoder graph (models/export.py): the same numbers as the diffusers modules at every latent size the
 codec produces, a decode-only model with the whole model's id and images, a corrupt cache rebuilt."""
+import json
 import warnings
 
 import pytest
@@ -106,9 +107,16 @@ def test_corrupt_or_foreign_graph_is_not_used(model, folder, graph_file, cached)
         load_graph(good, model.config, tensors)
 
 
-def test_bundled_default_model_decodes_with_its_bundled_graph(monkeypatch, cache):
+def test_bundled_default_model_decodes_with_its_bundled_graph(monkeypatch, tmp_path, provisioned_decoders):
     if not (BUNDLED_DIR / DEFAULT_MODEL / "config.json").is_file():
         pytest.skip("no bundled default model")
+    meta = json.loads((BUNDLED_DIR / DEFAULT_MODEL / "config.json").read_text())
+    decoders = provisioned_decoders(meta)  # in the user's cache, before it is emptied
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("ONEDC_CACHE", str(cache))
+    if meta.get("provisioned"):  # the empty cache holds the provisioned decoders, nothing else
+        cache.mkdir()
+        (cache / "decoders").symlink_to(decoders)
     monkeypatch.setenv("ONEDC_BUNDLED_DIR", str(BUNDLED_DIR))
     decoder = load_model(DEFAULT_MODEL, decode_only=True)
     assert decoder.decode_only, "the bundle has no graph for this torch/diffusers/peft (run onedc bundle)"
@@ -120,4 +128,4 @@ def test_bundled_default_model_decodes_with_its_bundled_graph(monkeypatch, cache
     assert torch.equal(fast, whole.decompress(compressed))
     whole.decode_options = REFERENCE_DECODING
     assert psnr(fast, whole.decompress(compressed)) > 45
-    assert not cache.exists()  # nothing was exported
+    assert sorted(p.name for p in cache.glob("*")) == (["decoders"] if meta.get("provisioned") else [])  # no export
