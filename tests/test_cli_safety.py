@@ -162,11 +162,14 @@ def test_decompress_finds_the_model_the_file_names(capsys, tmp_path, own_models)
 def test_ctrl_c_exits_130_with_one_line_and_no_output(tmp_path):
     """A real process sent SIGINT while it decodes: one line, exit 130, no output file and no temporary file."""
     odc, png = tmp_path / "img.odc", tmp_path / "img.png"
-    assert main(["compress", str(write_png(tmp_path / "src.png", 768, 768)), "-o", str(odc), "--model", "nano"]) == 0
+    assert main(["compress", str(write_png(tmp_path / "src.png", 256, 256)), "-o", str(odc), "--model", "nano"]) == 0
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
     process = subprocess.Popen([sys.executable, "-m", "onedc_lib.cli", "decompress", str(odc), "-o", str(png),
                                 "--model", "nano"], cwd=REPO, env=env, stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, text=True)
+                               stderr=subprocess.PIPE, text=True,
+                               # a suite started in the background inherits SIGINT ignored: give the child Python's
+                               # own handler back, as a terminal would
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     first = process.stderr.readline()  # the untrained-model warning: the model is loaded, decoding starts
     assert first.startswith("onedc: warning:"), first
     process.send_signal(signal.SIGINT)
