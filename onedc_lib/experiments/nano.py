@@ -82,8 +82,8 @@ def nano_results(data_dir=NANO_DATA, results_dir="results", figures_dir="figures
     codecs += list(BASELINES if baselines is None else baselines)
     for note in notes:
         warnings.warn(note, stacklevel=2)
-    summaries = rd_sweep("nano", codecs, preset=family, out_dir=out_dir, results_dir=results_dir, metrics=metrics, fid=True,
-                         fid_min_patches=FID_MIN_PATCHES, device=device, progress=progress, data_dir=data_dir)
+    summaries = rd_sweep("nano", codecs, preset=family, out_dir=out_dir, results_dir=results_dir, metrics=metrics,
+                         fid=True, fid_min_patches=FID_MIN_PATCHES, device=device, progress=progress, data_dir=data_dir)
     written = []
     if figures:
         from ..figures import regenerate
