@@ -140,6 +140,9 @@ def main(argv: list[str] | None = None) -> Path:
     parser.add_argument("--decoder", required=True, help="the decoder to train, a vae.sr_decoder JSON object")
     parser.add_argument("--init", default=None, help="provisioned decoder to cut it from (default: random)")
     parser.add_argument("--lr", type=float, default=1e-4)
+    parser.add_argument("--crop", type=int, default=None, help="training crop in image pixels (default: the "
+                        "first model's train.crop)")
+    parser.add_argument("--batch-size", type=int, default=None, help="default: the first model's train.batch_size")
     parser.add_argument("--lpips", default="auto", help="'auto', 'random', 'off' or a backbone weights file")
     parser.add_argument("--out", required=True, help="output folder: checkpoints/, log.csv, decoder, models/")
     parser.add_argument("--steps", type=int, required=True)
@@ -158,8 +161,8 @@ def main(argv: list[str] | None = None) -> Path:
     cfg = task.config.train
     accelerator = loop.make_accelerator(cfg)
     dataset, what = loop.dataset_from_args(args.data)
-    batches = loop.Batches(dataset, cfg.batch_size, cfg.crop, seed=args.seed, rank=accelerator.process_index,
-                           world_size=accelerator.num_processes, num_workers=0)
+    batches = loop.Batches(dataset, args.batch_size or cfg.batch_size, args.crop or cfg.crop, seed=args.seed,
+                           rank=accelerator.process_index, world_size=accelerator.num_processes, num_workers=0)
     if accelerator.is_main_process:
         print(f"decoder {arch}: {args.steps} steps on {what}, {len(task.models)} model(s)", flush=True)
     loop.train(accelerator, task, batches, args.out, args.steps, resume=args.resume)
