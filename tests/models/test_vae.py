@@ -221,3 +221,34 @@ def test_bad_tile_sizes_are_rejected(tile):
         vae.decode(smooth_latent(64, 64), tile=tile)
     with pytest.raises(ValueError, match="overlap"):
         vae.tiled_decode(smooth_latent(64, 64), tile=48, overlap=8)
+
+
+def diffusers_forward(vae: VAE) -> VAE:
+    """A copy of vae whose ResnetBlock2D run diffusers' own forward (the lean one removed)."""
+    plain = copy.deepcopy(vae)
+    for block in plain.modules():
+        block.__dict__.pop("forward", None)
+    return plain
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_lean_resnet_blocks_compute_diffusers_bits(dtype):
+    vae = tiny_vae(window=8)
+    lean = [b for b in vae.modules() if "forward" in b.__dict__]
+    assert len(lean) == 10  # every ResnetBlock2D of TINY: encoder 2 + 2 (mid), decoder 2 (mid) + 2 x 2
+    plain = diffusers_forward(vae)
+    layout = torch.channels_last if dtype == torch.bfloat16 else torch.contiguous_format
+    x, latent = image(40, 56).contiguous(memory_format=layout), smooth_latent(40, 56)
+    outputs = []
+    for model in (vae, plain):
+        with torch.no_grad(), torch.autocast("cpu", dtype=dtype, enabled=dtype != torch.float32):
+            outputs.append((model.encode(x), model.decode(latent, tile=32), model.decode(latent, tile=64)))
+    for a, b in zip(*outputs):  # encode, tiled decode (pooled statistics), whole decode
+        assert torch.equal(a, b)
+
+
+def test_lean_resnet_forward_follows_a_deepcopy():
+    vae = tiny_vae()
+    twin = copy.deepcopy(vae)
+    block = twin.autoencoder.encoder.down_blocks[0].resnets[0]
+    assert block.forward.__self__ is block  # rebound to the copy, not the original's modules
