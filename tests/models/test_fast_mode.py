@@ -76,3 +76,26 @@ def test_default_options_are_the_exact_path(model):
     assert model.encode_options == EncodeOptions(channels_last=False, dtype=torch.float32)
     assert FAST_DECODING.dtype == FAST_ENCODING.dtype == torch.bfloat16
     assert FAST_DECODING.channels_last and FAST_ENCODING.channels_last
+
+
+def test_bf16_weights_compute_the_autocast_bits_in_half_the_memory(image):
+    """cast_weights(bf16): the fast mode's files and images are those of autocasting the float32 weights."""
+    model = build_model("nano_q3")
+    with options(model, FAST_ENCODING, FAST_DECODING):
+        data = model.compress(image).to_bytes()
+        decoded = model.decompress(data)
+    big = [m for m in (model.vae, model.generator, model.codec.enc) if m is not None]
+    before = sum(p.numel() * p.element_size() for m in big for p in m.parameters())
+    model_id = model.model_id
+    assert model.cast_weights(torch.bfloat16) is model
+    after = sum(p.numel() * p.element_size() for m in big for p in m.parameters())
+    assert after < 0.52 * before  # norm layers stay float32
+    assert model.model_id == model_id
+    assert all(p.dtype == torch.float32 for m in model.codec.entropy_modules() for p in m.parameters())
+    with options(model, FAST_ENCODING, FAST_DECODING):
+        assert model.compress(image).to_bytes() == data
+        assert torch.equal(model.decompress(data), decoded)
+    with options(model, EncodeOptions(), REFERENCE_DECODING), pytest.raises(ValueError, match="bfloat16"):
+        model.decompress(data)
+    with options(model, EncodeOptions(), FAST_DECODING), pytest.raises(ValueError, match="bfloat16"):
+        model.compress(image)
