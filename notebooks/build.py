@@ -137,15 +137,16 @@ NOTEBOOKS["10_train_stage0_nano"] = {
     "title": """
 # 10 · Stage 0 (nano): the parts sd15 takes from pretrained weights
 
-At sd15 scale the VAE, the MaskGIT tokenizer and the diffusion UNets are pretrained downloads; the nano model
-trains its own, each with the one training loop (`onedc_lib.training.stage0`): a small VAE (then its latent space
-rescaled to unit variance), a small VQGAN tokenizer, an unconditional teacher UNet in that VAE's latent space, and
-the generator's base UNet initialised from the teacher. Each part runs in `out_dir/<part>/` (checkpoints, log.csv,
+At sd15 scale the VAE, the MaskGIT tokenizer and the diffusion UNets are pretrained downloads; the nano models
+train their own, each with the one training loop (`onedc_lib.training.stage0`): a small VAE (then its latent space
+rescaled to unit variance; none for `nano_sr`, whose VAE slot holds a pretrained x4 decoder), a small VQGAN
+tokenizer, an unconditional teacher UNet in that latent space, and the generator's base UNet initialised from the
+teacher. Each part runs in `out_dir/<part>/` (checkpoints, log.csv,
 samples) and ends in one file in `out_dir`, the folder that stages I and II take (`stage0`). Re-running with
 `resume="auto"` continues an interrupted run and skips finished parts.
 """,
     "parameters": """
-preset: str = "nano"  # a preset with stage-0 steps (sd15 has none: its parts are pretrained)
+preset: str = "nano_sr"  # a preset with stage-0 steps (sd15 has none: its parts are pretrained)
 overrides: dict = {}  # dotted config overrides, e.g. {"train.stage0_crop": 96}
 smoke: bool = False  # CI: 2 steps per part on 64-px crops
 out_dir: str = "out/notebooks/10_train_stage0_nano"  # the stage-0 folder: <part>/ runs and the weight files
@@ -168,13 +169,13 @@ NOTEBOOKS["11_train_stage1"] = {
 
 The codec, the generator's LoRA / conv_in / vae_reduction and the distillation head trained jointly on
 L1 + LPIPS + λ·bpp_y + 0.001·distillation (`onedc_lib.training.stage1`); the VAE and the generator's base UNet
-frozen. λ, and so the rate point, comes from the preset (`nano_q1` ... `nano_q5`, `sd15_q1` ...). On a CPU this
+frozen. λ, and so the rate point, comes from the preset (`nano_sr_q1` ... `nano_sr_q5`, `sd15_q1` ...). On a CPU this
 trains the nano model from the stage-0 folder of notebook 10; on CUDA nodes pass `preset="sd15_q3"`,
 `device="cuda"`, `num_processes` = the GPUs, and the pretrained files in `weights` (`vae`, `unet`, `tokenizer`).
 The model folder written at the end (`out_dir/model`) is what `onedc` and stage II load.
 """,
     "parameters": """
-preset: str = "nano_q3"  # the rate point (its lambda) and the scale
+preset: str = "nano_sr_q3"  # the rate point (its lambda) and the scale
 overrides: dict = {}  # dotted config overrides, e.g. {"loss.lmbda": 1.8, "train.batch_size": 8}
 smoke: bool = False  # CI: 2 steps on 64-px crops; folders not there: the bundled model's parts, the samples
 out_dir: str = "out/notebooks/11_train_stage1"  # checkpoints/, log.csv, samples/, model/
@@ -204,7 +205,7 @@ from a stage-I model folder (`init`, notebook 11) and takes the teacher from the
 `weights` (sd15: `teacher` = SD-1.5's UNet, `text_encoder` = its CLIP folder). The final model is `out_dir/model`.
 """,
     "parameters": """
-preset: str = "nano_q3"  # the preset the stage-I model was trained with
+preset: str = "nano_sr_q3"  # the preset the stage-I model was trained with
 overrides: dict = {}  # dotted config overrides, e.g. {"train.stage2_lr": 2e-5}
 smoke: bool = False  # CI: 2 steps on 64-px crops; folders not there: the bundled model's parts, the samples
 out_dir: str = "out/notebooks/12_train_stage2"  # checkpoints/, log.csv, samples/, model/
@@ -362,11 +363,11 @@ L1 + LPIPS + distillation train the decoder side on z alone. Then the test image
 `results/<dataset>/` files (the runner's CSV + summary JSON, and `zonly_<tag>.csv|json` with each file taken apart).
 """,
     "parameters": """
-preset: str = "nano_zonly"  # a z-only preset (codec.z_only, train.freeze); sd15_zonly on GPUs
+preset: str = "nano_sr_zonly"  # a z-only preset (codec.z_only, train.freeze); sd15_zonly on GPUs
 overrides: dict = {}  # dotted config overrides, e.g. {"train.stage1_lr": 1e-4}
 smoke: bool = False  # CI: 2 steps on 64-px crops, one 64x96 image, in out_dir; folders not there: bundled, samples
 out_dir: str = "out/notebooks/40_zonly_extreme"  # the run (model/ at the end), files and reconstructions
-init: str = "onedc_lib/weights/nano_q1"  # the low-rate model folder it starts from (bundled, or notebook 11's)
+init: str = "onedc_lib/weights/nano_sr_q1"  # the low-rate model folder it starts from (bundled, or notebook 11's)
 stage0: str = "out/notebooks/10_train_stage0_nano"  # nano: the distillation tokenizer; empty: weights / random
 weights: dict = {}  # local pretrained files by option name (sd15): {"tokenizer": ...}
 """ + TRAIN + """images: str = "nano"  # test images: "nano" (the test split of `onedc prepare`), "samples", a folder

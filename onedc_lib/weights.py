@@ -24,7 +24,7 @@ from .config import config_from_dict, config_to_dict, load_config
 from .paths import BUNDLED_DIR, BUNDLED_DIR_ENV, bundled_dir, cache_root  # noqa: F401 (public names here too)
 from .paths import RELEASE_DEFAULT_PRESET, RELEASE_PRESET_ENV, RELEASE_VAE_ENV
 
-DEFAULT_MODEL = "nano_q3"
+DEFAULT_MODEL = "nano_sr_q3"
 FAMILY_MEMBER = re.compile(r"(?P<family>.+)_(?:zonly|q\d+)")  # a family's rate points: <family>_zonly, <family>_q<N>
 
 

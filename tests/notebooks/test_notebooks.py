@@ -16,7 +16,7 @@ from onedc_lib.nbcontract import (
     notebook_parameters,
     strip_notebook,
 )
-from onedc_lib.weights import DEFAULT_MODEL, default_family, family_of
+from onedc_lib.weights import DEFAULT_MODEL, default_family
 
 REPO = Path(__file__).resolve().parents[2]
 NOTEBOOK_DIR = REPO / "notebooks"
@@ -26,9 +26,8 @@ EXPECTED = ["00_demo_compress", "01_bitstream_anatomy", "10_train_stage0_nano", 
             "60_reproduce_paper"]
 PNG = b"\x89PNG\r\n\x1a\n"
 FAMILY = default_family()  # notebooks 00 and 20 show the default model's family (random presets: none bundled)
-# the bundled model a nano training run starts from: the default model when it has nano's architecture, else the
-# first nano model by name (nano_sr_* have another VAE)
-NANO_START = DEFAULT_MODEL if family_of(DEFAULT_MODEL) == "nano" else "nano_q1"
+# the bundled model that the training notebooks' defaults (the default family's presets) start from
+START = DEFAULT_MODEL
 
 
 def test_the_notebooks_are_there():
@@ -377,9 +376,10 @@ def stage1_run(run_notebook, train_out, stage0_run):
 
 def test_10_train_stage0_nano(stage0_run, train_out):
     nb = stage0_run
-    _check_run(nb, train_out / "s0", ["vae", "tokenizer", "teacher"])
-    for file in ("vae", "tokenizer", "teacher_unet", "generator_unet"):
+    _check_run(nb, train_out / "s0", ["tokenizer", "teacher"])  # nano_sr: a pretrained decoder, no VAE to train
+    for file in ("tokenizer", "teacher_unet", "generator_unet"):
         assert (train_out / "s0" / f"{file}.safetensors").stat().st_size > 10_000
+    assert not (train_out / "s0" / "vae.safetensors").exists()
     assert str(train_out / "s0") in "".join(_outputs(nb, "text/plain")[-1])  # the folder is shown at the end
 
 
@@ -450,10 +450,10 @@ def test_training_notebooks_start_on_a_fresh_checkout(run_notebook, name, tmp_pa
     monkeypatch.delenv("ONEDC_BUNDLED_DIR")  # the kernel sees the package's bundled models, as a user's does
     checkout = tmp_path / "checkout"
     checkout.mkdir()
-    init = str(REPO / "onedc_lib" / "weights" / "nano_q1")  # 40's default, which a checkout has
+    init = str(REPO / "onedc_lib" / "weights" / f"{FAMILY}_q1")  # 40's default, which a checkout has
     nb, _ = run_notebook(name, tmp_path / "run", cwd=checkout, **({"init": init} if name.startswith("40") else {}))
     printed = _printed(nb)
-    bundled = f"starting from the bundled model's parts ({NANO_START}: VAE, generator, codec)"
+    bundled = f"starting from the bundled model's parts ({START}: VAE, generator, codec)"
     expected = {
         "11_train_stage1": [f"no stage-0 folder at {STAGE0_DEFAULT}: {bundled}; the tokenizer is not bundled: random"],
         "12_train_stage2": [f"no stage-0 folder at {STAGE0_DEFAULT}, no model folder at "
