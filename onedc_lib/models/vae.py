@@ -358,16 +358,30 @@ class _SharedGroupNorm(contextlib.AbstractContextManager):
             mean, var = self.stats[norm]
             shape = (*mean.shape, 1, 1, 1)
             inv = (var + norm.eps).rsqrt().view(shape).to(x.dtype)
-            normed = ((groups - mean.view(shape).to(x.dtype)) * inv).flatten(1, 2)
-            return normed * norm.weight.view(1, -1, 1, 1) + norm.bias.view(1, -1, 1, 1)
+            # in place: one full-size map besides x (was three)
+            normed = (groups - mean.view(shape).to(x.dtype)).mul_(inv).flatten(1, 2)
+            weight, bias = norm.weight.view(1, -1, 1, 1), norm.bias.view(1, -1, 1, 1)
+            if torch.result_type(normed, weight) == normed.dtype:
+                return normed.mul_(weight).add_(bias)
+            # a bf16 map (autocast) with float32 weights: the affine in float32 a few channels at a time, rounded
+            # once into the map's dtype, as F.group_norm does under autocast (not a float32 map of twice the size)
+            for c in range(0, normed.shape[1], 32):
+                part = normed[:, c:c + 32]
+                part.copy_(part * weight[:, c:c + 32] + bias[:, c:c + 32])
+            return normed
         return forward
 
     def _record(self, norm: nn.GroupNorm, groups: torch.Tensor) -> None:
-        """Sum and sum of squares (float64) per sample and group over the core, and the element count."""
+        """Sum and sum of squares (float64) per sample and group over the core, and the element count; one group
+        at a time (a float64 copy of the whole core is 4x a float32 map: 2 GB for SD's 256 channels at 1024^2)."""
         f = groups.shape[-2] // self.tile[0]  # this layer's pixels per latent pixel
         top, bottom, left, right = (edge * f for edge in self.core)
-        core = groups[..., top:bottom, left:right].double()
-        total, squares = core.sum((2, 3, 4)), core.square().sum((2, 3, 4))
+        core = groups[..., top:bottom, left:right]
+        total = core.new_zeros(core.shape[:2], dtype=torch.float64)
+        squares = torch.zeros_like(total)
+        for g in range(core.shape[1]):
+            part = core[:, g].double()
+            total[:, g], squares[:, g] = part.sum((1, 2, 3)), part.square().sum((1, 2, 3))
         count = core[0, 0].numel()
         if norm in self.sums:
             previous = self.sums[norm]
