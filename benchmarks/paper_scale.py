@@ -3,6 +3,7 @@
     python benchmarks/paper_scale.py --json results/speed/paper_scale_cpu.json --sizes 768x512 --repeats 1
     python benchmarks/paper_scale.py --model RELEASE_FOLDER [--vae SD21_VAE] --json out.json
     python benchmarks/paper_scale.py --small --json /tmp/ps.json        # the suite's smoke run (nano, seconds)
+    python benchmarks/paper_scale.py --modes fast --bf16-weights --sizes 2048x1408 --json out.json  # memory
 
 The model is sd15 with seeded random weights (speed does not depend on the values), or --model a release
 checkpoint folder (weights.load_release_checkpoint). Each size (W x H) is compressed and decompressed --repeats
@@ -16,6 +17,8 @@ One warm-up round trip per mode first (at --warmup, default 64x64). Writes {"dev
 "psnr_fast_decode_of_reference_file", "same_file", "ratio_*"}}} and prints the ratios reference / fast, of wall
 seconds and of the process's CPU seconds (on a shared machine the load inflates wall clock; CPU seconds much less).
 Seconds are medians of the repeats; peak_rss_gb is the process's RSS (the model's weights included).
+--modes runs one mode alone (no ratios then); --bf16-weights (with --modes fast) stores the image networks' weights
+in bf16 (OneDC.cast_weights: the fast mode's same bits, half the weights' memory), as a fast-only process would.
 """
 from __future__ import annotations
 
@@ -56,19 +59,22 @@ def record(runs: list[dict], device: torch.device) -> dict:
     return out
 
 
-def measure_size(model, size: tuple[int, int], repeats: int) -> dict:
+def measure_size(model, size: tuple[int, int], repeats: int, modes: list[str]) -> dict:
     width, height = size
     x = make_image(height, width)
-    runs = {mode: [] for mode in MODES}
+    runs = {mode: [] for mode in modes}
     for i in range(repeats):
-        for mode, (encoding, decoding) in MODES.items():
+        for mode in modes:
+            encoding, decoding = MODES[mode]
             runs[mode].append(round_trip(model, x, encoding, decoding))
             r = runs[mode][-1]
             print(f"{width}x{height} {mode} {i + 1}/{repeats}: encode {r['encode']['s']:.2f} s, decode "
                   f"{r['decode']['s']:.2f} s, peak {max(r['encode']['peak_gb'], r['decode']['peak_gb']):.2f} GB; "
                   f"{load()}", flush=True)
     device = next(model.parameters()).device
-    case = {mode: record(runs[mode], device) for mode in MODES}
+    case = {mode: record(runs[mode], device) for mode in modes}
+    if len(modes) == 1:
+        return case
     reference, fast = runs["reference"][0], runs["fast"][0]
     case["psnr_fast_vs_reference"] = image_psnr(fast["image"], reference["image"])
     with options(model, *MODES["fast"]):  # the decode alone: the reference's file, decoded fast (same symbols)
@@ -92,7 +98,15 @@ def main(argv=None) -> dict:
     parser.add_argument("--threads", type=int, help="torch threads (default: torch's)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--small", action="store_true", help="nano at 64x64: a smoke run of seconds")
+    parser.add_argument("--modes", default="reference,fast", help="reference,fast (default), or one of them")
+    parser.add_argument("--bf16-weights", action="store_true",
+                        help="with --modes fast: the image networks' weights stored in bf16 (OneDC.cast_weights)")
     args = parser.parse_args(argv)
+    modes = [m.strip() for m in args.modes.split(",")]
+    if not modes or any(m not in MODES for m in modes) or len(set(modes)) != len(modes):
+        parser.error(f"--modes: one or both of {', '.join(MODES)}, got {args.modes!r}")
+    if args.bf16_weights and modes != ["fast"]:
+        parser.error("--bf16-weights needs --modes fast (the reference mode runs float32 weights)")
     try:
         sizes = parse_sizes(args.sizes or ("64x64" if args.small else "512x512,768x512,2048x1408"))
         warmup = parse_sizes(args.warmup)[0]
@@ -111,17 +125,22 @@ def main(argv=None) -> dict:
     else:
         model = build_model(args.preset or ("nano_q3" if args.small else "sd15"))
     model = model.to(device)
+    if args.bf16_weights:
+        model.cast_weights(torch.bfloat16)
     report = {"format": 1, "kind": "paper_scale", "device": str(device),
               "machine": {**device_info(str(device)), "cpu_flags_bf16": _has_bf16()},
               "model": args.model or model.config.name, "model_id": model.model_id.hex(),
-              "modes": {mode: {"encoding": repr(e), "decoding": repr(d)} for mode, (e, d) in MODES.items()},
+              "modes": {mode: {"encoding": repr(MODES[mode][0]), "decoding": repr(MODES[mode][1])} for mode in modes},
+              "weights_dtype": str(model.weights_dtype),
               "repeats": args.repeats, "load": {"start": load()}, "cases": {}}
     print(f"{report['model']} on {device}, {torch.get_num_threads()} threads; {report['load']['start']}", flush=True)
-    for encoding, decoding in MODES.values():
-        round_trip(model, make_image(warmup[1], warmup[0]), encoding, decoding)
+    for mode in modes:
+        round_trip(model, make_image(warmup[1], warmup[0]), *MODES[mode])
     for size in sizes:
-        case = measure_size(model, size, args.repeats)
+        case = measure_size(model, size, args.repeats, modes)
         report["cases"][f"{size[0]}x{size[1]}"] = case
+        if len(modes) == 1:
+            continue
         ref, fast = case["reference"], case["fast"]
         print(f"{size[0]}x{size[1]}: reference / fast: encode {case['ratio_encode']:.2f}x "
               f"({ref['encode_s']:.2f} / {fast['encode_s']:.2f} s; CPU s {case['ratio_encode_cpu']:.2f}x), decode "

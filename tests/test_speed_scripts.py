@@ -49,3 +49,12 @@ def test_paper_scale_small_writes_both_modes(tmp_path):
     # bf16 changes the image by rounding, not more (an independent bound: 8-bit PSNR of two decodes)
     assert case["psnr_fast_decode_of_reference_file"] is not None and case["psnr_fast_decode_of_reference_file"] > 25
     assert "bfloat16" in report["modes"]["fast"]["decoding"] and "float32" in report["modes"]["reference"]["decoding"]
+
+
+def test_paper_scale_runs_the_fast_mode_alone_with_bf16_weights(tmp_path):
+    out = tmp_path / "paper_scale.json"
+    run_script("paper_scale.py", "--small", "--modes", "fast", "--bf16-weights", "--json", str(out))
+    report = json.loads(out.read_text())
+    assert report["weights_dtype"] == "torch.bfloat16" and set(report["modes"]) == {"fast"}
+    case = report["cases"]["64x64"]
+    assert set(case) == {"fast"} and case["fast"]["peak_rss_gb"] > 0 and case["fast"]["bytes"] > 0
