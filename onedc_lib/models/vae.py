@@ -101,9 +101,9 @@ def _scripted_windowed_attention():
 
 def lean_resnet(block: nn.Module) -> None:
     """Gives one of diffusers' ResnetBlock2D of the VAE (no time embedding, no resampling, SiLU) a forward that,
-    without gradients, computes the same bits with one full-size tensor fewer alive (`_lean_resnet_forward`).
-    The VAE's full-resolution maps are what its memory peaks on (SD's VAE at 2048 x 1408: 1.5 GB per
-    128-channel map in float32). Blocks of another kind are left as they are."""
+    without gradients, keeps fewer full-size maps alive (`_lean_resnet_forward`): the same bits, or on maps above
+    IN_PLACE_ELEMENTS the same results up to float rounding. The VAE's full-resolution maps are what its memory
+    peaks on (SD's VAE at 2048 x 1408: 1.5 GB per 128-channel map in float32). Other blocks are left as they are."""
     from diffusers.models.resnet import ResnetBlock2D
 
     if (type(block) is ResnetBlock2D and block.upsample is None and block.downsample is None
@@ -115,11 +115,15 @@ def lean_resnet(block: nn.Module) -> None:
 def _lean_resnet_forward(block: nn.Module, input_tensor: torch.Tensor, temb: torch.Tensor | None = None,
                          *args, **kwargs) -> torch.Tensor:
     """ResnetBlock2D.forward with SiLU in place and the shortcut added into the block's output: at most the input,
-    one normalised map and one convolution's output alive, where diffusers also holds the sum and the quotient."""
+    one normalised map and one convolution's output alive, where diffusers also holds the sum and the quotient.
+    A map of IN_PLACE_ELEMENTS or more is also normalised and convolved in place (`_in_place_norm`,
+    `_in_place_conv`) where the layers allow: the input and one map alive."""
     if torch.is_grad_enabled() or temb is not None or args or kwargs:
         return type(block).forward(block, input_tensor, temb, *args, **kwargs)
-    h = block.conv1(F.silu(block.norm1(input_tensor), inplace=True))
-    h = block.conv2(block.dropout(F.silu(block.norm2(h), inplace=True)))
+    in_place = input_tensor.numel() >= IN_PLACE_ELEMENTS
+    h = _in_place_conv(block.conv1, F.silu(block.norm1(input_tensor), inplace=True), in_place)
+    h = F.silu(_in_place_norm(block.norm2, h, in_place), inplace=True)
+    h = _in_place_conv(block.conv2, block.dropout(h), in_place)
     if block.conv_shortcut is None:
         shortcut = input_tensor
     else:  # diffusers makes a training module's input contiguous first (a layout, and so rounding, difference)
@@ -129,6 +133,52 @@ def _lean_resnet_forward(block: nn.Module, input_tensor: torch.Tensor, temb: tor
     else:
         h = shortcut + h
     return h if block.output_scale_factor == 1 else h / block.output_scale_factor
+
+
+IN_PLACE_ELEMENTS = 1 << 25  # 32 M: SD's VAE from 128 channels at 512^2 (a 2048 x 1408 image: 369 M at 1/1)
+STRIP_ROWS = 64  # rows per convolution step of _in_place_conv
+NORM_GROUPS = 4  # groups per step of _in_place_norm
+
+
+def _in_place_conv(conv: nn.Module, h: torch.Tensor, in_place: bool) -> torch.Tensor:
+    """conv(h), written into h STRIP_ROWS rows at a time where `in_place` and conv is a plain 3x3 convolution (stride
+    1, zero padding 1, as many outputs as inputs) whose output has h's dtype: each strip is convolved with the rows
+    around it (the row above saved before it is overwritten), so every output sees the inputs a whole convolution
+    sees: the same results up to rounding (oneDNN picks its algorithm by shape; the same bits for SD's VAE encoder
+    at 128 x 96, 1e-6 apart at 40 x 24: tests/models/test_vae.py). Otherwise conv(h), a new map."""
+    if not (in_place and type(conv) is nn.Conv2d and "forward" not in conv.__dict__ and conv.kernel_size == (3, 3)
+            and conv.stride == (1, 1) and conv.padding == (1, 1) and conv.dilation == (1, 1) and conv.groups == 1
+            and conv.padding_mode == "zeros" and conv.in_channels == conv.out_channels):
+        return conv(h)
+    height = h.shape[-2]
+    above = None  # input row top - 1 of the current strip, as it was before the previous strip overwrote it
+    for top in range(0, height, STRIP_ROWS):
+        bottom = min(top + STRIP_ROWS, height)
+        rows = h[:, :, top:min(bottom + 1, height)]
+        out = conv(rows if above is None else torch.cat([above, rows], dim=2))  # zero padding 1 on all sides
+        if out.dtype != h.dtype:  # autocast to another dtype: the output is a new map
+            return conv(h)
+        first = 0 if above is None else 1  # out's row of input row `top`
+        above = h[:, :, bottom - 1:bottom].clone()
+        h[:, :, top:bottom] = out[:, :, first:first + bottom - top]
+    return h
+
+
+def _in_place_norm(norm: nn.Module, h: torch.Tensor, in_place: bool) -> torch.Tensor:
+    """norm(h), written into h NORM_GROUPS groups at a time where `in_place` and norm is an affine nn.GroupNorm
+    running its own forward (a group's statistics are its own channels'), else norm(h), a new map."""
+    if not (in_place and type(norm) is nn.GroupNorm and "forward" not in norm.__dict__ and norm.affine):
+        return norm(h)
+    per_group = norm.num_channels // norm.num_groups
+    step = NORM_GROUPS * per_group
+    for start in range(0, norm.num_channels, step):
+        part = slice(start, start + step)
+        out = F.group_norm(h[:, part], min(step, norm.num_channels - start) // per_group, norm.weight[part],
+                           norm.bias[part], norm.eps)
+        if out.dtype != h.dtype:  # autocast to another dtype (the first step; the dtype never changes after)
+            return norm(h)
+        h[:, part] = out
+    return h
 
 
 class VAE(nn.Module):

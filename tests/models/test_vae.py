@@ -252,3 +252,29 @@ def test_lean_resnet_forward_follows_a_deepcopy():
     twin = copy.deepcopy(vae)
     block = twin.autoencoder.encoder.down_blocks[0].resnets[0]
     assert block.forward.__self__ is block  # rebound to the copy, not the original's modules
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("channels", [16, 128])
+def test_in_place_conv_and_norm_compute_the_layers_results(monkeypatch, dtype, channels):
+    """The large maps' in-place convolution (strips of rows) and GroupNorm (a few groups at a time) against the
+    layers themselves: the same results up to float rounding."""
+    monkeypatch.setattr(vae_module, "STRIP_ROWS", 7)  # several strips, the last one short
+    torch.manual_seed(0)
+    conv = torch.nn.Conv2d(channels, channels, 3, padding=1)
+    norm = torch.nn.GroupNorm(channels // 4, channels, eps=1e-6)
+    x = torch.randn(1, channels, 40, 24)
+    if dtype == torch.bfloat16:
+        x = x.to(dtype).contiguous(memory_format=torch.channels_last)
+    with torch.no_grad(), torch.autocast("cpu", dtype=dtype, enabled=dtype != torch.float32):
+        conv_whole, conv_strips = conv(x), vae_module._in_place_conv(conv, x.clone(), True)
+        norm_whole, norm_groups = norm(x), vae_module._in_place_norm(norm, x.clone(), True)
+    if dtype == torch.float32:  # a group's elements are contiguous either way: the same sums
+        assert torch.equal(norm_groups, norm_whole)
+    else:
+        torch.testing.assert_close(norm_groups, norm_whole)
+    # oneDNN picks its algorithm by shape: a strip's may round differently (seen: float32 at 40 x 24, 1e-6)
+    torch.testing.assert_close(conv_strips, conv_whole, rtol=0, atol=1e-5 if dtype == torch.float32 else 1e-2)
+    with torch.no_grad(), torch.autocast("cpu", dtype=dtype, enabled=dtype != torch.float32):
+        y = x.clone()  # not in place: the layer's own new map, the input untouched
+        assert torch.equal(vae_module._in_place_conv(conv, y, False), conv(x)) and torch.equal(y, x)
