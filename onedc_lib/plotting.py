@@ -47,6 +47,8 @@ def rd_curves(results_paths, metrics=("psnr", "ms_ssim", "lpips", "dists"), log_
 
     if isinstance(results_paths, (str, os.PathLike, RDCurve)):
         results_paths = [results_paths]
+    from matplotlib.ticker import NullFormatter
+
     curves = [p if isinstance(p, RDCurve) else load_curve(p) for p in results_paths]
     if not curves and reference is None:
         raise ValueError("no results to plot")
@@ -72,14 +74,15 @@ def rd_curves(results_paths, metrics=("psnr", "ms_ssim", "lpips", "dists"), log_
                         markersize=3.5, capsize=2, linewidth=0.8, label=reference_label or reference.name)
         if log_x:
             ax.set_xscale("log")
+            ax.xaxis.set_minor_formatter(NullFormatter())  # labels at 2, 3, 4, 6 x 10^k overlap on narrow ranges
         ax.set_xlabel("bpp")
         ax.set_ylabel(_metric_label(metric))
         ax.grid(True, which="both" if log_x else "major", alpha=0.3)
     for ax in axes[len(present):]:
         ax.set_visible(False)
     handles, names = axes[0].get_legend_handles_labels()
-    if len(curves) + (reference is not None) > 1 or names:
-        axes[0].legend(handles, names, fontsize="small")
+    if len(curves) + (reference is not None) > 1 or names:  # below the panels: inside one it hides points
+        fig.legend(handles, names, loc="outside lower center", ncols=min(len(names), 3), fontsize="small")
     return fig
 
 

@@ -39,7 +39,7 @@ def test_rd_curves(results):
     assert [ax.get_ylabel().split()[0] for ax in axes] == ["PSNR", "MS-SSIM", "LPIPS", "DISTS"]
     assert [len(ax.lines) for ax in axes] == [2, 2, 1, 1]  # the CSV has no LPIPS / DISTS
     assert "↓" in axes[2].get_ylabel() and "↑" in axes[0].get_ylabel()
-    assert {t.get_text() for t in axes[0].get_legend().get_texts()} == {"onedc", "jpeg"}
+    assert {t.get_text() for t in fig.legends[0].get_texts()} == {"onedc", "jpeg"}
     jpeg = next(line for line in axes[0].lines if line.get_label() == "jpeg")
     np.testing.assert_allclose(jpeg.get_xdata(), [0.2, 0.6, 1.0, 1.4])  # per-image rows averaged per quality
     assert all(ax.get_xscale() == "linear" for ax in axes)

@@ -69,7 +69,7 @@ class DecoderStep(nn.Module):
 
 
 def model_name(folder: Path) -> str:
-    """runs/q1/model -> q1; candidates/nano_sr_q3 -> nano_sr_q3."""
+    """runs/q1/model -> q1; onedc_lib/weights/nano_sr_q3 -> nano_sr_q3."""
     return folder.parent.name if folder.name == "model" else folder.name
 
 
