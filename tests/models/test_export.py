@@ -129,3 +129,24 @@ def test_bundled_default_model_decodes_with_its_bundled_graph(monkeypatch, tmp_p
     whole.decode_options = REFERENCE_DECODING
     assert psnr(fast, whole.decompress(compressed)) > 45
     assert sorted(p.name for p in cache.glob("*")) == (["decoders"] if meta.get("provisioned") else [])  # no export
+
+
+def test_a_plain_torch_vae_slot_runs_as_its_module_not_a_graph():
+    """pixel_sr: the generator is traced, the x4 decoder is not (its graph took 3x the memory for nothing)."""
+    from onedc_lib.models.onedc import OneDC
+
+    config = load_config("nano_sr", {"vae.sr_decoder": {"arch": "rrdbnet", "num_feat": 8, "num_block": 1,
+                                                         "num_grow": 4}})
+    torch.manual_seed(0)
+    model = OneDC(config).eval()
+    graph = load_graph(export_graph(model), config, model.state_dict())
+    assert not graph.module._c._has_method("decode") and graph.module._c._has_method("generate")
+    latent = torch.randn(1, config.vae.latent_channels, 16, 24)
+    with torch.no_grad():
+        assert torch.equal(graph.decode(latent), model.vae.decode(latent))
+    own = model.vae.state_dict()
+    assert graph.tensors("vae.").keys() == own.keys()
+    assert all(torch.equal(graph.tensors("vae.")[k], v) for k, v in own.items())
+    tensors = {k: v for k, v in model.state_dict().items() if k != "vae.sr.conv_last.bias"}
+    with pytest.raises(GraphError, match="VAE tensors do not fit"):
+        load_graph(export_graph(model), config, tensors)
