@@ -164,19 +164,16 @@ def load_graph(data: bytes, config: ModelConfig, tensors: dict[str, torch.Tensor
         if tensor is None or list(tensor.shape) != shape:
             raise GraphError(f"the model's tensors do not fit the graph: {name} is "
                              f"{'missing' if tensor is None else list(tensor.shape)}, the graph needs {shape}")
-        tensor = tensor.detach().to("cpu", torch.float32).contiguous()
-        if tensor.data_ptr() % 64:  # safetensors' own buffers may be unaligned: kernels then round differently
-            tensor = tensor.clone()
-        _set_attribute(module, name, tensor)
+        _set_attribute(module, name, _aligned(tensor))
     vae = None
     if plain_vae(config):
         from .vae import build_vae
 
-        vae = build_vae(config.vae).eval()
-        state = {k[len("vae."):]: v.detach().to("cpu", torch.float32) for k, v in tensors.items()
-                 if k.startswith("vae.")}
+        with torch.device("meta"):  # no random initialisation of weights about to be replaced (0.15 s)
+            vae = build_vae(config.vae).eval()
+        state = {k[len("vae."):]: _aligned(v) for k, v in tensors.items() if k.startswith("vae.")}
         try:
-            vae.load_state_dict(state, strict=True)
+            vae.load_state_dict(state, strict=True, assign=True)
         except RuntimeError as error:
             raise GraphError(f"the model's VAE tensors do not fit its VAE slot ({error})") from None
     return DecoderGraph(module.eval(), list(meta["tensors"]), vae)
@@ -219,6 +216,13 @@ def save_graph(model, path: Path | None = None) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write(path, export_graph(model))
     return path
+
+
+def _aligned(tensor: torch.Tensor) -> torch.Tensor:
+    """float32, contiguous, 64-byte aligned on the CPU: safetensors' own buffers may be unaligned, and kernels
+    then round differently."""
+    tensor = tensor.detach().to("cpu", torch.float32).contiguous()
+    return tensor.clone() if tensor.data_ptr() % 64 else tensor
 
 
 def _attribute(module, name: str):
