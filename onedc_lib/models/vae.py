@@ -106,10 +106,20 @@ def lean_resnet(block: nn.Module) -> None:
     peaks on (SD's VAE at 2048 x 1408: 1.5 GB per 128-channel map in float32). Other blocks are left as they are."""
     from diffusers.models.resnet import ResnetBlock2D
 
+    from diffusers.models.downsampling import Downsample2D
+    from diffusers.models.upsampling import Upsample2D
+
+    # bound methods, not closures: deepcopy rebinds them to the copy (stage 0 copies the autoencoder)
     if (type(block) is ResnetBlock2D and block.upsample is None and block.downsample is None
             and block.time_emb_proj is None and isinstance(block.nonlinearity, nn.SiLU)):
-        # a bound method, not a closure: deepcopy rebinds it to the copy (stage 0 copies the autoencoder)
         block.forward = types.MethodType(_lean_resnet_forward, block)
+    elif (type(block) is Downsample2D and block.use_conv and block.padding == 0 and block.norm is None
+          and type(block.conv) is nn.Conv2d and block.conv.kernel_size == (3, 3) and block.conv.stride == (2, 2)):
+        block.forward = types.MethodType(_lean_downsample_forward, block)
+    elif (type(block) is Upsample2D and block.use_conv and block.interpolate and not block.use_conv_transpose
+          and block.norm is None and block.name == "conv" and type(block.conv) is nn.Conv2d
+          and block.conv.kernel_size == (3, 3) and block.conv.stride == (1, 1) and block.conv.padding == (1, 1)):
+        block.forward = types.MethodType(_lean_upsample_forward, block)
 
 
 def _lean_resnet_forward(block: nn.Module, input_tensor: torch.Tensor, temb: torch.Tensor | None = None,
@@ -133,6 +143,56 @@ def _lean_resnet_forward(block: nn.Module, input_tensor: torch.Tensor, temb: tor
     else:
         h = shortcut + h
     return h if block.output_scale_factor == 1 else h / block.output_scale_factor
+
+
+def _lean_downsample_forward(block: nn.Module, hidden_states: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+    """Downsample2D's pad-right-and-bottom and stride-2 convolution, on maps of IN_PLACE_ELEMENTS or more computed
+    STRIP_ROWS output rows at a time from the input rows they see: no padded copy of the whole input (nor the
+    convolution's own copy of it). The same results up to float rounding."""
+    if torch.is_grad_enabled() or args or kwargs or hidden_states.numel() < IN_PLACE_ELEMENTS:
+        return type(block).forward(block, hidden_states, *args, **kwargs)
+    height = hidden_states.shape[-2]
+    out_height = (height + 1 - 3) // 2 + 1  # the padded map has height + 1 rows
+
+    def strip(top: int, bottom: int) -> torch.Tensor:
+        rows = hidden_states[:, :, 2 * top:min(2 * bottom + 1, height)]  # output row i sees rows 2i .. 2i + 2
+        return block.conv(F.pad(rows, (0, 1, 0, 2 * bottom + 1 - 2 * top - rows.shape[-2])))
+
+    return _by_rows(strip, out_height)
+
+
+def _lean_upsample_forward(block: nn.Module, hidden_states: torch.Tensor, output_size: int | None = None,
+                           *args, **kwargs) -> torch.Tensor:
+    """Upsample2D's nearest 2x and 3x3 convolution, on outputs of IN_PLACE_ELEMENTS or more computed STRIP_ROWS
+    output rows at a time from the upsampled rows they see: no upsampled copy of the whole map. The same results
+    up to float rounding."""
+    if (torch.is_grad_enabled() or output_size is not None or args or kwargs
+            or 4 * hidden_states.numel() < IN_PLACE_ELEMENTS):
+        return type(block).forward(block, hidden_states, output_size, *args, **kwargs)
+    out_height = 2 * hidden_states.shape[-2]
+
+    def strip(top: int, bottom: int) -> torch.Tensor:
+        low, high = max(top - 1, 0) // 2, (min(bottom + 1, out_height) - 1) // 2 + 1  # input rows seen
+        up = F.interpolate(hidden_states[:, :, low:high], scale_factor=2.0, mode="nearest")  # rows 2 low ..
+        return block.conv(up)[:, :, top - 2 * low:bottom - 2 * low]
+
+    return _by_rows(strip, out_height)
+
+
+def _by_rows(strip, height: int) -> torch.Tensor:
+    """The map of `height` rows whose rows [top, bottom) are strip(top, bottom), STRIP_ROWS at a time, in the
+    strips' dtype and layout."""
+    out = None
+    for top in range(0, height, STRIP_ROWS):
+        bottom = min(top + STRIP_ROWS, height)
+        piece = strip(top, bottom)
+        if out is None:
+            layout = (torch.channels_last if piece.is_contiguous(memory_format=torch.channels_last)
+                      and not piece.is_contiguous() else torch.contiguous_format)
+            out = torch.empty((*piece.shape[:2], height, piece.shape[-1]), dtype=piece.dtype, device=piece.device,
+                              memory_format=layout)
+        out[:, :, top:bottom] = piece
+    return out
 
 
 IN_PLACE_ELEMENTS = 1 << 25  # 32 M: SD's VAE from 128 channels at 512^2 (a 2048 x 1408 image: 369 M at 1/1)
