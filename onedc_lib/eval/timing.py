@@ -341,7 +341,8 @@ def startup_time(runs: int = 5, model: str | None = None, env: dict | None = Non
         source = Path(tmp) / "small.odc"
         compressed = load_model(model).compress(make_image(64, 96))
         source.write_bytes(compressed.to_bytes())
-        command = [sys.executable, "-m", "onedc_lib.cli", "decompress", str(source), "-o", str(Path(tmp) / "d.png")]
+        command = [sys.executable, "-m", "onedc_lib.cli", "decompress", str(source), "-o", str(Path(tmp) / "d.png"),
+                   "-f"]  # every run replaces the last one's image
         if model:
             command += ["--model", model]
         environment = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2]), **(env or {})}
