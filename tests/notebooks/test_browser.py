@@ -19,7 +19,10 @@ from pathlib import Path
 
 import pytest
 
+from onedc_lib.weights import default_family
+
 REPO = Path(__file__).resolve().parents[2]
+FAMILY = default_family()  # the demo shows the default model's family (here its presets: the suite bundles none)
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 SCREENSHOTS = REPO / "out" / "browser"
 
@@ -163,15 +166,15 @@ def test_slider_reencodes_and_shows_the_new_bpp(lab):
             summary = page.locator("pre.onedc-summary").first
             _run_until_shown(page, summary)
             before = _summary(page)
-            assert before.startswith("nano_q5 (UNTRAINED): bpp ")
+            assert before.startswith(f"{FAMILY}_q5 (UNTRAINED): bpp ")
             bpp_before = float(re.search(r"bpp ([0-9.]+)", before).group(1))
             page.screenshot(path=str(SCREENSHOTS / "demo_before.png"), full_page=True)
 
             handle = page.locator(".widget-slider .noUi-handle").first
             handle.scroll_into_view_if_needed()
             handle.focus()
-            page.keyboard.press("ArrowLeft")  # one step down: nano_q5 -> nano_zonly (smoke keeps two rates)
-            expect(summary).to_contain_text("nano_zonly (UNTRAINED): bpp ", timeout=120_000)
+            page.keyboard.press("ArrowLeft")  # one step down: q5 -> zonly (smoke keeps two rates)
+            expect(summary).to_contain_text(f"{FAMILY}_zonly (UNTRAINED): bpp ", timeout=120_000)
             after = _summary(page)
             bpp_after = float(re.search(r"bpp ([0-9.]+)", after).group(1))
             summary.scroll_into_view_if_needed()
@@ -182,7 +185,7 @@ def test_slider_reencodes_and_shows_the_new_bpp(lab):
         finally:
             browser.close()
     assert bpp_after < bpp_before  # z-only: no y section
-    zonly = out_dir / "astronaut_nano_zonly.odc"  # the page's bpp is this file's
+    zonly = out_dir / f"astronaut_{FAMILY}_zonly.odc"  # the page's bpp is this file's
     assert bpp_after == pytest.approx(8 * zonly.stat().st_size / (64 * 64), abs=5e-5)
     for name in ("demo_before.png", "demo_slider_moved.png"):
         assert (SCREENSHOTS / name).stat().st_size > 10_000
