@@ -1,5 +1,6 @@
 """The generator and the VAE decoder as one TorchScript graph, so that decoding imports neither diffusers nor peft
-(issue 8: `onedc decompress` starts in < 2 s; importing diffusers alone takes 4-5 s).
+(issue 8: `onedc decompress` starts in < 2 s; importing diffusers alone takes 4-5 s). A VAE slot of plain torch
+modules (pixel_sr) needs no diffusers: only the generator is traced, the slot runs as itself (DecoderGraph).
 
 `export_graph(model)` traces the real diffusers modules (the peft LoRA layers as they are, so the graph computes
 what the modules compute) with `torch.jit.trace_module`: method `generate` (g_s feature, tokens -> x0) and method
@@ -123,10 +124,11 @@ def export_graph(model) -> bytes:
     h, w = 16, 24  # any size: the graph follows the input's (tests check others)
     examples = {"generate": (torch.randn(1, config.codec.ctrl_ch, h, w),
                              torch.randn(1, 6, unet["cross_attention_dim"]))}
-    traced_parts = ("generator.",) if plain_vae(config) else ("generator.", "vae.")
-    if not plain_vae(config):
+    plain = plain_vae(config)
+    if not plain:
         examples["decode"] = (torch.randn(1, latent_ch, h, w),)
-    traced_module = _Traced(model.generator, None if plain_vae(config) else model.vae).eval()
+    traced_parts = ("generator.",) if plain else ("generator.", "vae.")
+    traced_module = _Traced(model.generator, None if plain else model.vae).eval()
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # TracerWarnings: the constant Python branches are what decoding takes
         traced = torch.jit.trace_module(traced_module, examples, check_trace=False)

@@ -99,14 +99,14 @@ def _scripted_windowed_attention():
     return torch.jit.script(windowed_attention)
 
 
-def lean_resnet(block: nn.Module) -> None:
-    """Gives one of diffusers' ResnetBlock2D of the VAE (no time embedding, no resampling, SiLU) a forward that,
-    without gradients, keeps fewer full-size maps alive (`_lean_resnet_forward`): the same bits, or on maps above
-    IN_PLACE_ELEMENTS the same results up to float rounding. The VAE's full-resolution maps are what its memory
-    peaks on (SD's VAE at 2048 x 1408: 1.5 GB per 128-channel map in float32). Other blocks are left as they are."""
-    from diffusers.models.resnet import ResnetBlock2D
-
+def make_lean(block: nn.Module) -> None:
+    """Gives one of the VAE's diffusers blocks a forward that, without gradients, keeps fewer full-size maps alive:
+    a ResnetBlock2D (no time embedding, no resampling, SiLU: `_lean_resnet_forward`), a Downsample2D or an Upsample2D
+    with a 3x3 convolution (strips of rows): the same bits, or on maps above IN_PLACE_ELEMENTS the same results up to
+    float rounding. The VAE's full-resolution maps are what its memory peaks on (SD's VAE at 2048 x 1408: 1.5 GB
+    per 128-channel map in float32). Other blocks are left as they are."""
     from diffusers.models.downsampling import Downsample2D
+    from diffusers.models.resnet import ResnetBlock2D
     from diffusers.models.upsampling import Upsample2D
 
     # bound methods, not closures: deepcopy rebinds them to the copy (stage 0 copies the autoencoder)
@@ -265,7 +265,7 @@ class VAE(nn.Module):
                 if attn is not None:
                     attn.set_processor(WindowedAttnProcessor(cfg.attention_window, per_window))
         for block in self.autoencoder.modules():
-            lean_resnet(block)
+            make_lean(block)
         self.requires_grad_(False)
 
     @classmethod

@@ -24,8 +24,10 @@ import torch
 from torch import nn
 
 from ..models import sr_decoder
-from ..weights import atomic_write, load_model, save_model
+from ..bitstream import atomic_write
+from ..weights import load_model, save_model
 from . import loop
+from .stage1 import reconstruct_for_loss
 
 DECODER_FILE = "decoder.safetensors"
 
@@ -44,11 +46,10 @@ def initial_state(network: nn.Module, pretrained: str) -> dict[str, torch.Tensor
 
 @torch.no_grad()
 def small_images(model, x: torch.Tensor) -> torch.Tensor:
-    """x [B, 3, H, W] in [0, 1] (H, W multiples of the model's padding) -> the small images [B, 3, H/4, W/4] in
-    [0, 1] that its decoder receives: codec (rounded, as in a file) and generator, in eval mode."""
-    out = model.codec(x * 2 - 1, model.encode_latents(x))
-    x0 = model.generator(out.ctrl, model.guidance(out.tokens, None)).x0
-    return (model.vae.small_image(x0).clamp(-1, 1) + 1) / 2
+    """x [B, 3, H, W] in [0, 1] -> the small images [B, 3, H/4, W/4] in [0, 1] that its decoder receives: codec
+    (rounded, as in a file) and generator, in eval mode."""
+    x0 = reconstruct_for_loss(model, x)[4]
+    return (model.vae.small_image(x0).clamp(-1, 1) + 1)[..., :x.shape[-2] // 4, :x.shape[-1] // 4] / 2
 
 
 class DecoderStep(nn.Module):
