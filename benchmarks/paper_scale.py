@@ -43,6 +43,7 @@ from onedc_lib.models.onedc import (  # noqa: E402
     FAST_ENCODING,
     REFERENCE_DECODING,
     EncodeOptions,
+    cpu_has_bf16,
 )
 
 MODES = {"reference": (EncodeOptions(), REFERENCE_DECODING), "fast": (FAST_ENCODING, FAST_DECODING)}
@@ -128,7 +129,7 @@ def main(argv=None) -> dict:
     if args.bf16_weights:
         model.cast_weights(torch.bfloat16)
     report = {"format": 1, "kind": "paper_scale", "device": str(device),
-              "machine": {**device_info(str(device)), "cpu_flags_bf16": _has_bf16()},
+              "machine": {**device_info(str(device)), "cpu_flags_bf16": cpu_has_bf16()},
               "model": args.model or model.config.name, "model_id": model.model_id.hex(),
               "modes": {mode: {"encoding": repr(MODES[mode][0]), "decoding": repr(MODES[mode][1])} for mode in modes},
               "weights_dtype": str(model.weights_dtype),
@@ -154,15 +155,6 @@ def main(argv=None) -> dict:
     atomic_write(args.json, (json.dumps(report, indent=1) + "\n").encode())
     print(f"wrote {args.json}", flush=True)
     return report
-
-
-def _has_bf16() -> bool:
-    """Whether the CPU has bf16 units (AVX512-BF16 or AMX), where bf16 autocast pays on a CPU."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
 if __name__ == "__main__":

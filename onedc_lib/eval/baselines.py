@@ -365,24 +365,30 @@ class Downsampled(Baseline):
 
 
 def _sr_upscale(small: np.ndarray) -> np.ndarray:
-    """uint8 [h, w, 3] -> uint8 [4h, 4w, 3] through the provisioned decoder of the nano VAE slot."""
+    """uint8 [h, w, 3] -> uint8 [4h, 4w, 3] through the provisioned decoder of the nano VAE slot, in the dtype and
+    layout a OneDC file decodes in on this machine (DecodeOptions: bf16 where the CPU has bf16 units)."""
     import torch
 
+    from ..models.onedc import DecodeOptions
+
     net = _sr_network()
+    dtype = DecodeOptions().autocast_dtype(torch.device("cpu"))
     x = torch.from_numpy(small.astype(np.float32) / 255).permute(2, 0, 1)[None]
-    with torch.no_grad():
-        y = net(x)[0].clamp(0, 1)
+    with torch.no_grad(), torch.autocast("cpu", dtype=dtype, enabled=dtype != torch.float32):
+        y = net(x.contiguous(memory_format=torch.channels_last))[0].float().clamp(0, 1)
     return (y.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
 
 
 @functools.lru_cache(maxsize=1)
 def _sr_network():
+    import torch
+
     from ..models import sr_decoder
 
     name = "realesrgan-x4plus"
     net = sr_decoder.build_network(sr_decoder.PRETRAINED[name].arch)
     net.load_state_dict({k: v.float() for k, v in sr_decoder.load_state_dict(None, name).items()})
-    return net.eval()
+    return net.eval().to(memory_format=torch.channels_last)
 
 
 DOWNSAMPLED_BASELINES: dict[str, Baseline] = {
@@ -392,7 +398,8 @@ DOWNSAMPLED_BASELINES: dict[str, Baseline] = {
                                    codec.qualities if up == "bicubic" else codec.qualities[::3], codec.subsampling,
                                    {**codec.settings, "downsampling": "area x4 (edge-padded to multiples of 4)",
                                     "upsampling": "bicubic (Pillow)" if up == "bicubic" else
-                                    "the nano VAE slot's pretrained decoder (Real-ESRGAN x4plus)"},
+                                    "the nano VAE slot's pretrained decoder (Real-ESRGAN x4plus; bf16 on "
+                                                   "CPUs with bf16 units, as OneDC decodes)"},
                                    inner=codec, upsampler=up)
     for name, codec in BASELINES.items() for up in ("bicubic", "sr")
 }

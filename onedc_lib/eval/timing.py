@@ -310,8 +310,9 @@ def multistep_decode(model, x: torch.Tensor, steps=(4, 20), one_step: dict | Non
     sync = _synchronizer(ctrl.device)
     decode = one_step["decode"]
     result = {"one_step": {"unet_s": decode["unet"], "decode_s": decode["total"]}}
+    dtype = model.decode_options.autocast_dtype(ctrl.device)  # as the one-step decode ran
     for k in steps:
-        with torch.no_grad():
+        with torch.no_grad(), torch.autocast(ctrl.device.type, dtype=dtype, enabled=dtype != torch.float32):
             sync()
             start = time.perf_counter()
             model.generator.sample(ctrl, tokens, k)

@@ -12,6 +12,8 @@ from onedc_lib.models.export import GraphError, export_graph, graph_paths, load_
 from onedc_lib.models.onedc import REFERENCE_DECODING, DecodeOptions
 from onedc_lib.weights import BUNDLED_DIR, DEFAULT_MODEL, build_model, load_model, save_model
 
+FLOAT32, BFLOAT16 = DecodeOptions(dtype=torch.float32), DecodeOptions(dtype=torch.bfloat16)
+
 
 @pytest.fixture(scope="module")
 def model():
@@ -66,12 +68,13 @@ def test_decode_only_model_decodes_as_the_whole_model(model, folder, cache):
     assert not first.decode_only and graph_paths(model.config)[-1].is_file()
     decoder = load_model(str(folder), decode_only=True)
     assert decoder.decode_only and not hasattr(decoder, "generator")
+    decoder.decode_options = FLOAT32  # the graph's dtype (the default is bf16 on CPUs with bf16 units)
     whole = load_model(str(folder))
     assert decoder.model_id == whole.model_id == model.model_id
     for height, width in [(16, 16), (64, 96), (136, 200)]:
         compressed = whole.compress(make_image(height, width))
         fast = decoder.decompress(compressed.to_bytes())
-        whole.decode_options = DecodeOptions(exported=False)  # the diffusers modules, same layout
+        whole.decode_options = DecodeOptions(exported=False, dtype=torch.float32)  # the diffusers modules
         assert torch.equal(fast, whole.decompress(compressed))
         whole.decode_options = REFERENCE_DECODING
         assert psnr(fast, whole.decompress(compressed)) > 45
@@ -123,11 +126,15 @@ def test_bundled_default_model_decodes_with_its_bundled_graph(monkeypatch, tmp_p
     whole = load_model(DEFAULT_MODEL)
     assert decoder.model_id == whole.model_id
     compressed = whole.compress(make_image(96, 136))
+    decoder.decode_options = FLOAT32
     fast = decoder.decompress(compressed.to_bytes())
-    whole.decode_options = DecodeOptions(exported=False)
+    whole.decode_options = DecodeOptions(exported=False, dtype=torch.float32)
     assert torch.equal(fast, whole.decompress(compressed))
     whole.decode_options = REFERENCE_DECODING
     assert psnr(fast, whole.decompress(compressed)) > 45
+    decoder.decode_options = BFLOAT16  # the traced generator stays float32, the plain VAE slot runs bf16
+    assert psnr(decoder.decompress(compressed.to_bytes()), fast) > 40
+    assert not hasattr(decoder, "generator")  # still the graph, not modules built from it
     assert sorted(p.name for p in cache.glob("*")) == (["decoders"] if meta.get("provisioned") else [])  # no export
 
 

@@ -5,6 +5,7 @@ import math
 import os
 import struct
 import zlib
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -16,8 +17,10 @@ from onedc_lib import bitstream
 from onedc_lib.bitstream import BitstreamError
 from onedc_lib.entropy.tables import LOG_SCALE_MIN, LOG_SCALE_STEP, NUM_TABLES
 from onedc_lib.image_io import load_image, to_uint8
-from onedc_lib.models.onedc import CompressedImage, pad_to_multiple
+from onedc_lib.models.onedc import CompressedImage, DecodeOptions, pad_to_multiple
 from onedc_lib.weights import build_model
+
+FLOAT32 = DecodeOptions(dtype=torch.float32)  # exact comparisons (the default decodes in bf16 on bf16 CPUs)
 
 SIZES = [(1, 1), (63, 65), (64, 64), (100, 130), (130, 200)]
 
@@ -112,7 +115,7 @@ def test_round_trip_through_bytes(model, height, width):
     with torch.no_grad():
         forward = model(x).x_hat
     assert forward.shape == x.shape
-    torch.testing.assert_close(decoded, forward, atol=1e-4, rtol=0)
+    torch.testing.assert_close(decoded_with(model, data, FLOAT32), forward, atol=1e-4, rtol=0)
 
 
 def test_compress_file_and_decompress_file(model, tmp_path):
@@ -155,13 +158,13 @@ def test_encode_at_two_threads_decodes_at_one(model, coffee, threads, capture_en
     asks for bit-exact entropy parameters, not a bit-exact float32 decoder on every machine."""
     threads(2)
     data = model.compress(coffee).to_bytes()
-    at_two = model.decompress(data)
+    at_two = decoded_with(model, data, FLOAT32)
     threads(1)
     assert model.compress(coffee).to_bytes() == data
-    at_one = model.decompress(data)  # the symbols CRC would have raised on any decoding difference
-    assert torch.equal(model.decompress(data), at_one)
+    at_one = decoded_with(model, data, FLOAT32)  # the symbols CRC would have raised on any decoding difference
+    assert torch.equal(decoded_with(model, data, FLOAT32), at_one)
     threads(2)
-    assert torch.equal(model.decompress(data), at_two)
+    assert torch.equal(decoded_with(model, data, FLOAT32), at_two)
 
     (y_two, sem_two), (y_one, sem_one) = capture_entropy_output[:2]
     assert torch.equal(y_one, y_two) and torch.equal(sem_one, sem_two)
@@ -354,9 +357,9 @@ def test_z_only_file_is_header_plus_14_bits_per_block(zonly, height, width):
     assert len(data) == compressed.num_bytes == header + math.ceil(14 * blocks / 8)
     assert compressed.bpp == 8 * len(data) / (height * width)
 
-    decoded = zonly.decompress(data)
+    decoded = decoded_with(zonly, data, FLOAT32)
     assert decoded.shape == x.shape and 0 <= decoded.min() and decoded.max() <= 1
-    assert torch.equal(zonly.decompress(data), decoded)
+    assert torch.equal(decoded_with(zonly, data, FLOAT32), decoded)
     with torch.no_grad():
         torch.testing.assert_close(decoded, zonly(x).x_hat, atol=1e-4, rtol=0)
 
@@ -389,10 +392,12 @@ def test_fast_decoding_matches_the_reference_path_and_leaves_files_alone(model, 
     assert model.decode_options == DecodeOptions() and DecodeOptions().channels_last
     fast = model.decompress(coffee_file)
     reference = decoded_with(model, coffee_file, REFERENCE_DECODING)
-    assert psnr01(fast, reference) > 45
+    assert psnr01(fast, reference) > 40  # bf16 on CPUs with bf16 units (this random model: 41.5 dB), else 45+
     assert model.compress(coffee).to_bytes() == coffee_file  # encoding does not depend on decoding settings
     assert DecodeOptions().autocast_dtype(torch.device("cuda")) == torch.bfloat16
-    assert DecodeOptions().autocast_dtype(torch.device("cpu")) == torch.float32
+    flags = Path("/proc/cpuinfo").read_text()
+    cpu = torch.bfloat16 if "avx512_bf16" in flags or "amx_bf16" in flags else torch.float32
+    assert DecodeOptions().autocast_dtype(torch.device("cpu")) == cpu
 
 
 def test_tiled_vae_decoding_of_a_file(model):
