@@ -3,9 +3,13 @@ stream, its 14-bit z packing and its 16-byte header. Used to read and write file
 """
 from __future__ import annotations
 
+import io
 import math
+import os
 import struct
+import sys
 from functools import lru_cache
+from pathlib import Path
 
 import numpy as np
 
@@ -27,12 +31,16 @@ def gaussian_tables() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 LOG_SCALE_MIN_F32 = np.float32(LOG_SCALE_MIN)
 LOG_SCALE_STEP_F32 = np.float32(LOG_SCALE_STEP)
 # "cpu": the release on a CPU, torch's float32 log (not correctly rounded; its vector path, which every y tensor
-# of the release takes, C/4 * H * W being a multiple of 32) and a float32 division. "cuda": the emulation of
-# compat 9.2 for CUDA, where a division by a Python scalar is a multiplication by the float32 reciprocal, with a
-# correctly rounded float32 log (CUDA's own logf is not reproduced; bf16 scales, the release's default GPU
-# numerics, map alike under either).
+# of the release takes, C/4 * H * W being a multiple of 32) and a float32 division. torch's log is MKL's, whose
+# code path depends on the CPU: the release's is MKL's vendor-neutral one (MKL_CBWR=COMPATIBLE, what AMD CPUs
+# get; Intel CPUs with AVX-512 get a correctly rounded log, 18 thresholds apart), so its thresholds are computed
+# once under that setting (`python -m onedc_lib.entropy.release_format`) and shipped in CPU_THRESHOLDS.
+# "cuda": the emulation of compat 9.2 for CUDA, where a division by a Python scalar is a multiplication by the
+# float32 reciprocal, with a correctly rounded float32 log (CUDA's own logf is not reproduced; bf16 scales, the
+# release's default GPU numerics, map alike under either).
 ARITHMETIC = ("cpu", "cuda")
 VECTOR = 64  # torch's CPU kernels take the scalar path for a tail shorter than two vectors: pad past it
+CPU_THRESHOLDS = Path(__file__).with_name("release_cpu_thresholds.npy")
 
 
 def _release_index_f32(scales: np.ndarray, arithmetic: str) -> np.ndarray:
@@ -52,13 +60,21 @@ def _release_index_f32(scales: np.ndarray, arithmetic: str) -> np.ndarray:
 
 @lru_cache(maxsize=None)
 def index_thresholds(arithmetic: str = "cpu") -> np.ndarray:
-    """float32 [256]: entry k (k >= 1) is the smallest float32 scale the release maps to index >= k (entry 0 is 0).
-
-    The map is monotone, so a binary search over the float32 bit patterns of (0.1, 64.5] finds every threshold
-    at once; index(s) is then the number of thresholds <= s, independent of the log of the machine that uses it.
-    """
+    """float32 [256]: entry k (k >= 1) is the smallest float32 scale the release maps to index >= k (entry 0 is 0);
+    index(s) is the number of thresholds <= s, independent of the log of the machine that uses it."""
     if arithmetic not in ARITHMETIC:
         raise ValueError(f"arithmetic must be one of {ARITHMETIC}, not {arithmetic!r}")
+    thresholds = np.load(CPU_THRESHOLDS) if arithmetic == "cpu" else search_thresholds(arithmetic)
+    if thresholds.shape != (NUM_TABLES,) or thresholds.dtype != np.float32 or (np.diff(thresholds) <= 0).any():
+        raise ValueError(f"{CPU_THRESHOLDS} is not 256 increasing float32 thresholds: damaged")
+    thresholds.setflags(write=False)
+    return thresholds
+
+
+def search_thresholds(arithmetic: str) -> np.ndarray:
+    """The thresholds of `arithmetic` under this machine's arithmetic: the map is monotone, so a binary search over
+    the float32 bit patterns of (0.1, 64.5] finds every threshold at once. For "cpu", only where torch's log is the
+    release's (MKL_CBWR=COMPATIBLE set before the process starts)."""
     k = np.arange(1, NUM_TABLES, dtype=np.int64)
     lo = np.full(k.shape, np.float32(0.1).view(np.int32), dtype=np.int64)  # index 0 < k
     hi = np.full(k.shape, np.float32(64.5).view(np.int32), dtype=np.int64)  # index 255 >= k
@@ -68,7 +84,6 @@ def index_thresholds(arithmetic: str = "cpu") -> np.ndarray:
         hi, lo = np.where(above, mid, hi), np.where(above, lo, mid)
     thresholds = np.zeros(NUM_TABLES, dtype=np.float32)
     thresholds[1:] = hi.astype(np.int32).view(np.float32)
-    thresholds.setflags(write=False)
     return thresholds
 
 
@@ -137,3 +152,20 @@ def read_header(data: bytes) -> tuple[int, int, int, int]:
     if len(data) < HEADER.size:
         raise ValueError(f"release header needs {HEADER.size} bytes, got {len(data)}")
     return HEADER.unpack(bytes(data[: HEADER.size]))
+
+
+def write_cpu_thresholds() -> Path:
+    """Compute the release's CPU thresholds (search_thresholds("cpu")) and write CPU_THRESHOLDS; refuses unless
+    MKL_CBWR=COMPATIBLE (torch's log is then MKL's vendor-neutral one, the release's, on any x86 CPU)."""
+    if os.environ.get("MKL_CBWR") != "COMPATIBLE":
+        raise SystemExit("run with MKL_CBWR=COMPATIBLE in the environment: torch's float32 log must be the release's")
+    from ..bitstream import atomic_write
+
+    buffer = io.BytesIO()
+    np.save(buffer, search_thresholds("cpu"))
+    atomic_write(CPU_THRESHOLDS, buffer.getvalue())
+    return CPU_THRESHOLDS
+
+
+if __name__ == "__main__":
+    print(f"wrote {write_cpu_thresholds()}", file=sys.stderr)

@@ -1,11 +1,18 @@
 """The release's scale -> table index arithmetic (compat README 9.2) against its goldens: the 255 float32 CPU
 thresholds, the CUDA emulation, every bfloat16 scale (the release's default GPU numerics), and the indexes of
 the block, prior and end-to-end goldens."""
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 from safetensors.torch import load_file
 
 from onedc_lib.entropy.release_format import index_thresholds, release_index
+
+REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
@@ -51,3 +58,17 @@ def test_write_step_indexes_of_the_model_goldens(compat_dir, name, steps):
     for step in range(4):
         key = prefix + steps.format(step)
         assert np.array_equal(release_index(tensors[f"{key}_scales"].numpy()), tensors[f"{key}_indexes"].numpy())
+
+
+def test_shipped_cpu_thresholds_are_computed_with_the_release_log(tmp_path):
+    """The shipped file is what the binary search gives under MKL's vendor-neutral log (the release's), computed
+    afresh in a process started with MKL_CBWR=COMPATIBLE; without that setting the writer refuses."""
+    script = ("import numpy as np, sys; from onedc_lib.entropy.release_format import search_thresholds; "
+              "np.save(sys.argv[1], search_thresholds('cpu'))")
+    env = {**os.environ, "MKL_CBWR": "COMPATIBLE", "PYTHONPATH": str(REPO)}
+    subprocess.run([sys.executable, "-c", script, str(tmp_path / "t.npy")], env=env, check=True, timeout=300)
+    assert np.array_equal(np.load(tmp_path / "t.npy"), index_thresholds("cpu"))
+    env.pop("MKL_CBWR")
+    refused = subprocess.run([sys.executable, "-m", "onedc_lib.entropy.release_format"], env=env, cwd=tmp_path,
+                             capture_output=True, text=True, timeout=300)
+    assert refused.returncode != 0 and "MKL_CBWR=COMPATIBLE" in refused.stderr
