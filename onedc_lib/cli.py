@@ -278,7 +278,10 @@ def _decompress(args: argparse.Namespace) -> int:
     from onedc_lib.release_cli import decompress_file
 
     def work(model, src, dst):
-        model.decode_options.exported = not args.reference
+        if args.reference:
+            import torch
+
+            model.decode_options.exported, model.decode_options.dtype = False, torch.float32
         image = decompress_file(model, src, dst, args.numerics)  # .odc or release-format files
         return f"{src} -> {dst}: {image.shape[-1]} x {image.shape[-2]} (W x H)"
 
@@ -542,8 +545,9 @@ def _parser() -> argparse.ArgumentParser:
                                       "(default: <image>.txt beside the image, else the shipped nano caption)")
         else:
             command.add_argument("--reference", action="store_true",
-                                 help="decode with the diffusers generator and VAE (the reference path) instead "
-                                      "of their exported graph (same bitstreams; images within float rounding)")
+                                 help="decode with the diffusers generator and VAE in float32 (the reference "
+                                      "path) instead of their exported graph and bf16 where the CPU or GPU has "
+                                      "bf16 units (same bitstreams; images within float rounding)")
         release_cli.add_file_options(command, name)
         command.set_defaults(run=run)
     release_cli.add_import_command(commands)

@@ -58,15 +58,16 @@ class DecoderGraph:
 
     # Without TorchScript's optimising executor: it profiles the first calls and re-optimises the graph, which
     # costs a one-shot decode (a CLI process) 0.3 s more than it saves on CPU.
+    # The traced parts run float32 whatever autocast is active; the plain VAE follows it.
     def generate(self, ctrl: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
-        with torch.jit.optimized_execution(False):
-            return self.module.generate(ctrl, tokens)
+        with torch.jit.optimized_execution(False), torch.autocast(ctrl.device.type, enabled=False):
+            return self.module.generate(ctrl.float(), tokens.float())
 
     def decode(self, latent: torch.Tensor) -> torch.Tensor:
         if self.vae is not None:
             return self.vae.decode(latent)
-        with torch.jit.optimized_execution(False):
-            return self.module.decode(latent)
+        with torch.jit.optimized_execution(False), torch.autocast(latent.device.type, enabled=False):
+            return self.module.decode(latent.float())
 
     def tensors(self, prefix: str = "") -> dict[str, torch.Tensor]:
         """The model tensors the graph holds whose names start with `prefix`, without the prefix."""

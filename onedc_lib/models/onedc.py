@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .. import bitstream, progress
+from .. import bitstream, memory, progress
 from ..config import ModelConfig, identity_dict
 from ..entropy import release_format
 from ..entropy.coder import GaussianCoder
@@ -66,8 +66,8 @@ class DecodeOptions:
     channels_last: NHWC activations (oneDNN's and cuDNN's faster convolutions); results differ from NCHW by
     float rounding only. dtype: autocast dtype of the image path; None = bfloat16 on CUDA and on CPUs with bf16
     units (`cpu_has_bf16`: AMX makes Real-ESRGAN x4plus ~4.7x faster than float32), float32 elsewhere (CPUs without
-    them are slower in bf16). An exported graph runs float32 whatever is set; a plain-torch VAE slot beside it
-    follows dtype. compile_backend: torch.compile the generator and the
+    them are slower in bf16), except that the exported graph, float32 only, runs where it applies (its fast start
+    matters more at nano scale); a plain-torch VAE slot beside the graph follows dtype. compile_backend: torch.compile the generator and the
     VAE decoder with this backend on first use (e.g. "inductor"; None = eager). vae_tile: see VAE.decode.
     exported: run the generator and the VAE decoder as the model's exported graph (`models/export.py`, no diffusers)
     where it applies (float32, no compile, the latent within one VAE tile); False = always the diffusers modules."""
@@ -166,12 +166,15 @@ class OneDC(nn.Module):
         self.encode_options = EncodeOptions()
         self._compiled_with: str | None = None
         self.weights_dtype = torch.float32  # of the image networks' convolutions and linear layers (cast_weights)
+        self.kept: str | None = None  # "compress" or "decompress": the one direction left (keep_only)
 
     # ------------------------------------------------------------------ identity
     @property
     def model_id(self) -> bytes:
         """16 bytes of SHA-256 over the decoding config and every tensor: a file names the exact model that wrote it."""
         if self._model_id is None:
+            if self.kept is not None:
+                raise RuntimeError("keep_only dropped part of this model: its id was the whole model's")
             if self.decode_only:  # its state_dict is part of the model's: the loader sets the id
                 raise RuntimeError("a decode-only model has no id until its loader sets it (weights.load_model)")
             self._model_id = model_id_of(self.config, self.state_dict())
@@ -204,7 +207,38 @@ class OneDC(nn.Module):
                 if isinstance(module, (nn.Conv2d, nn.Linear)):
                     module.to(dtype)
         self.weights_dtype = dtype
+        memory.trim()  # the float32 copies, freed
         return self
+
+    def keep_only(self, direction: str) -> "OneDC":
+        """Drops the networks that `direction` never runs, for a process that only compresses or only decompresses:
+        "compress" needs neither the generator, the VAE decoder, g_s nor h_sem (sd15: 1.9 of its 2.8 GB of bf16
+        weights, 3.7 of 5.2 GB in float32); "decompress" needs neither g_a, h_enc nor the VAE encoder (0.7 GB in
+        bf16). The model id stays the whole model's (taken first); the other direction refuses afterwards. Not
+        undone; weights cannot be loaded after."""
+        if direction not in ("compress", "decompress"):
+            raise ValueError(f"keep_only: 'compress' or 'decompress', not {direction!r}")
+        if self.kept not in (None, direction):
+            raise ValueError(f"this model kept only what {self.kept} runs: it cannot keep only {direction}")
+        _ = self.model_id  # of the whole model
+        vae = getattr(self, "vae", None)
+        if direction == "compress":
+            for name in ("generator", "text_guidance"):
+                if hasattr(self, name):
+                    delattr(self, name)
+            self.decoder_graph = None
+            self.codec.dec = self.codec.semantic_adaptor = None
+        else:
+            self.codec.enc = self.codec.hyper_enc = None
+        if vae is not None and hasattr(vae, "drop_part"):
+            vae.drop_part("decoder" if direction == "compress" else "encoder")
+        self.kept = direction
+        memory.trim()
+        return self
+
+    def _require(self, direction: str) -> None:
+        if self.kept is not None and self.kept != direction:
+            raise ValueError(f"this model kept only what {self.kept} runs (keep_only): it cannot {direction}")
 
     def _check_dtype(self, dtype: torch.dtype) -> None:
         if self.weights_dtype != torch.float32 and dtype != self.weights_dtype:
@@ -235,11 +269,14 @@ class OneDC(nn.Module):
                     captions: list[str] | None = None) -> torch.Tensor:
         """y_hat and z_semantic (and the captions of a text-guided model) -> image in [0, 1], height x width,
         computed as `self.decode_options` say."""
+        self._require("decompress")
         options = self.decode_options
         layout = torch.channels_last if options.channels_last else torch.contiguous_format
         dtype = options.autocast_dtype(y_hat.device)
-        self._check_dtype(dtype)
         graph = self.decoder_graph if self._graph_applies(y_hat, dtype) else None
+        if graph is not None and graph.vae is None:
+            dtype = torch.float32  # a traced generator and VAE: the whole image path in the graph's float32
+        self._check_dtype(dtype)
         if graph is None:
             self._compile_decoder(options.compile_backend)
         with torch.autocast(y_hat.device.type, dtype=dtype, enabled=dtype != torch.float32):
@@ -248,8 +285,7 @@ class OneDC(nn.Module):
             tokens = self.guidance(tokens, captions)
             progress.done()
             if graph is not None:
-                with torch.autocast(y_hat.device.type, enabled=False):  # a traced graph is float32
-                    x0 = graph.generate(ctrl.float(), tokens.float())
+                x0 = graph.generate(ctrl, tokens)
                 progress.done()
                 image = graph.decode(x0.contiguous(memory_format=layout))
             else:
@@ -261,15 +297,15 @@ class OneDC(nn.Module):
 
     def _graph_applies(self, y_hat: torch.Tensor, dtype: torch.dtype) -> bool:
         """Whether reconstruct runs the exported graph: it exists and was asked for, without compile on the graph's
-        device, float32 or a plain VAE beside it (the traced generator runs float32, the VAE in `dtype`), and the
-        latent (y_hat is at 1/16, the latent at 1/8) within one VAE decode tile."""
+        device, float32 (asked for or by default) or a plain VAE beside it (the traced generator runs float32, the
+        VAE in `dtype`), and the latent (y_hat is at 1/16, the latent at 1/8) within one VAE decode tile."""
         from .vae import DECODE_TILE, check_tiling
 
         options = self.decode_options
         tile = options.vae_tile if options.vae_tile is not None else DECODE_TILE
         check_tiling(tile, self.config.vae.attention_window)  # a bad setting fails on either path
         return (self.decoder_graph is not None and options.exported
-                and (dtype == torch.float32 or self.decoder_graph.vae is not None)
+                and (dtype == torch.float32 or options.dtype is None or self.decoder_graph.vae is not None)
                 and options.compile_backend is None and y_hat.device == self.decoder_graph.device
                 and 2 * max(y_hat.shape[-2:]) <= tile)
 
@@ -331,6 +367,7 @@ class OneDC(nn.Module):
         A text-guided model needs the image's caption and writes it into the file (section `cap`): the decoder
         has no other way to know it, so its bytes count in the bpp. Hyperprior-guided models ignore it."""
         check_image_tensor(x)
+        self._require("compress")
         if self.decode_only:
             raise ValueError(f"{self.config.name} was loaded for decoding only (decode_only=True): load it with "
                              "weights.load_model(name) to compress")
@@ -361,6 +398,7 @@ class OneDC(nn.Module):
     def _entropy_inputs(self, x: torch.Tensor):
         """(z indices, the prior's steps with y's symbols and scales, or None for the z-only model) of an image."""
         bitstream.check_image_size(*x.shape[-2:])
+        self._require("compress")
         xp = pad_to_multiple(x.to(self._device, torch.float32))
         options = self.encode_options
         self._check_dtype(options.dtype)
