@@ -88,7 +88,7 @@ def run_demo(model, out_dir: str | Path, names=tuple(SAMPLES), metrics=None) -> 
         image_u8 = (image.permute(1, 2, 0) * 255).round().byte().numpy()
         avif_quality, avif_file = avif_near(image_u8, file_bytes)
         atomic_write(out_dir / f"{name}.avif", avif_file)
-        avif_image = torch.from_numpy(BASELINES["avif"].decode(avif_file)).permute(2, 0, 1).float() / 255
+        avif_image = torch.tensor(BASELINES["avif"].decode(avif_file)).permute(2, 0, 1).float() / 255
         save_image(avif_image, out_dir / f"{name}_avif.png")
         avif_scores = {f"avif_{k}": v for k, v in metrics(image, avif_image).items() if k in metrics.metrics}
         rows.append({
