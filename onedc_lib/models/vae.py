@@ -103,14 +103,19 @@ def make_lean(block: nn.Module) -> None:
     """Gives one of the VAE's diffusers blocks a forward that, without gradients, keeps fewer full-size maps alive:
     a ResnetBlock2D (no time embedding, no resampling, SiLU: `_lean_resnet_forward`), a Downsample2D or an Upsample2D
     with a 3x3 convolution (strips of rows): the same bits, or on maps above IN_PLACE_ELEMENTS the same results up to
-    float rounding. The VAE's full-resolution maps are what its memory peaks on (SD's VAE at 2048 x 1408: 1.5 GB
+    float rounding; an Encoder whose first level is plain resnets and a Downsample2D (SD's), which in bf16 on maps
+    above STRIP_LEVEL_ELEMENTS computes that level by strips (`_first_level_by_strips`). The VAE's full-resolution maps are what its memory peaks on (SD's VAE at 2048 x 1408: 1.5 GB
     per 128-channel map in float32). Other blocks are left as they are."""
     from diffusers.models.downsampling import Downsample2D
     from diffusers.models.resnet import ResnetBlock2D
     from diffusers.models.upsampling import Upsample2D
 
+    from diffusers.models.autoencoders.vae import Encoder
+
     # bound methods, not closures: deepcopy rebinds them to the copy (stage 0 copies the autoencoder)
-    if (type(block) is ResnetBlock2D and block.upsample is None and block.downsample is None
+    if type(block) is Encoder and _strippable_level(block):
+        block.forward = types.MethodType(_lean_encoder_forward, block)
+    elif (type(block) is ResnetBlock2D and block.upsample is None and block.downsample is None
             and block.time_emb_proj is None and isinstance(block.nonlinearity, nn.SiLU)):
         block.forward = types.MethodType(_lean_resnet_forward, block)
     elif (type(block) is Downsample2D and block.use_conv and block.padding == 0 and block.norm is None
@@ -195,9 +200,208 @@ def _by_rows(strip, height: int) -> torch.Tensor:
     return out
 
 
+def _plain_conv(conv: nn.Module, stride: int = 1, padding: int = 1, same_channels: bool = True) -> bool:
+    return (type(conv) is nn.Conv2d and "forward" not in conv.__dict__ and conv.kernel_size == (3, 3)
+            and conv.stride == (stride, stride) and conv.padding == (padding, padding) and conv.dilation == (1, 1)
+            and conv.groups == 1 and conv.padding_mode == "zeros"
+            and (not same_channels or conv.in_channels == conv.out_channels))
+
+
+def _plain_norm(norm: nn.Module) -> bool:
+    return type(norm) is nn.GroupNorm and "forward" not in norm.__dict__ and norm.affine
+
+
+def _strippable_level(encoder: nn.Module) -> bool:
+    """Whether an Encoder's first level is what `_first_level_by_strips` computes: conv_in, resnets without a
+    shortcut convolution (GroupNorm, SiLU, 3x3 convolutions), a Downsample2D's stride-2 convolution."""
+    from diffusers.models.downsampling import Downsample2D
+    from diffusers.models.resnet import ResnetBlock2D
+
+    if not (_plain_conv(encoder.conv_in, same_channels=False) and len(encoder.down_blocks) > 1):
+        return False
+    block = encoder.down_blocks[0]
+    resnets, down = list(getattr(block, "resnets", [])), getattr(block, "downsamplers", None)
+    if not resnets or down is None or len(down) != 1:
+        return False
+    down = down[0]
+    if not (type(down) is Downsample2D and down.use_conv and down.padding == 0 and down.norm is None
+            and _plain_conv(down.conv, stride=2, padding=0)):
+        return False
+    return all(type(r) is ResnetBlock2D and r.upsample is None and r.downsample is None and r.time_emb_proj is None
+               and r.conv_shortcut is None and isinstance(r.nonlinearity, nn.SiLU) and _plain_norm(r.norm1)
+               and _plain_norm(r.norm2) and _plain_conv(r.conv1) and _plain_conv(r.conv2)
+               and r.conv1.in_channels == encoder.conv_in.out_channels
+               and not (r.training and r.dropout.p) for r in resnets)
+
+
+def _lean_encoder_forward(encoder: nn.Module, sample: torch.Tensor) -> torch.Tensor:
+    """diffusers' Encoder.forward (no gradients), its first level by strips (`_first_level_by_strips`) where the
+    map is of STRIP_LEVEL_ELEMENTS or more and the level runs in a low precision (autocast to another dtype than
+    float32, or weights in one): the float32 path keeps diffusers' arithmetic."""
+    if torch.is_grad_enabled() or not _strips_apply(encoder, sample):
+        return type(encoder).forward(encoder, sample)
+    sample = _first_level_by_strips(encoder, sample)
+    for down_block in encoder.down_blocks[1:]:
+        sample = down_block(sample)
+    sample = encoder.mid_block(sample)
+    sample = encoder.conv_norm_out(sample)
+    sample = encoder.conv_act(sample)
+    return encoder.conv_out(sample)
+
+
+def _strips_apply(encoder: nn.Module, sample: torch.Tensor) -> bool:
+    conv_in = encoder.conv_in
+    elements = sample.shape[0] * conv_in.out_channels * sample.shape[-2] * sample.shape[-1]
+    device = sample.device.type
+    low = ((torch.is_autocast_enabled(device) and torch.get_autocast_dtype(device) != torch.float32)
+           or conv_in.weight.dtype != torch.float32)
+    return elements >= STRIP_LEVEL_ELEMENTS and (low or STRIP_LEVEL_FLOAT32)
+
+
+class _GroupStats:
+    """Per sample and group sum and sum of squares (float64) of a map seen strip by strip: its GroupNorm statistics."""
+
+    def __init__(self, norm: nn.GroupNorm):
+        self.norm = norm
+        self.total = self.squares = None
+        self.count = 0
+
+    def add(self, rows: torch.Tensor) -> None:
+        groups = rows.unflatten(1, (self.norm.num_groups, -1))
+        total = torch.zeros(groups.shape[:2], dtype=torch.float64, device=rows.device)
+        squares = torch.zeros_like(total)
+        for g in range(groups.shape[1]):  # a float64 copy of one group of the strip at a time
+            part = groups[:, g].double()
+            total[:, g], squares[:, g] = part.sum((1, 2, 3)), part.square().sum((1, 2, 3))
+        self.total = total if self.total is None else self.total + total
+        self.squares = squares if self.squares is None else self.squares + squares
+        self.count += groups[0, 0].numel()
+
+    def silu_of_normed(self, rows: torch.Tensor) -> torch.Tensor:
+        """silu(norm(rows)) with these statistics, in float32 as GroupNorm computes under autocast."""
+        norm = self.norm
+        mean = self.total / self.count
+        var = (self.squares / self.count - mean.square()).clamp_min(0)
+        shape = (*mean.shape, 1, 1, 1)
+        groups = rows.float().unflatten(1, (norm.num_groups, -1))
+        normed = (groups - mean.view(shape).float()).mul_((var + norm.eps).rsqrt().view(shape).float()).flatten(1, 2)
+        normed = normed.mul_(norm.weight.float().view(1, -1, 1, 1)).add_(norm.bias.float().view(1, -1, 1, 1))
+        return F.silu(normed, inplace=True)
+
+
+def _conv_rows(conv: nn.Module, source, top: int, bottom: int, height: int) -> torch.Tensor:
+    """Rows [top, bottom) of conv (3x3, stride 1, zero padding 1) of the map of `height` rows whose rows [lo, hi)
+    source(lo, hi) gives: from its rows one above and one below (zero padding at the map's edges)."""
+    low, high = max(top - 1, 0), min(bottom + 1, height)
+    out = conv(source(low, high))
+    return out[:, :, top - low:bottom - low]
+
+
+def _resnet_rows(resnet: nn.Module, source, stats1: _GroupStats, stats2: _GroupStats, top: int, bottom: int,
+                 height: int) -> torch.Tensor:
+    """Rows [top, bottom) of a resnet's output (input + conv2(silu(norm2(conv1(silu(norm1(input))))))) from its
+    input's rows (`source`, two above and below) and the statistics of its two norms' inputs."""
+    def conv1(lo: int, hi: int) -> torch.Tensor:
+        return stats2.silu_of_normed(_conv_rows(resnet.conv1, lambda a, b: stats1.silu_of_normed(source(a, b)),
+                                                lo, hi, height))
+    h = _conv_rows(resnet.conv2, conv1, top, bottom, height)
+    h = h.add_(source(top, bottom))
+    return h if resnet.output_scale_factor == 1 else h / resnet.output_scale_factor
+
+
+def _over_strips(rows, height: int, into: torch.Tensor | None = None, stats: _GroupStats | None = None,
+                 halo: int = 0, pass_source: bool = False) -> torch.Tensor | None:
+    """Calls rows(top, bottom) for strips of STRIP_ROWS rows, top to bottom, adding each to `stats`; with `into`
+    (a map of `height` rows, or None for a new one when `into` is True) writes them there and returns it. With
+    `pass_source`, rows(get, top, bottom) reads `into` as it was before this pass through get(lo, hi), lo >= top -
+    halo (the rows above the strip saved before they are overwritten)."""
+    out = None if into is True or into is None else into
+    saved, saved_top = None, 0
+    for top in range(0, height, STRIP_ROWS):
+        bottom = min(top + STRIP_ROWS, height)
+        if pass_source:
+            def get(lo: int, hi: int, top=top, saved=saved, saved_top=saved_top) -> torch.Tensor:
+                if lo >= top:
+                    return out[:, :, lo:hi]
+                return torch.cat([saved[:, :, lo - saved_top:], out[:, :, top:hi]], dim=2)
+            piece = rows(get, top, bottom)
+            saved_top = max(bottom - halo, 0)
+            saved = out[:, :, saved_top:bottom].clone()
+        else:
+            piece = rows(top, bottom)
+        if stats is not None:
+            stats.add(piece)
+        if into is True and out is None:
+            layout = (torch.channels_last if piece.is_contiguous(memory_format=torch.channels_last)
+                      and not piece.is_contiguous() else torch.contiguous_format)
+            out = torch.empty((*piece.shape[:2], height, piece.shape[-1]), dtype=piece.dtype, device=piece.device,
+                              memory_format=layout)
+        if out is not None:
+            out[:, :, top:bottom] = piece
+    return out
+
+
+def _first_level_by_strips(encoder: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """conv_in, the first down block's resnets and its downsampling, without any full-resolution map but one: the
+    GroupNorm statistics (over the whole map) are gathered in passes over strips, conv_in is recomputed from the
+    image where needed, and one stored map holds in turn the first resnet's first convolution, then each resnet's
+    output but the last, whose rows the downsampling reads as they are computed. SD's VAE at 4096 x 2816: one
+    2.95 GB map in bf16 (diffusers' path holds three, the lean resnets two); five 3x3 convolutions of the level
+    computed where diffusers computes four (the first's of each resnet after the first twice). The same results up
+    to float rounding (the statistics in float64; tests/models/test_vae.py)."""
+    block = encoder.down_blocks[0]
+    resnets, down = list(block.resnets), block.downsamplers[0]
+    height = x.shape[-2]
+
+    def h0(top: int, bottom: int) -> torch.Tensor:
+        return _conv_rows(encoder.conv_in, lambda lo, hi: x[:, :, lo:hi], top, bottom, height)
+
+    first = resnets[0]
+    stats_in = _GroupStats(first.norm1)
+    _over_strips(h0, height, stats=stats_in)  # the statistics of conv_in's output
+    stats_mid = _GroupStats(first.norm2)
+    store = _over_strips(lambda top, bottom: _conv_rows(first.conv1, lambda lo, hi: stats_in.silu_of_normed(
+        h0(lo, hi)), top, bottom, height), height, into=True, stats=stats_mid)  # resnet 0's conv1
+
+    def resnet0_out(get, top: int, bottom: int) -> torch.Tensor:  # from its stored conv1 rows and conv_in's
+        h = _conv_rows(first.conv2, lambda lo, hi: stats_mid.silu_of_normed(get(lo, hi)), top, bottom, height)
+        h = h.add_(h0(top, bottom))
+        return h if first.output_scale_factor == 1 else h / first.output_scale_factor
+
+    if len(resnets) == 1:
+        stored = store
+        last = lambda top, bottom: resnet0_out(lambda lo, hi: stored[:, :, lo:hi], top, bottom)  # noqa: E731
+    else:
+        stats_in = _GroupStats(resnets[1].norm1)
+        _over_strips(resnet0_out, height, into=store, stats=stats_in, halo=1, pass_source=True)
+        for i, resnet in enumerate(resnets[1:], start=1):
+            stats_mid = _GroupStats(resnet.norm2)
+            _over_strips(lambda top, bottom: _conv_rows(resnet.conv1, lambda lo, hi: stats_in.silu_of_normed(
+                store[:, :, lo:hi]), top, bottom, height), height, stats=stats_mid)  # conv1's statistics
+            if i == len(resnets) - 1:
+                break
+            stats_next = _GroupStats(resnets[i + 1].norm1)
+            _over_strips(lambda get, top, bottom: _resnet_rows(resnet, get, stats_in, stats_mid, top, bottom, height),
+                         height, into=store, stats=stats_next, halo=2, pass_source=True)
+            stats_in = stats_next
+        last_resnet, last_in, last_mid = resnets[-1], stats_in, stats_mid
+        last = lambda top, bottom: _resnet_rows(last_resnet, lambda lo, hi: store[:, :, lo:hi], last_in,  # noqa
+                                                last_mid, top, bottom, height)
+
+    out_height = (height + 1 - 3) // 2 + 1  # Downsample2D pads one row and column at the bottom and right
+
+    def downsampled(top: int, bottom: int) -> torch.Tensor:
+        rows = last(2 * top, min(2 * bottom + 1, height))  # output row i sees rows 2i .. 2i + 2
+        return down.conv(F.pad(rows, (0, 1, 0, 2 * bottom + 1 - 2 * top - rows.shape[-2])))
+
+    return _over_strips(downsampled, out_height, into=True)
+
+
 IN_PLACE_ELEMENTS = 1 << 25  # 32 M: SD's VAE from 128 channels at 512^2 (a 2048 x 1408 image: 369 M at 1/1)
 STRIP_ROWS = 64  # rows per convolution step of _in_place_conv
 NORM_GROUPS = 4  # groups per step of _in_place_norm
+STRIP_LEVEL_ELEMENTS = 1 << 28  # 256 M: the encoder's first level by strips from 2 M pixels at 128 channels (SD)
+STRIP_LEVEL_FLOAT32 = False  # the strips in float32 too (tests: diffusers' arithmetic is the float32 path's)
 
 
 def _in_place_conv(conv: nn.Module, h: torch.Tensor, in_place: bool) -> torch.Tensor:
@@ -325,6 +529,16 @@ class VAE(nn.Module):
     @property
     def decoder_part(self) -> nn.Module:
         return nn.ModuleList([self.autoencoder.decoder, self.autoencoder.post_quant_conv])
+
+    def drop_part(self, part: str) -> None:
+        """Frees the "encoder" (with quant_conv) or the "decoder" (with post_quant_conv), for a process that runs
+        the other direction only (OneDC.keep_only)."""
+        if part == "encoder":
+            self.autoencoder.encoder = self.autoencoder.quant_conv = None
+        elif part == "decoder":
+            self.autoencoder.decoder = self.autoencoder.post_quant_conv = None
+        else:
+            raise ValueError(f"drop_part: 'encoder' or 'decoder', not {part!r}")
 
     def decode(self, latent: torch.Tensor, clamp: bool = True, tile: int | None = None) -> torch.Tensor:
         """Latent (scaled) -> image; clamped to [-1, 1] unless a loss wants the raw output.

@@ -99,3 +99,30 @@ def test_bf16_weights_compute_the_autocast_bits_in_half_the_memory(image):
         model.decompress(data)
     with options(model, EncodeOptions(), FAST_DECODING), pytest.raises(ValueError, match="bfloat16"):
         model.compress(image)
+
+
+def test_keep_only_one_direction_writes_and_reads_the_same_files(image):
+    """keep_only: a model that only compresses writes the whole model's file (same id) without the generator and
+    the VAE decoder; one that only decompresses decodes it to the same image without g_a, h_enc and the VAE
+    encoder; each refuses the other direction."""
+    whole = build_model("nano_q3")
+    data = whole.compress(image).to_bytes()
+    decoded = whole.decompress(data)
+    encoder = build_model("nano_q3").keep_only("compress")
+    decoder = build_model("nano_q3").keep_only("decompress")
+    assert not hasattr(encoder, "generator") and encoder.vae.autoencoder.decoder is None
+    assert decoder.codec.enc is None and decoder.codec.hyper_enc is None and decoder.vae.autoencoder.encoder is None
+    assert encoder.model_id == decoder.model_id == whole.model_id
+    assert encoder.compress(image).to_bytes() == data
+    assert torch.equal(decoder.decompress(data), decoded)
+    with pytest.raises(ValueError, match="kept only what compress runs"):
+        encoder.decompress(data)
+    with pytest.raises(ValueError, match="kept only what decompress runs"):
+        decoder.compress(image)
+    with pytest.raises(ValueError):
+        decoder.keep_only("compress")
+    with pytest.raises(ValueError):
+        whole.keep_only("encode")
+    fast = build_model("nano_q3").keep_only("compress").cast_weights(torch.bfloat16)  # the benchmarks' order
+    with options(fast, FAST_ENCODING, FAST_DECODING):
+        fast.compress(image)

@@ -288,7 +288,7 @@ def test_large_maps_by_strips_decode_and_encode_as_diffusers(monkeypatch, dtype)
     monkeypatch.setattr(vae_module, "IN_PLACE_ELEMENTS", 0)
     vae = tiny_vae(window=8).eval()
     plain = diffusers_forward(vae)
-    assert sum("forward" in b.__dict__ for b in vae.modules()) == 12  # 10 resnets, 1 down-, 1 upsampler
+    assert sum("forward" in b.__dict__ for b in vae.modules()) == 13  # 10 resnets, 1 down-, 1 upsampler, encoder
     layout = torch.channels_last if dtype == torch.bfloat16 else torch.contiguous_format
     x, latent = image(42, 58).contiguous(memory_format=layout), smooth_latent(21, 29)
     outputs = []
@@ -298,3 +298,74 @@ def test_large_maps_by_strips_decode_and_encode_as_diffusers(monkeypatch, dtype)
     for a, b in zip(*outputs):
         assert a.shape == b.shape and a.dtype == b.dtype
         torch.testing.assert_close(a, b, rtol=0, atol=1e-5 if dtype == torch.float32 else 2e-2)
+
+
+def strip_vae(layers: int) -> VAE:
+    """TINY with three levels, `layers` resnets a level and GroupNorm affines away from 1 and 0."""
+    torch.manual_seed(0)
+    vae = VAE(VAEConfig(autoencoder={**TINY, "block_out_channels": (8, 16, 16), "layers_per_block": layers,
+                                     "down_block_types": ("DownEncoderBlock2D",) * 3,
+                                     "up_block_types": ("UpDecoderBlock2D",) * 3}, attention_window=8))
+    for module in vae.modules():
+        if isinstance(module, torch.nn.GroupNorm):
+            module.weight.data.normal_(1, 0.3)
+            module.bias.data.normal_(0, 0.3)
+    return vae.eval()
+
+
+@pytest.mark.parametrize("layers", [1, 2, 3])
+def test_encoder_first_level_by_strips_is_diffusers_encoder(monkeypatch, layers):
+    """The encoder's first level by strips (statistics over strips, one stored map rewritten in place) against
+    diffusers' Encoder.forward: float32 within rounding (1e-6 measured), odd sizes and a batch of two, strips of
+    3 rows (edge strips of 1 and 2); in bf16 the same distance from the float32 encoder as diffusers' bf16 one."""
+    monkeypatch.setattr(vae_module, "STRIP_ROWS", 3)
+    monkeypatch.setattr(vae_module, "STRIP_LEVEL_ELEMENTS", 0)
+    monkeypatch.setattr(vae_module, "STRIP_LEVEL_FLOAT32", True)
+    encoder = strip_vae(layers).autoencoder.encoder
+    assert "forward" in encoder.__dict__
+    plain = type(encoder).forward
+    for h, w in ((37, 29), (40, 24), (5, 9)):
+        x = torch.randn(2, 3, h, w, generator=torch.Generator().manual_seed(h))
+        with torch.no_grad():
+            got, want = encoder(x), plain(encoder, x)
+        assert got.shape == want.shape
+        torch.testing.assert_close(got, want, rtol=0, atol=1e-5)
+    monkeypatch.setattr(vae_module, "STRIP_LEVEL_FLOAT32", False)
+    x = torch.randn(1, 3, 64, 48, generator=torch.Generator().manual_seed(0)).contiguous(
+        memory_format=torch.channels_last)
+    with torch.no_grad():
+        exact = plain(encoder, x)  # float32 without autocast: diffusers' path (the strips are off)
+        torch.testing.assert_close(encoder(x), exact, rtol=0, atol=0)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            got, want = encoder(x).float(), plain(encoder, x).float()
+    assert not torch.equal(got, want)  # the strips ran
+    mse_strips, mse_diffusers = ((got - exact) ** 2).mean(), ((want - exact) ** 2).mean()
+    assert mse_strips < 1.5 * mse_diffusers + 1e-6, (mse_strips, mse_diffusers)
+
+
+def test_encoder_strips_only_on_large_low_precision_maps(monkeypatch):
+    """Below STRIP_LEVEL_ELEMENTS, or in float32, the encoder runs diffusers' forward (bit for bit)."""
+    encoder = strip_vae(2).autoencoder.encoder
+    called = []
+    monkeypatch.setattr(vae_module, "_first_level_by_strips", lambda *a: called.append(1) or None)
+    x = image(16, 16)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        encoder(x)
+    assert not called
+    monkeypatch.setattr(vae_module, "STRIP_LEVEL_ELEMENTS", 0)
+    with torch.no_grad():
+        encoder(x)  # float32
+    assert not called
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16), pytest.raises(Exception):
+        encoder(x)  # the stub returns None: the strips were asked for
+    assert called
+
+
+def test_drop_part():
+    vae = tiny_vae()
+    latent = vae.encode(image())
+    vae.drop_part("encoder")
+    assert vae.autoencoder.encoder is None and vae.autoencoder.quant_conv is None
+    assert vae.decode(latent).shape == (1, 3, 32, 32)
+    with pytest.raises(ValueError):
+        vae.drop_part("generator")
