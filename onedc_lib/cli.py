@@ -87,8 +87,9 @@ def _info(args: argparse.Namespace) -> int:
     return 0
 
 
-def _load_model(name: str | None, decode_only: bool = False):
-    """load_model, with its warnings (untrained weights) printed as one line each on stderr."""
+def _load_model(name: str | None, decode_only: bool = False, keep: str | None = None):
+    """load_model, with its warnings (untrained weights) printed as one line each on stderr; `keep`: only what that
+    direction runs (OneDC.keep_only: compress never needs the generator or the VAE decoder)."""
     import warnings
 
     from onedc_lib.weights import load_model
@@ -98,7 +99,7 @@ def _load_model(name: str | None, decode_only: bool = False):
         model = load_model(name, decode_only=decode_only)
     for w in caught:
         print(f"onedc: warning: {w.message}", file=sys.stderr)
-    return model
+    return model.keep_only(keep) if keep else model
 
 
 class _JobError(Exception):
@@ -139,10 +140,11 @@ def _jobs(args: argparse.Namespace, suffixes: set[str], out_suffix: str) -> list
     return jobs
 
 
-def _run_jobs(args: argparse.Namespace, suffixes: set[str], out_suffix: str, work, decode_only: bool = False) -> int:
+def _run_jobs(args: argparse.Namespace, suffixes: set[str], out_suffix: str, work, decode_only: bool = False,
+              keep: str | None = None) -> int:
     """Runs work(model, src, dst) -> one line per job, with a progress bar for folders; bad files are reported
-    and skipped (exit code 1 at the end), the others still done. decode_only: see weights.load_model. Without
-    --model, `decompress` takes the model each file names (model_for_file)."""
+    and skipped (exit code 1 at the end), the others still done. decode_only: see weights.load_model; keep: see
+    _load_model. Without --model, `decompress` takes the model each file names (model_for_file)."""
     from pathlib import Path
 
     from tqdm import tqdm  # torch imports it anyway
@@ -159,7 +161,7 @@ def _run_jobs(args: argparse.Namespace, suffixes: set[str], out_suffix: str, wor
     models = {}
     try:
         if not from_file:
-            models[args.model] = _load_model(args.model, decode_only)
+            models[args.model] = _load_model(args.model, decode_only, keep)
     except WeightsError as e:
         return _fail(EXIT_USAGE, str(e))
     code = 0
@@ -167,7 +169,7 @@ def _run_jobs(args: argparse.Namespace, suffixes: set[str], out_suffix: str, wor
         try:
             name = model_for_file(src) if from_file else args.model
             if name not in models:
-                models[name] = _load_model(name, decode_only)
+                models[name] = _load_model(name, decode_only, keep)
             Path(dst).parent.mkdir(parents=True, exist_ok=True)
             single = len(jobs) == 1  # (a folder has its bar over the files)
             long = single and _megapixels(src, coded=args.command == "decompress") >= LONG_IMAGE_MP
@@ -270,8 +272,9 @@ def _compress(args: argparse.Namespace) -> int:
 
         from onedc_lib.release_cli import compress_release
 
-        return _run_jobs(args, IMAGE_SUFFIXES, ".bin", partial(compress_release, numerics=args.numerics))
-    return _run_jobs(args, IMAGE_SUFFIXES, ".odc", work)
+        return _run_jobs(args, IMAGE_SUFFIXES, ".bin", partial(compress_release, numerics=args.numerics),
+                         keep="compress")
+    return _run_jobs(args, IMAGE_SUFFIXES, ".odc", work, keep="compress")
 
 
 def _decompress(args: argparse.Namespace) -> int:

@@ -230,3 +230,12 @@ def test_decompress_with_another_model(tmp_path):
     assert lines[0].startswith("onedc: warning: no trained weights for 'nano_zonly'")
     assert lines[-1].startswith(f"onedc: {odc}: this file was written by model ") and "nano_zonly" in lines[-1]
     assert len(lines) == 2 and not png.exists()
+
+
+def test_compress_loads_only_what_compress_runs(tmp_path, capsys):
+    """onedc compress keeps only the encoder side (OneDC.keep_only): no generator, no VAE decoder in memory."""
+    from onedc_lib import cli
+
+    model = cli._load_model("nano_q3", keep="compress")
+    assert model.kept == "compress" and not hasattr(model, "generator")
+    assert model.vae.autoencoder.decoder is None
