@@ -5,12 +5,15 @@ produce, but takes seconds per photograph on a CPU; smaller pretrained networks 
 those images. This stage starts from a pretrained decoder cut to size (`initial_state`: the tensors of the student
 that the pretrained network also has, e.g. the first K RRDB blocks and the whole upsampler of realesrgan-x4plus)
 and trains it to turn the small images of the given models into the photographs (L1 + LPIPS, the stage-I losses),
-the codec and generator frozen. It writes OUT/decoder.safetensors and, for each model, OUT/models/<name>/: that
-model with the decoder in its VAE slot (a new model id; bundle it as any model folder).
+or, with --target teacher, into what the models' own decoder makes of them (distillation: the student learns the
+pretrained decoder's colours and detail, not a regression to the photograph; trained on photographs, a 3-block
+student took on a colour cast), the codec and generator frozen. It writes OUT/decoder.safetensors and, for each
+model, OUT/models/<name>/: that model with the decoder in its VAE slot (a new model id; bundle it as any model
+folder).
 
     python -m onedc_lib.training.decoder_tune --models runs/q1/model runs/q3/model \\
-        --decoder '{"arch": "rrdbnet", "num_feat": 64, "num_block": 3, "num_grow": 32}' \\
-        --init realesrgan-x4plus --data out/nano_data_v2/train --out runs/decoder --steps 1500 --resume auto
+        --decoder '{"arch": "rrdbnet", "num_feat": 64, "num_block": 12, "num_grow": 32}' --target teacher \\
+        --init realesrgan-x4plus --data out/nano_data/train --out runs/decoder --steps 1500 --resume auto
 """
 from __future__ import annotations
 
@@ -52,20 +55,33 @@ def small_images(model, x: torch.Tensor) -> torch.Tensor:
     return (model.vae.small_image(x0).clamp(-1, 1) + 1)[..., :x.shape[-2] // 4, :x.shape[-1] // 4] / 2
 
 
-class DecoderStep(nn.Module):
-    """One step: the small images of one of the frozen models (in turn) through the decoder, against the crop."""
+TARGETS = ("photo", "teacher")
 
-    def __init__(self, decoder: nn.Module, models: list, lpips: nn.Module | None):
+
+class DecoderStep(nn.Module):
+    """One step: the small images of one of the frozen models (in turn) through the decoder, against the crop
+    (target "photo") or against that model's own decoder's output on the same small images ("teacher")."""
+
+    def __init__(self, decoder: nn.Module, models: list, lpips: nn.Module | None, target: str = "photo"):
         super().__init__()
+        if target not in TARGETS:
+            raise ValueError(f"target must be one of {TARGETS}, not {target!r}")
         self.decoder = decoder
+        self.target = target
         self.frozen = [models, lpips]  # a list: not registered, never trained or saved
 
     def forward(self, batch: dict, step: int) -> dict:
         models, lpips = self.frozen
-        x = batch["image"]
-        y = self.decoder(small_images(models[step % len(models)], x))
+        model = models[step % len(models)]
+        small = small_images(model, batch["image"])
+        if self.target == "teacher":
+            with torch.no_grad():
+                x = model.vae.sr(small)  # unclamped: the whole function is learnt, not only its [0, 1] part
+        else:
+            x = batch["image"]
+        y = self.decoder(small)
         l1 = (y - x).abs().mean()
-        perceptual = lpips(y.clamp(0, 1), x).float() if lpips is not None else l1.new_zeros(())
+        perceptual = lpips(y.clamp(0, 1), x.clamp(0, 1)).float() if lpips is not None else l1.new_zeros(())
         return {"loss": l1 + perceptual, "l1": l1.detach(), "lpips": perceptual.detach(), "psnr": loop.psnr(y, x)}
 
 
@@ -77,7 +93,8 @@ def model_name(folder: Path) -> str:
 class DecoderTask(loop.Task):
     name = "decoder_tune"
 
-    def __init__(self, folders: list[Path], arch: dict, init: str | None, lr: float, lpips: str | None = "auto"):
+    def __init__(self, folders: list[Path], arch: dict, init: str | None, lr: float, lpips: str | None = "auto",
+                 target: str = "photo"):
         from ..losses import build_lpips
 
         self.folders = folders
@@ -91,7 +108,8 @@ class DecoderTask(loop.Task):
         if init is not None:
             decoder.load_state_dict(initial_state(decoder, init))
         self.lr = lr
-        self.step_module = DecoderStep(decoder.train(), self.models, build_lpips(lpips, self.config.loss.lpips_net))
+        self.step_module = DecoderStep(decoder.train(), self.models, build_lpips(lpips, self.config.loss.lpips_net),
+                                       target)
 
     def objectives(self) -> list[loop.Objective]:
         return [loop.Objective("decoder", self.step_module, self.lr)]
@@ -140,6 +158,8 @@ def main(argv: list[str] | None = None) -> Path:
     parser.add_argument("--models", nargs="+", required=True, help="trained pixel_sr model folders")
     parser.add_argument("--decoder", required=True, help="the decoder to train, a vae.sr_decoder JSON object")
     parser.add_argument("--init", default=None, help="provisioned decoder to cut it from (default: random)")
+    parser.add_argument("--target", choices=TARGETS, default="photo", help="what the decoder learns to output: "
+                        "the photograph, or the models' own (pretrained) decoder's output: distillation")
     parser.add_argument("--lr", type=float, default=1e-4)
     parser.add_argument("--crop", type=int, default=None, help="training crop in image pixels (default: the "
                         "first model's train.crop)")
@@ -158,14 +178,15 @@ def main(argv: list[str] | None = None) -> Path:
     except ValueError as error:
         parser.error(f"--decoder is not JSON ({error})")
     loop.seed_everything(args.seed)
-    task = DecoderTask([Path(m) for m in args.models], arch, args.init, args.lr, args.lpips)
+    task = DecoderTask([Path(m) for m in args.models], arch, args.init, args.lr, args.lpips, args.target)
     cfg = task.config.train
     accelerator = loop.make_accelerator(cfg)
     dataset, what = loop.dataset_from_args(args.data)
     batches = loop.Batches(dataset, args.batch_size or cfg.batch_size, args.crop or cfg.crop, seed=args.seed,
                            rank=accelerator.process_index, world_size=accelerator.num_processes, num_workers=0)
     if accelerator.is_main_process:
-        print(f"decoder {arch}: {args.steps} steps on {what}, {len(task.models)} model(s)", flush=True)
+        print(f"decoder {arch}: {args.steps} steps on {what}, {len(task.models)} model(s), target {args.target}",
+              flush=True)
     loop.train(accelerator, task, batches, args.out, args.steps, resume=args.resume)
     return Path(args.out) / "models"
 

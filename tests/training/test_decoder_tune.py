@@ -1,5 +1,6 @@
 """training/decoder_tune.py: a compact decoder cut from a pretrained one, trained on a model's small images, and
 the models written with it."""
+import copy
 import json
 import warnings
 
@@ -83,3 +84,16 @@ def test_only_pixel_sr_models_have_such_a_decoder(tmp_path):
         folder = save_model(build_model("nano", seed=1), tmp_path / "nano", {"task": "test"})
     with pytest.raises(ValueError, match="pixel_sr"):
         D.DecoderTask([folder], TINY, None, 1e-4, lpips="off")
+
+
+def test_the_teacher_target_is_the_models_own_decoder_output(source):
+    """A student equal to the model's own decoder has nothing to learn from its teacher (loss 0: the hand oracle),
+    and does from the photograph; an unknown target is refused."""
+    model = load_model(str(source)).eval()
+    batch = {"image": torch.rand(2, 3, 64, 64)}
+    student = copy.deepcopy(model.vae.sr)
+    distilled = D.DecoderStep(student, [model], None, target="teacher")(batch, 0)
+    assert float(distilled["loss"]) == 0.0
+    assert float(D.DecoderStep(student, [model], None)(batch, 0)["loss"]) > 0.01
+    with pytest.raises(ValueError, match="target"):
+        D.DecoderStep(student, [model], None, target="teacher's")
