@@ -454,6 +454,7 @@ class OneDC(nn.Module):
             progress.done()
             y_hat = codec.decode_steps(params, self._symbol_source(container))
         z_semantic = z_semantic.to(torch.float32)
+        memory.trim()  # what the entropy path freed into malloc's heap, before the generator's maps
         captions = [self._caption(container)] if self.text_guided else None
         return self.reconstruct(y_hat.to(torch.float32), z_semantic, container.height, container.width, captions)
 
