@@ -27,6 +27,7 @@ from ..entropy.context import NUM_STEPS
 from ..entropy.tables import odc_tables
 from ..paths import cached_models_dir, find_model
 from .codec import Codec
+from .fast import fast_layers
 from .text import TextGuidance
 
 PAD = 64  # the codec works on multiples of 64 (z is at 1/64)
@@ -191,17 +192,24 @@ class OneDC(nn.Module):
         self.weights_changed()
         return super().load_state_dict(*args, **kwargs)
 
-    def cast_weights(self, dtype: torch.dtype) -> "OneDC":
+    def cast_weights(self, dtype: torch.dtype, merge_lora: bool = True) -> "OneDC":
         """Stores the convolution and linear weights of the large image networks (the VAE, the generator, g_a) in
         `dtype`, for a process that runs them only autocast to `dtype` (FAST_ENCODING / FAST_DECODING with bf16):
-        autocast computes those layers from their weights cast to its dtype, so the results are the same bits,
-        and the weights take half the memory (sd15: 5.2 -> 2.7 GB; autocast of float32 weights holds both copies
-        of the trainable ones). Norm layers, g_s, h_sem, h_enc and the entropy path keep float32 (files do not
-        change); the model id stays the float32 model's. Not undone: the float32 path refuses to run after."""
+        autocast computes those layers from their weights cast to its dtype, so with `merge_lora=False` the
+        results are the same bits, and the weights take half the memory (sd15: 5.2 -> 2.7 GB; autocast of float32
+        weights holds both copies of the trainable ones). `merge_lora` (default) also merges the generator's LoRA
+        into its base weights before the cast (models/fast.merge_lora: one convolution per layer instead of three,
+        the sd15 generator about a quarter faster), so the results differ from autocast's by bf16 rounding only.
+        Norm layers, g_s, h_sem, h_enc and the entropy path keep float32 (files do not change); the model id stays
+        the float32 model's. Not undone: the float32 path refuses to run after."""
         _ = self.model_id  # of the float32 tensors, before the cast
         if self.decode_only:  # the exported graph runs float32 only: the diffusers modules, from its tensors
             self.reference_decoder()
             self.decoder_graph = None
+        if merge_lora and getattr(self, "generator", None) is not None:
+            from .fast import merge_lora as merge
+
+            merge(self.generator, dtype)
         for part in (getattr(self, "vae", None), getattr(self, "generator", None), self.codec.enc):
             for module in part.modules() if part is not None else ():
                 if isinstance(module, (nn.Conv2d, nn.Linear)):
@@ -279,7 +287,10 @@ class OneDC(nn.Module):
         self._check_dtype(dtype)
         if graph is None:
             self._compile_decoder(options.compile_backend)
-        with torch.autocast(y_hat.device.type, dtype=dtype, enabled=dtype != torch.float32):
+        generator = self.reference_decoder().generator if graph is None else None
+        fast = dtype if options.compile_backend is None else torch.float32  # models/fast.py: eager bf16 only
+        with (torch.autocast(y_hat.device.type, dtype=dtype, enabled=dtype != torch.float32),
+              fast_layers(self.codec.semantic_adaptor, self.codec.dec, generator, dtype=fast)):
             c_map, tokens = self.codec.semantic(z_semantic)
             ctrl = self.codec.synthesis(y_hat, c_map).contiguous(memory_format=layout)
             tokens = self.guidance(tokens, captions)
@@ -289,7 +300,7 @@ class OneDC(nn.Module):
                 progress.done()
                 image = graph.decode(x0.contiguous(memory_format=layout))
             else:
-                x0 = self.reference_decoder().generator(ctrl, tokens).x0
+                x0 = generator(ctrl, tokens).x0
                 progress.done()
                 image = self.vae.decode(x0.contiguous(memory_format=layout), tile=options.vae_tile)
             progress.done()
@@ -403,7 +414,8 @@ class OneDC(nn.Module):
         options = self.encode_options
         self._check_dtype(options.dtype)
         xp = xp.contiguous(memory_format=torch.channels_last if options.channels_last else torch.contiguous_format)
-        with torch.autocast(self._device.type, dtype=options.dtype, enabled=options.dtype != torch.float32):
+        with (torch.autocast(self._device.type, dtype=options.dtype, enabled=options.dtype != torch.float32),
+              fast_layers(self.codec.enc, self.codec.hyper_enc, dtype=options.dtype)):
             cond = self.encode_latents(xp)
             progress.done()
             y, sem = self.codec.analysis(xp * 2 - 1, cond)

@@ -32,6 +32,7 @@ from torch import nn
 
 from .. import memory, progress
 from ..config import VAEConfig
+from .fast import batched_windowed_attention
 
 if TYPE_CHECKING:
     from diffusers import AutoencoderKL
@@ -54,8 +55,12 @@ class WindowedAttnProcessor:
 
     def __call__(self, attn, hidden_states: torch.Tensor, encoder_hidden_states=None, attention_mask=None,
                  temb=None) -> torch.Tensor:
-        # Traced (models/export.py) through the scripted function, so that its loops follow the input's size.
-        attend = _scripted_windowed_attention() if torch.jit.is_tracing() else windowed_attention
+        # Traced (models/export.py) through the scripted function, so that its loops follow the input's size;
+        # the bf16 path (fast mode) batches the windows (models/fast.py); float32 runs them one at a time.
+        if torch.jit.is_tracing():
+            attend = _scripted_windowed_attention()
+        else:
+            attend = windowed_attention if hidden_states.dtype == torch.float32 else batched_windowed_attention
         norm = attn.group_norm
         # Global statistics through the module (the tiled decode substitutes pooled ones there); per-window ones
         # are local to a tile, whose windows line up with a whole decode's.
