@@ -58,3 +58,16 @@ def test_paper_scale_runs_the_fast_mode_alone_with_bf16_weights(tmp_path):
     assert report["weights_dtype"] == "torch.bfloat16" and set(report["modes"]) == {"fast"}
     case = report["cases"]["64x64"]
     assert set(case) == {"fast"} and case["fast"]["peak_rss_gb"] > 0 and case["fast"]["bytes"] > 0
+
+
+def test_one_direction_compresses_then_decompresses_in_processes_of_their_own(tmp_path):
+    odc, enc, dec = tmp_path / "x.odc", tmp_path / "enc.json", tmp_path / "dec.json"
+    run_script("one_direction.py", "compress", "--preset", "nano_q3", "--size", "96x64", "--save", str(odc),
+               "--json", str(enc))
+    run_script("one_direction.py", "decompress", "--preset", "nano_q3", "--file", str(odc), "--json", str(dec))
+    compress, decompress = json.loads(enc.read_text()), json.loads(dec.read_text())
+    assert compress["bytes"] == decompress["bytes"] == len(odc.read_bytes())
+    assert compress["size"] == decompress["size"] == "96x64"
+    for report, side in ((compress, "compress"), (decompress, "decompress")):
+        assert report["weights_dtype"] == "torch.bfloat16"
+        assert report[f"{side}_peak_gb"] >= report[f"{side}_start_gb"] > 0 and report["loaded_gb"] > 0
