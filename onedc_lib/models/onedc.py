@@ -68,8 +68,9 @@ class DecodeOptions:
     float rounding only. dtype: autocast dtype of the image path; None = bfloat16 on CUDA and on CPUs with bf16
     units (`cpu_has_bf16`: AMX makes Real-ESRGAN x4plus ~4.7x faster than float32), float32 elsewhere (CPUs without
     them are slower in bf16), except that the exported graph, float32 only, runs where it applies (its fast start
-    matters more at nano scale); a plain-torch VAE slot beside the graph follows dtype. compile_backend: torch.compile the generator and the
-    VAE decoder with this backend on first use (e.g. "inductor"; None = eager). vae_tile: see VAE.decode.
+    matters more at nano scale); a plain-torch VAE slot beside the graph follows dtype. compile_backend:
+    torch.compile the generator and the VAE decoder with this backend on first use (e.g. "inductor"; None =
+    eager). vae_tile: see VAE.decode.
     exported: run the generator and the VAE decoder as the model's exported graph (`models/export.py`, no diffusers)
     where it applies (float32, no compile, the latent within one VAE tile); False = always the diffusers modules."""
 
