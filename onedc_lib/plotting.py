@@ -47,7 +47,7 @@ def rd_curves(results_paths, metrics=("psnr", "ms_ssim", "lpips", "dists"), log_
 
     if isinstance(results_paths, (str, os.PathLike, RDCurve)):
         results_paths = [results_paths]
-    from matplotlib.ticker import NullFormatter
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
     curves = [p if isinstance(p, RDCurve) else load_curve(p) for p in results_paths]
     if not curves and reference is None:
@@ -74,7 +74,10 @@ def rd_curves(results_paths, metrics=("psnr", "ms_ssim", "lpips", "dists"), log_
                         markersize=3.5, capsize=2, linewidth=0.8, label=reference_label or reference.name)
         if log_x:
             ax.set_xscale("log")
-            ax.xaxis.set_minor_formatter(NullFormatter())  # labels at 2, 3, 4, 6 x 10^k overlap on narrow ranges
+            # labels at 1, 2 and 5 x 10^k (a range within one decade has no power of ten to label), none between
+            ax.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+            ax.xaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
+            ax.xaxis.set_minor_formatter(NullFormatter())
         ax.set_xlabel("bpp")
         ax.set_ylabel(_metric_label(metric))
         ax.grid(True, which="both" if log_x else "major", alpha=0.3)
