@@ -3,11 +3,8 @@ stream, its 14-bit z packing and its 16-byte header. Used to read and write file
 """
 from __future__ import annotations
 
-import io
 import math
-import os
 import struct
-import sys
 from functools import lru_cache
 from pathlib import Path
 
@@ -34,7 +31,7 @@ LOG_SCALE_STEP_F32 = np.float32(LOG_SCALE_STEP)
 # of the release takes, C/4 * H * W being a multiple of 32) and a float32 division. torch's log is MKL's, whose
 # code path depends on the CPU: the release's is MKL's vendor-neutral one (MKL_CBWR=COMPATIBLE, what AMD CPUs
 # get; Intel CPUs with AVX-512 get a correctly rounded log, 18 thresholds apart), so its thresholds are computed
-# once under that setting (`python -m onedc_lib.entropy.release_format`) and shipped in CPU_THRESHOLDS.
+# once under that setting (`python -m onedc_lib.entropy.release_thresholds`) and shipped in CPU_THRESHOLDS.
 # "cuda": the emulation of compat 9.2 for CUDA, where a division by a Python scalar is a multiplication by the
 # float32 reciprocal, with a correctly rounded float32 log (CUDA's own logf is not reproduced; bf16 scales, the
 # release's default GPU numerics, map alike under either).
@@ -153,19 +150,3 @@ def read_header(data: bytes) -> tuple[int, int, int, int]:
         raise ValueError(f"release header needs {HEADER.size} bytes, got {len(data)}")
     return HEADER.unpack(bytes(data[: HEADER.size]))
 
-
-def write_cpu_thresholds() -> Path:
-    """Compute the release's CPU thresholds (search_thresholds("cpu")) and write CPU_THRESHOLDS; refuses unless
-    MKL_CBWR=COMPATIBLE (torch's log is then MKL's vendor-neutral one, the release's, on any x86 CPU)."""
-    if os.environ.get("MKL_CBWR") != "COMPATIBLE":
-        raise SystemExit("run with MKL_CBWR=COMPATIBLE in the environment: torch's float32 log must be the release's")
-    from ..bitstream import atomic_write
-
-    buffer = io.BytesIO()
-    np.save(buffer, search_thresholds("cpu"))
-    atomic_write(CPU_THRESHOLDS, buffer.getvalue())
-    return CPU_THRESHOLDS
-
-
-if __name__ == "__main__":
-    print(f"wrote {write_cpu_thresholds()}", file=sys.stderr)

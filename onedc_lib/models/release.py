@@ -96,7 +96,7 @@ def _check_codec(model) -> None:
 
 def _z_hat(codec, z_indices: torch.Tensor) -> torch.Tensor:
     """FSQ codes of the indices, on the codec's device (exact values: -1, -0.5, 0, 0.5)."""
-    return codec.z_from_indices(z_indices.to(next(codec.dec.parameters()).device))
+    return codec.z_from_indices(z_indices.to(next(codec.parameters()).device))  # g_s may be dropped (keep_only)
 
 
 @torch.no_grad()

@@ -69,6 +69,6 @@ def test_shipped_cpu_thresholds_are_computed_with_the_release_log(tmp_path):
     subprocess.run([sys.executable, "-c", script, str(tmp_path / "t.npy")], env=env, check=True, timeout=300)
     assert np.array_equal(np.load(tmp_path / "t.npy"), index_thresholds("cpu"))
     env.pop("MKL_CBWR")
-    refused = subprocess.run([sys.executable, "-m", "onedc_lib.entropy.release_format"], env=env, cwd=tmp_path,
+    refused = subprocess.run([sys.executable, "-m", "onedc_lib.entropy.release_thresholds"], env=env, cwd=tmp_path,
                              capture_output=True, text=True, timeout=300)
     assert refused.returncode != 0 and "MKL_CBWR=COMPATIBLE" in refused.stderr
