@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -29,10 +28,7 @@ from onedc_lib.eval.modes import parse_sizes, timed  # noqa: E402
 from onedc_lib.eval.runner import device_info  # noqa: E402
 from onedc_lib.eval.timing import PeakMemory, make_image  # noqa: E402
 from onedc_lib.models.onedc import FAST_DECODING, FAST_ENCODING  # noqa: E402
-
-
-def load() -> str:
-    return subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
+from paper_scale import load  # noqa: E402  (the machine's load, as paper_scale records it)
 
 
 class PieceLog:
