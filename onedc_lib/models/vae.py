@@ -307,7 +307,7 @@ def _group_normalized(x: torch.Tensor, norm: nn.GroupNorm, mean: torch.Tensor, v
     out = torch.empty_like(x, memory_format=_layout(x))
     for c in range(0, x.shape[1], 32):
         part = slice(c, c + 32)
-        out[:, part] = (x[:, part].float() - mean[:, part]).mul_(scale[:, part]).add_(bias[:, part])
+        out[:, part] = (x[:, part] - mean[:, part]).mul_(scale[:, part]).add_(bias[:, part])  # float32
     return out
 
 
